@@ -1,0 +1,153 @@
+//! Command line: the original controller's flags (same names, same meaning) plus this
+//! project's. Every flag also reads `KUBE_AWS_IAM_CONTROLLER_<FLAG>`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::arn::BaseArn;
+use crate::plan::PlanConfig;
+use crate::plan::render::OutputFormat;
+use crate::policy::Policy;
+use crate::{Error, Result};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kube-aws-iam-controller",
+    version,
+    about = "Hands AWS IAM role credentials to pods through Secrets, one AWSIAMRole at a time.",
+    long_about = "Hands AWS IAM role credentials to pods through Secrets, one AWSIAMRole at a time.\n\nWithout a subcommand it behaves as `run`, so the original controller's manifests keep working."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Reconcile in a loop, a pass every --interval, until SIGTERM/SIGINT (the default).
+    Run,
+    /// Run one pass, then exit (CronJob mode).
+    Once,
+    /// Compute and print the plan; change nothing (= once --dry-run).
+    Plan(PlanArgs),
+    /// Print the AWSIAMRole CustomResourceDefinition YAML.
+    Crd,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Plan offline from a YAML file or a directory of YAML files (AWSIAMRoles, Secrets,
+    /// Namespaces; multi-document and `kind: List` accepted) instead of a cluster.
+    #[arg(long, value_name = "PATH", env = "KUBE_AWS_IAM_CONTROLLER_FROM")]
+    pub from: Option<PathBuf>,
+    /// The time to plan for (RFC 3339), for reproducible output; default: now.
+    #[arg(long, value_name = "RFC3339", env = "KUBE_AWS_IAM_CONTROLLER_NOW")]
+    pub now: Option<String>,
+}
+
+/// Flags shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Debug logging.
+    #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_DEBUG")]
+    pub debug: bool,
+    /// Time between passes of `run`.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_INTERVAL")]
+    pub interval: Duration,
+    /// Smallest refresh margin: credentials are refreshed once no more than
+    /// max(refresh-limit, lifetime/2) + jitter remains (capped at lifetime - 5m).
+    #[arg(long, global = true, default_value = "15m", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_REFRESH_LIMIT")]
+    pub refresh_limit: Duration,
+    /// Prefix for bare role names, e.g. arn:aws:iam::123456789012:role/ (default: discovered
+    /// with STS GetCallerIdentity; required offline when a role uses a bare name).
+    #[arg(
+        long,
+        global = true,
+        value_name = "ARN",
+        env = "KUBE_AWS_IAM_CONTROLLER_BASE_ROLE_ARN"
+    )]
+    pub base_role_arn: Option<String>,
+    /// Assume this role (name or ARN) first and assume application roles with it.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME|ARN",
+        env = "KUBE_AWS_IAM_CONTROLLER_ASSUME_ROLE"
+    )]
+    pub assume_role: Option<String>,
+    /// Only serve AWSIAMRoles of this namespace (default: all namespaces).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAMESPACE",
+        env = "KUBE_AWS_IAM_CONTROLLER_NAMESPACE"
+    )]
+    pub namespace: Option<String>,
+    /// Kubernetes API server URL, overriding kubeconfig / in-cluster configuration.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "KUBE_AWS_IAM_CONTROLLER_APISERVER"
+    )]
+    pub apiserver: Option<String>,
+    /// Plan output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text, env = "KUBE_AWS_IAM_CONTROLLER_OUTPUT")]
+    pub output: OutputFormat,
+    /// Also list up-to-date roles in text and diff output.
+    #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_VERBOSE")]
+    pub verbose: bool,
+    /// Make no STS calls and no writes; print the plan of each pass.
+    #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_DRY_RUN")]
+    pub dry_run: bool,
+    /// Only allow roles a namespace lists in its iam.amazonaws.com/allowed-roles annotation.
+    #[arg(
+        long,
+        global = true,
+        env = "KUBE_AWS_IAM_CONTROLLER_NAMESPACE_RESTRICTIONS"
+    )]
+    pub namespace_restrictions: bool,
+    /// Allow only roles matching one of these globs, in every namespace (repeatable; a bare
+    /// pattern gets the base role ARN).
+    #[arg(
+        long = "allowed-role-pattern",
+        global = true,
+        value_name = "GLOB",
+        env = "KUBE_AWS_IAM_CONTROLLER_ALLOWED_ROLE_PATTERN",
+        value_delimiter = ','
+    )]
+    pub allowed_role_patterns: Vec<String>,
+}
+
+impl Options {
+    /// The planner's configuration. `base` overrides `--base-role-arn` (live discovery).
+    pub fn plan_config(&self) -> Result<PlanConfig> {
+        let base_role_arn = self
+            .base_role_arn
+            .as_deref()
+            .map(|s| {
+                s.parse::<BaseArn>()
+                    .map_err(|e| Error::Config(format!("--base-role-arn: {e}")))
+            })
+            .transpose()?;
+        let refresh_limit = i64::try_from(self.refresh_limit.as_secs())
+            .map_err(|_| Error::Config("--refresh-limit is too large".into()))?;
+        Ok(PlanConfig {
+            base_role_arn,
+            refresh_limit,
+            policy: Policy {
+                namespace_restrictions: self.namespace_restrictions,
+                allowed_role_patterns: self.allowed_role_patterns.clone(),
+            },
+        })
+    }
+
+    /// `--namespace`, where an empty value means all namespaces (as in the original).
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref().filter(|ns| !ns.is_empty())
+    }
+}

@@ -1,0 +1,60 @@
+//! kube-aws-iam-controller: hands AWS IAM role credentials to pods through Secrets.
+//!
+//! The controller is a declarative state-diff batch reconciler. One pass *observes* the
+//! cluster, *plans* with a pure function ([`plan::plan`]) and *applies* the plan. This crate
+//! holds everything but argument parsing, so tests drive it directly.
+#![forbid(unsafe_code)]
+
+pub mod arn;
+pub mod cli;
+pub mod commands;
+pub mod crd;
+pub mod model;
+pub mod offline;
+pub mod plan;
+pub mod policy;
+pub mod secret;
+
+/// Errors that end a command (as opposed to per-object problems, which become plan actions).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value (flag or environment variable) is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// `plan --from` found nothing it could read.
+    #[error("no readable input: {0}")]
+    NoInput(String),
+    /// Reading an input file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serialising an object (CRD, JSON plan) failed.
+    #[error("cannot serialise {what}: {message}")]
+    Serialize { what: &'static str, message: String },
+    /// The command exists but its implementation has not landed yet.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// Stable label for metrics and logs (never derived from `Debug`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::NoInput(_) => "no_input",
+            Error::Io { .. } => "io",
+            Error::Serialize { .. } => "serialize",
+            Error::Unsupported(_) => "unsupported",
+        }
+    }
+
+    /// Process exit code per SPEC §4: every error here means the pass could not run.
+    pub fn exit_code(&self) -> u8 {
+        2
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

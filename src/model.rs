@@ -1,0 +1,315 @@
+//! The observed state a pass plans from, decoded object by object.
+//!
+//! Nothing here trusts its input: a cluster may run an old CRD without a schema, and offline
+//! YAML is whatever a user wrote. An AWSIAMRole whose spec does not decode keeps its identity
+//! and carries the error, so the planner can report it as `Blocked/InvalidSpec` while every
+//! other role is served.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde_json::Value;
+
+use crate::arn::excerpt;
+use crate::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus, type_name};
+use crate::secret;
+
+/// `(namespace, name)`: how roles and their Secrets are paired.
+pub type ObjectKey = (String, String);
+
+/// One AWSIAMRole as observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedRole {
+    pub namespace: String,
+    pub name: String,
+    /// Empty when unknown (hand-written offline input).
+    pub uid: String,
+    /// `metadata.generation`; 0 when unknown (the API server always sets it).
+    pub generation: i64,
+    pub resource_version: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The validated spec, or why it is unusable (naming the field).
+    pub spec: Result<AWSIAMRoleSpec, String>,
+    /// `None` when absent or undecodable (it is then rewritten).
+    pub status: Option<AWSIAMRoleStatus>,
+}
+
+/// One Secret as observed. Data values that are not valid base64 (possible only in offline
+/// input) are kept out of `data` and named in `undecodable_keys`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedSecret {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub owner_references: Vec<OwnerReference>,
+    pub data: BTreeMap<String, Vec<u8>>,
+    pub undecodable_keys: BTreeSet<String>,
+}
+
+/// Everything one pass plans from. Built with [`Observed::new`], which decides ownership
+/// before any diffing: only Secrets carrying both controller labels are kept as Secrets; an
+/// unmanaged Secret is remembered by name only, and only if an AWSIAMRole wants that name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub roles: Vec<ObservedRole>,
+    /// Managed Secrets only.
+    pub secrets: Vec<ObservedSecret>,
+    /// Names held by unmanaged Secrets that an AWSIAMRole would need.
+    pub conflicts: BTreeSet<ObjectKey>,
+    /// Namespace annotations, observed when namespace restrictions are on.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Observed {
+    /// Partitions `secrets` into managed ones and name conflicts; unmanaged Secrets no role
+    /// asks for are dropped here and never seen by the planner.
+    pub fn new(
+        roles: Vec<ObservedRole>,
+        secrets: Vec<ObservedSecret>,
+        namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Self {
+        let wanted: BTreeSet<(&str, &str)> = roles
+            .iter()
+            .map(|r| (r.namespace.as_str(), r.name.as_str()))
+            .collect();
+        let mut conflicts = BTreeSet::new();
+        let mut managed = Vec::new();
+        for s in secrets {
+            if secret::is_managed(&s.labels) {
+                managed.push(s);
+            } else if wanted.contains(&(s.namespace.as_str(), s.name.as_str())) {
+                conflicts.insert((s.namespace, s.name));
+            }
+        }
+        Observed {
+            roles,
+            secrets: managed,
+            conflicts,
+            namespaces,
+        }
+    }
+
+    /// Keeps only objects of one namespace (`--namespace`), so a scoped controller never
+    /// treats another namespace's Secrets as orphans.
+    pub fn scoped(mut self, namespace: &str) -> Self {
+        self.roles.retain(|r| r.namespace == namespace);
+        self.secrets.retain(|s| s.namespace == namespace);
+        self.conflicts.retain(|(ns, _)| ns == namespace);
+        self
+    }
+}
+
+/// Reads `metadata.name` and `metadata.namespace`, the minimum to identify an object.
+fn identity(v: &Value, default_namespace: &str) -> Result<(String, String), String> {
+    let meta = match v.get("metadata") {
+        Some(Value::Object(m)) => m,
+        None | Some(Value::Null) => return Err("metadata is missing".into()),
+        Some(other) => {
+            return Err(format!(
+                "metadata must be an object, got {}",
+                type_name(other)
+            ));
+        }
+    };
+    let name = match meta.get("name") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        None | Some(Value::Null) => return Err("metadata.name is missing".into()),
+        Some(Value::String(_)) => return Err("metadata.name is empty".into()),
+        Some(other) => {
+            return Err(format!(
+                "metadata.name must be a string, got {}",
+                type_name(other)
+            ));
+        }
+    };
+    let namespace = match meta.get("namespace") {
+        None | Some(Value::Null) => default_namespace.to_string(),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(other) => {
+            return Err(format!(
+                "metadata.namespace of {} must be a non-empty string, got {}",
+                excerpt(&name),
+                type_name(other)
+            ));
+        }
+    };
+    Ok((namespace, name))
+}
+
+fn object_meta(v: &Value) -> Result<ObjectMeta, String> {
+    serde_json::from_value(v.get("metadata").cloned().unwrap_or(Value::Null))
+        .map_err(|e| format!("metadata does not decode: {e}"))
+}
+
+impl ObservedRole {
+    /// Decodes an AWSIAMRole from untyped JSON. `Err` only when the object cannot even be
+    /// identified (no name); every other defect is kept in `spec` for the planner.
+    pub fn from_value(v: &Value, default_namespace: &str) -> Result<Self, String> {
+        let (namespace, name) = identity(v, default_namespace)?;
+        let (meta, spec) = match object_meta(v) {
+            Ok(meta) => {
+                let spec = AWSIAMRoleSpec::from_value(v.get("spec"));
+                (meta, spec)
+            }
+            Err(e) => (ObjectMeta::default(), Err(e)),
+        };
+        let status = v
+            .get("status")
+            .and_then(|s| serde_json::from_value::<AWSIAMRoleStatus>(s.clone()).ok());
+        Ok(ObservedRole {
+            namespace,
+            name,
+            uid: meta.uid.unwrap_or_default(),
+            generation: meta.generation.unwrap_or(0),
+            resource_version: meta.resource_version,
+            labels: meta.labels.unwrap_or_default(),
+            spec,
+            status,
+        })
+    }
+}
+
+impl ObservedSecret {
+    /// Decodes a Secret from untyped JSON, folding `stringData` into `data` as the API server
+    /// does. `Err` when it cannot be identified or its metadata is unusable (then it is not
+    /// known to be managed and is left alone).
+    pub fn from_value(v: &Value, default_namespace: &str) -> Result<Self, String> {
+        let (namespace, name) = identity(v, default_namespace)?;
+        let meta = object_meta(v)?;
+        let mut data = BTreeMap::new();
+        let mut undecodable_keys = BTreeSet::new();
+        match v.get("data") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (k, val) in map {
+                    let decoded = val.as_str().and_then(|s| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(s.trim())
+                            .ok()
+                    });
+                    match decoded {
+                        Some(bytes) => {
+                            data.insert(k.clone(), bytes);
+                        }
+                        None => {
+                            undecodable_keys.insert(k.clone());
+                        }
+                    }
+                }
+            }
+            Some(other) => return Err(format!("data must be a map, got {}", type_name(other))),
+        }
+        if let Some(Value::Object(map)) = v.get("stringData") {
+            for (k, val) in map {
+                match val {
+                    Value::String(s) => {
+                        undecodable_keys.remove(k);
+                        data.insert(k.clone(), s.clone().into_bytes());
+                    }
+                    _ => {
+                        undecodable_keys.insert(k.clone());
+                    }
+                }
+            }
+        }
+        Ok(ObservedSecret {
+            namespace,
+            name,
+            uid: meta.uid.unwrap_or_default(),
+            resource_version: meta.resource_version,
+            labels: meta.labels.unwrap_or_default(),
+            annotations: meta.annotations.unwrap_or_default(),
+            owner_references: meta.owner_references.unwrap_or_default(),
+            data,
+            undecodable_keys,
+        })
+    }
+
+    /// From a typed Secret (as the API returns it or as the controller builds it).
+    pub fn from_secret(s: &Secret) -> Self {
+        let meta = &s.metadata;
+        let mut data: BTreeMap<String, Vec<u8>> = s
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, ByteString(v))| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in s.string_data.iter().flatten() {
+            data.insert(k.clone(), v.clone().into_bytes());
+        }
+        ObservedSecret {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            annotations: meta.annotations.clone().unwrap_or_default(),
+            owner_references: meta.owner_references.clone().unwrap_or_default(),
+            data,
+            undecodable_keys: BTreeSet::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn wrong_types_keep_identity() {
+        let r = ObservedRole::from_value(
+            &json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": 3},
+                    "spec": {"roleReference": ["x"], "roleSessionDuration": "3600"}}),
+            "default",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.namespace.as_str(), r.name.as_str(), r.generation),
+            ("ns", "a", 3)
+        );
+        assert!(
+            r.spec
+                .unwrap_err()
+                .contains("spec.roleReference must be a string")
+        );
+
+        let r = ObservedRole::from_value(
+            &json!({"metadata": {"name": "a"}, "spec": {"roleReference": "app", "roleSessionDuration": "3600"}}),
+            "default",
+        )
+        .unwrap();
+        assert_eq!(r.namespace, "default");
+        assert!(
+            r.spec
+                .unwrap_err()
+                .contains("spec.roleSessionDuration must be an integer")
+        );
+
+        let r = ObservedRole::from_value(
+            &json!({"metadata": {"name": "a", "labels": {"x": 1}}, "spec": {"roleReference": "app"}}),
+            "default",
+        )
+        .unwrap();
+        assert!(r.spec.unwrap_err().contains("metadata does not decode"));
+        assert!(ObservedRole::from_value(&json!({"spec": {}}), "d").is_err());
+    }
+
+    #[test]
+    fn secrets_fold_string_data_and_flag_bad_base64() {
+        let s = ObservedSecret::from_value(
+            &json!({"metadata": {"name": "a"}, "data": {"x": "aGk=", "y": "%%%"}, "stringData": {"z": "plain"}}),
+            "default",
+        )
+        .unwrap();
+        assert_eq!(s.data["x"], b"hi");
+        assert_eq!(s.data["z"], b"plain");
+        assert!(s.undecodable_keys.contains("y"));
+    }
+}

@@ -1,0 +1,315 @@
+//! Observed state from YAML files, for `plan --from`: what `kubectl get -o yaml` prints or
+//! what a user writes by hand (multi-document files, `kind: List`, a directory of files).
+//!
+//! Documents are read one by one: a malformed document is reported with its file and index
+//! and the others are still planned.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::model::{Observed, ObservedRole, ObservedSecret};
+use crate::{Error, Result};
+
+/// Namespace of objects that do not name one, as `kubectl apply` would use.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Something about the input that did not stop the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub file: String,
+    /// 1-based document index in the file; `None` for the file as a whole.
+    pub document: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.document {
+            Some(d) => write!(f, "{}: document {d}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// What `load` read: the state to plan from and the notes to show the user.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    pub observed: Observed,
+    pub notes: Vec<Note>,
+}
+
+/// Reads a YAML file, or every `*.yaml`/`*.yml` file of a directory (sorted, not recursive).
+/// Fails only when nothing at all could be read.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let files = input_files(path)?;
+    let mut collector = Collector::default();
+    let mut readable = 0;
+    for file in &files {
+        let name = file.display().to_string();
+        match std::fs::read(file) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => {
+                    readable += 1;
+                    collector.add_text(&name, &text);
+                }
+                Err(_) => collector.note(&name, None, "not UTF-8 text; skipped".into()),
+            },
+            Err(e) => collector.note(&name, None, format!("cannot read: {e}")),
+        }
+    }
+    if readable == 0 {
+        let detail = collector
+            .notes
+            .iter()
+            .map(Note::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Error::NoInput(format!(
+            "{}: no file could be read ({detail})",
+            path.display()
+        )));
+    }
+    Ok(collector.finish())
+}
+
+/// Plans from YAML text directly (tests and tools); `source` names it in notes.
+pub fn load_str(source: &str, text: &str) -> Loaded {
+    let mut collector = Collector::default();
+    collector.add_text(source, text);
+    collector.finish()
+}
+
+fn input_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::NoInput(format!(
+            "{}: no *.yaml or *.yml files in this directory",
+            path.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// Splits a YAML stream at `---` document markers. Markers can only start a line, and any
+/// content of a block scalar is indented, so a line-based split is exact; it lets one broken
+/// document be reported without losing the rest.
+fn documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if is_marker {
+            docs.push(String::new());
+            if let Some(rest) = line.strip_prefix("---") {
+                let rest = rest.trim();
+                if !rest.is_empty() {
+                    let doc = docs.last_mut().expect("pushed above");
+                    doc.push_str(rest);
+                    doc.push('\n');
+                }
+            }
+        } else if line == "..." {
+            docs.push(String::new());
+        } else {
+            let doc = docs.last_mut().expect("docs is never empty");
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs
+}
+
+/// Whether a document has nothing but comments and blank lines.
+fn is_blank(doc: &str) -> bool {
+    doc.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#')
+    })
+}
+
+#[derive(Default)]
+struct Collector {
+    roles: BTreeMap<(String, String), ObservedRole>,
+    secrets: BTreeMap<(String, String), ObservedSecret>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    notes: Vec<Note>,
+}
+
+impl Collector {
+    fn note(&mut self, file: &str, document: Option<usize>, message: String) {
+        self.notes.push(Note {
+            file: file.to_string(),
+            document,
+            message,
+        });
+    }
+
+    fn add_text(&mut self, file: &str, text: &str) {
+        let mut index = 0;
+        for doc in documents(text) {
+            if is_blank(&doc) {
+                continue;
+            }
+            index += 1;
+            match serde_saphyr::from_str::<Value>(&doc) {
+                Ok(Value::Null) => {}
+                Ok(value) => self.add_object(file, index, &value),
+                Err(e) => {
+                    // The parser's message may quote the input, which may hold credentials:
+                    // report only where the error is.
+                    let at = e
+                        .location()
+                        .map(|l| {
+                            format!(
+                                " at line {}, column {} of the document",
+                                l.line(),
+                                l.column()
+                            )
+                        })
+                        .unwrap_or_default();
+                    self.note(file, Some(index), format!("not valid YAML{at}; skipped"));
+                }
+            }
+        }
+    }
+
+    fn add_object(&mut self, file: &str, index: usize, v: &Value) {
+        let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let api_version = v
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match (kind, api_version) {
+            _ if kind.ends_with("List") => match v.get("items") {
+                Some(Value::Array(items)) => {
+                    for item in items {
+                        self.add_object(file, index, item);
+                    }
+                }
+                _ => self.note(file, Some(index), format!("{kind} without items; skipped")),
+            },
+            ("AWSIAMRole", _) if api_version.starts_with("zalando.org/") => {
+                match ObservedRole::from_value(v, DEFAULT_NAMESPACE) {
+                    Ok(role) => {
+                        let key = (role.namespace.clone(), role.name.clone());
+                        if self.roles.contains_key(&key) {
+                            self.note(
+                                file,
+                                Some(index),
+                                format!(
+                                    "duplicate AWSIAMRole {}/{}; the first one is used",
+                                    key.0, key.1
+                                ),
+                            );
+                        } else {
+                            self.roles.insert(key, role);
+                        }
+                    }
+                    Err(e) => self.note(file, Some(index), format!("AWSIAMRole skipped: {e}")),
+                }
+            }
+            ("Secret", "v1") => match ObservedSecret::from_value(v, DEFAULT_NAMESPACE) {
+                Ok(secret) => {
+                    let key = (secret.namespace.clone(), secret.name.clone());
+                    if self.secrets.contains_key(&key) {
+                        self.note(
+                            file,
+                            Some(index),
+                            format!(
+                                "duplicate Secret {}/{}; the first one is used",
+                                key.0, key.1
+                            ),
+                        );
+                    } else {
+                        self.secrets.insert(key, secret);
+                    }
+                }
+                Err(e) => self.note(file, Some(index), format!("Secret skipped: {e}")),
+            },
+            ("Namespace", "v1") => {
+                let name = v.pointer("/metadata/name").and_then(Value::as_str);
+                let annotations = v
+                    .pointer("/metadata/annotations")
+                    .cloned()
+                    .map(serde_json::from_value::<BTreeMap<String, String>>);
+                match (name, annotations) {
+                    (Some(name), None) => {
+                        self.namespaces.insert(name.to_string(), BTreeMap::new());
+                    }
+                    (Some(name), Some(Ok(a))) => {
+                        self.namespaces.insert(name.to_string(), a);
+                    }
+                    (Some(_), Some(Err(_))) => self.note(
+                        file,
+                        Some(index),
+                        "Namespace skipped: metadata.annotations must map strings to strings"
+                            .into(),
+                    ),
+                    (None, _) => self.note(
+                        file,
+                        Some(index),
+                        "Namespace skipped: metadata.name is missing".into(),
+                    ),
+                }
+            }
+            ("", _) => self.note(file, Some(index), "no kind; skipped".into()),
+            _ => self.note(
+                file,
+                Some(index),
+                format!("{kind} ({api_version}) is not used by the controller; ignored"),
+            ),
+        }
+    }
+
+    fn finish(self) -> Loaded {
+        Loaded {
+            observed: Observed::new(
+                self.roles.into_values().collect(),
+                self.secrets.into_values().collect(),
+                self.namespaces,
+            ),
+            notes: self.notes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_documents_and_reports_broken_ones() {
+        let text = "apiVersion: zalando.org/v1\nkind: AWSIAMRole\nmetadata: {name: a, namespace: ns}\nspec: {roleReference: app}\n---\nkind: [broken\n--- \napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
+        let loaded = load_str("in.yaml", text);
+        assert_eq!(loaded.observed.roles.len(), 1);
+        assert_eq!(loaded.notes.len(), 2, "{:?}", loaded.notes);
+        assert_eq!(loaded.notes[0].document, Some(2));
+        assert!(loaded.notes[1].message.contains("ConfigMap"));
+    }
+
+    #[test]
+    fn lists_are_flattened() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: zalando.org/v1\n  kind: AWSIAMRole\n  metadata: {name: a}\n  spec: {roleReference: app}\n";
+        let loaded = load_str("in.yaml", text);
+        assert_eq!(loaded.observed.roles[0].namespace, "default");
+    }
+}

@@ -1,0 +1,417 @@
+//! The Secret the controller writes: its byte-exact data keys (compatible with the original
+//! controller and with every AWS SDK's file readers), its labels and owner, and the decoder
+//! that reads it back without trusting it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde::{Deserialize, Serialize};
+
+use crate::arn::RoleArn;
+use crate::model::{ObservedRole, ObservedSecret};
+
+pub const HERITAGE_LABEL: &str = "heritage";
+pub const HERITAGE_VALUE: &str = "kube-aws-iam-controller";
+pub const TYPE_LABEL: &str = "type";
+pub const TYPE_VALUE: &str = "awsiamrole";
+/// When the credentials in the Secret were issued; gives their lifetime for the refresh policy.
+pub const ISSUED_AT_ANNOTATION: &str = "kube-aws-iam-controller/issued-at";
+
+pub const KEY_CREDENTIALS: &str = "credentials";
+pub const KEY_PROCESS: &str = "credentials.process";
+pub const KEY_JSON: &str = "credentials.json";
+pub const KEY_ROLE_ARN: &str = "role-arn";
+pub const KEY_EXPIRE: &str = "expire";
+pub const KEY_GENERATION: &str = "awsiamrole-generation";
+/// Every key a readable Secret has.
+pub const DATA_KEYS: [&str; 6] = [
+    KEY_CREDENTIALS,
+    KEY_PROCESS,
+    KEY_JSON,
+    KEY_ROLE_ARN,
+    KEY_EXPIRE,
+    KEY_GENERATION,
+];
+/// Keys whose values are credential material: never rendered.
+pub const SECRET_KEYS: [&str; 2] = [KEY_CREDENTIALS, KEY_JSON];
+
+/// The fixed `credentials.process` content: a profile whose credential_process reads the JSON
+/// document mounted beside it.
+pub const PROCESS_FILE: &str =
+    "[default]\ncredential_process = cat /meta/aws-iam/credentials.json\n";
+
+/// A Secret is the controller's iff it carries both labels; nothing else is ever touched.
+pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(HERITAGE_LABEL).map(String::as_str) == Some(HERITAGE_VALUE)
+        && labels.get(TYPE_LABEL).map(String::as_str) == Some(TYPE_VALUE)
+}
+
+/// RFC 3339, UTC, whole seconds: `2026-11-26T23:00:00Z`.
+pub fn format_time(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .to_string()
+}
+
+/// Temporary credentials from STS. `Debug` redacts every secret part.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    pub expiration: Timestamp,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &"<redacted>")
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("expiration", &format_time(self.expiration))
+            .finish()
+    }
+}
+
+/// The credential_process document; field order is part of the format.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessJson {
+    version: i64,
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: String,
+    expiration: String,
+}
+
+/// The six data keys for credentials issued for `role_arn` at AWSIAMRole `generation`.
+pub fn encode(creds: &Credentials, role_arn: &str, generation: i64) -> BTreeMap<String, Vec<u8>> {
+    let expiration = format_time(creds.expiration);
+    let ini = format!(
+        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\naws_expiration = {}\n",
+        creds.access_key_id, creds.secret_access_key, creds.session_token, expiration
+    );
+    let json = ProcessJson {
+        version: 1,
+        access_key_id: creds.access_key_id.clone(),
+        secret_access_key: creds.secret_access_key.clone(),
+        session_token: creds.session_token.clone(),
+        expiration: expiration.clone(),
+    };
+    // Serialising a struct of strings cannot fail.
+    let json = serde_json::to_vec(&json).unwrap_or_default();
+    BTreeMap::from([
+        (KEY_CREDENTIALS.to_string(), ini.into_bytes()),
+        (KEY_PROCESS.to_string(), PROCESS_FILE.as_bytes().to_vec()),
+        (KEY_JSON.to_string(), json),
+        (KEY_ROLE_ARN.to_string(), role_arn.as_bytes().to_vec()),
+        (KEY_EXPIRE.to_string(), expiration.into_bytes()),
+        (
+            KEY_GENERATION.to_string(),
+            generation.to_string().into_bytes(),
+        ),
+    ])
+}
+
+/// What the planner needs from a readable Secret (no credential material).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretContent {
+    pub role_arn: String,
+    pub expire: Timestamp,
+    pub generation: i64,
+}
+
+/// Reads a managed Secret back. `Err` names the first unusable key, never its value.
+pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
+    if let Some(k) = s.undecodable_keys.iter().next() {
+        return Err(format!("data key {k:?} is not valid base64"));
+    }
+    for key in DATA_KEYS {
+        match s.data.get(key) {
+            None => return Err(format!("data key {key:?} is missing")),
+            Some(v) if v.is_empty() => return Err(format!("data key {key:?} is empty")),
+            Some(_) => {}
+        }
+    }
+    let text = |key: &str| -> Result<&str, String> {
+        std::str::from_utf8(&s.data[key])
+            .map(str::trim)
+            .map_err(|_| format!("data key {key:?} is not UTF-8"))
+    };
+    let expire: Timestamp = text(KEY_EXPIRE)?
+        .parse()
+        .map_err(|_| format!("data key {KEY_EXPIRE:?} is not an RFC 3339 time"))?;
+    let role_arn = text(KEY_ROLE_ARN)?;
+    role_arn
+        .parse::<RoleArn>()
+        .map_err(|_| format!("data key {KEY_ROLE_ARN:?} is not an IAM role ARN"))?;
+    let generation: i64 = text(KEY_GENERATION)?
+        .parse()
+        .map_err(|_| format!("data key {KEY_GENERATION:?} is not an integer"))?;
+    if text(KEY_PROCESS)? != PROCESS_FILE.trim() {
+        return Err(format!(
+            "data key {KEY_PROCESS:?} does not hold the expected credential_process profile"
+        ));
+    }
+    let json: ProcessJson = serde_json::from_str(text(KEY_JSON)?)
+        .map_err(|_| format!("data key {KEY_JSON:?} is not a credential_process document"))?;
+    if json.version != 1
+        || json.access_key_id.is_empty()
+        || json.secret_access_key.is_empty()
+        || json.session_token.is_empty()
+    {
+        return Err(format!(
+            "data key {KEY_JSON:?} lacks Version 1 or a credential field"
+        ));
+    }
+    if json.expiration.parse::<Timestamp>().ok() != Some(expire) {
+        return Err(format!(
+            "data key {KEY_JSON:?} has an Expiration other than {KEY_EXPIRE:?}"
+        ));
+    }
+    let ini = text(KEY_CREDENTIALS)?;
+    for field in [
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+    ] {
+        let present = ini.lines().any(|line| {
+            line.split_once('=')
+                .is_some_and(|(k, v)| k.trim() == field && !v.trim().is_empty())
+        });
+        if !present {
+            return Err(format!("data key {KEY_CREDENTIALS:?} lacks {field}"));
+        }
+    }
+    Ok(SecretContent {
+        role_arn: role_arn.to_string(),
+        expire,
+        generation,
+    })
+}
+
+/// The `role-arn` key alone, when it holds a role ARN (for reporting orphans that are
+/// otherwise unreadable).
+pub fn role_arn_of(s: &ObservedSecret) -> Option<String> {
+    let text = std::str::from_utf8(s.data.get(KEY_ROLE_ARN)?).ok()?;
+    text.trim().parse::<RoleArn>().ok().map(|a| a.to_string())
+}
+
+/// The owner reference a managed Secret carries for its AWSIAMRole.
+pub fn owner_reference(role: &ObservedRole) -> OwnerReference {
+    OwnerReference {
+        api_version: "zalando.org/v1".into(),
+        kind: "AWSIAMRole".into(),
+        name: role.name.clone(),
+        uid: role.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }
+}
+
+/// Whether `s` is owned by exactly this AWSIAMRole. Without a known UID (hand-written offline
+/// input) the name alone decides.
+pub fn owned_by(s: &ObservedSecret, role: &ObservedRole) -> bool {
+    s.owner_references.iter().any(|o| {
+        o.kind == "AWSIAMRole"
+            && o.api_version.split('/').next() == Some("zalando.org")
+            && o.name == role.name
+            && (role.uid.is_empty() || o.uid == role.uid)
+    })
+}
+
+/// The complete Secret for `role` holding `creds` for `role_arn`; `issued_at` is when STS
+/// issued them. Labels are the role's, with the two ownership labels winning.
+pub fn build(
+    role: &ObservedRole,
+    role_arn: &str,
+    creds: &Credentials,
+    issued_at: Timestamp,
+) -> Secret {
+    let mut labels = role.labels.clone();
+    labels.insert(HERITAGE_LABEL.into(), HERITAGE_VALUE.into());
+    labels.insert(TYPE_LABEL.into(), TYPE_VALUE.into());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(role.name.clone()),
+            namespace: Some(role.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                ISSUED_AT_ANNOTATION.to_string(),
+                format_time(issued_at),
+            )])),
+            owner_references: Some(vec![owner_reference(role)]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            encode(creds, role_arn, role.generation)
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v)))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// A redacted, line-oriented rendering of a Secret for plan diffs. Credential keys show
+/// `<redacted>`; the other keys show their value only when it decodes as expected.
+pub fn view(s: &ObservedSecret) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("Secret {}/{}\n", s.namespace, s.name);
+    let map = |out: &mut String, title: &str, m: &BTreeMap<String, String>| {
+        if !m.is_empty() {
+            let _ = writeln!(out, "  {title}:");
+            for (k, v) in m {
+                let _ = writeln!(
+                    out,
+                    "    {}: {}",
+                    crate::arn::shorten(k),
+                    crate::arn::shorten(v)
+                );
+            }
+        }
+    };
+    map(&mut out, "labels", &s.labels);
+    map(&mut out, "annotations", &s.annotations);
+    if !s.owner_references.is_empty() {
+        out.push_str("  ownerReferences:\n");
+        for o in &s.owner_references {
+            let _ = writeln!(
+                out,
+                "    {} {} {} (uid {})",
+                crate::arn::shorten(&o.api_version),
+                crate::arn::shorten(&o.kind),
+                crate::arn::shorten(&o.name),
+                crate::arn::shorten(&o.uid)
+            );
+        }
+    }
+    out.push_str("  data:\n");
+    for (k, v) in &s.data {
+        let _ = writeln!(out, "    {}: {}", crate::arn::shorten(k), view_value(k, v));
+    }
+    for k in &s.undecodable_keys {
+        let _ = writeln!(out, "    {}: <not base64>", crate::arn::shorten(k));
+    }
+    out
+}
+
+fn view_value(key: &str, value: &[u8]) -> String {
+    let garbled = || format!("<unreadable, {} bytes>", value.len());
+    let text = std::str::from_utf8(value).map(str::trim);
+    match key {
+        KEY_CREDENTIALS | KEY_JSON => "<redacted>".into(),
+        KEY_PROCESS if text == Ok(PROCESS_FILE.trim()) => {
+            "credential_process = cat /meta/aws-iam/credentials.json".into()
+        }
+        KEY_ROLE_ARN => match text.ok().and_then(|t| t.parse::<RoleArn>().ok()) {
+            Some(arn) => arn.to_string(),
+            None => garbled(),
+        },
+        KEY_EXPIRE => match text.ok().and_then(|t| t.parse::<Timestamp>().ok()) {
+            Some(t) => format_time(t),
+            None => garbled(),
+        },
+        KEY_GENERATION => match text.ok().and_then(|t| t.parse::<i64>().ok()) {
+            Some(g) => g.to_string(),
+            None => garbled(),
+        },
+        _ => format!("<{} bytes>", value.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds() -> Credentials {
+        Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: "SeCrEt/Key+1".into(),
+            session_token: "ToKeN==".into(),
+            expiration: "2026-11-26T23:00:00.123Z".parse().unwrap(),
+        }
+    }
+
+    fn observed(data: BTreeMap<String, Vec<u8>>) -> ObservedSecret {
+        ObservedSecret {
+            namespace: "ns".into(),
+            name: "app".into(),
+            uid: String::new(),
+            resource_version: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            owner_references: vec![],
+            data,
+            undecodable_keys: Default::default(),
+        }
+    }
+
+    #[test]
+    fn encodes_byte_exact_formats() {
+        let d = encode(&creds(), "arn:aws:iam::123456789012:role/app", 7);
+        assert_eq!(
+            std::str::from_utf8(&d[KEY_CREDENTIALS]).unwrap(),
+            "[default]\naws_access_key_id = ASIAEXAMPLE\naws_secret_access_key = SeCrEt/Key+1\naws_session_token = ToKeN==\naws_expiration = 2026-11-26T23:00:00Z\n"
+        );
+        assert_eq!(
+            std::str::from_utf8(&d[KEY_PROCESS]).unwrap(),
+            "[default]\ncredential_process = cat /meta/aws-iam/credentials.json\n"
+        );
+        assert_eq!(
+            std::str::from_utf8(&d[KEY_JSON]).unwrap(),
+            r#"{"Version":1,"AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"SeCrEt/Key+1","SessionToken":"ToKeN==","Expiration":"2026-11-26T23:00:00Z"}"#
+        );
+        assert_eq!(d[KEY_EXPIRE], b"2026-11-26T23:00:00Z");
+        assert_eq!(d[KEY_GENERATION], b"7");
+        assert_eq!(d[KEY_ROLE_ARN], b"arn:aws:iam::123456789012:role/app");
+    }
+
+    #[test]
+    fn decodes_what_it_encodes_and_rejects_garbage() {
+        let d = encode(&creds(), "arn:aws:iam::123456789012:role/app", 7);
+        let c = decode(&observed(d.clone())).unwrap();
+        assert_eq!(c.generation, 7);
+        assert_eq!(format_time(c.expire), "2026-11-26T23:00:00Z");
+        for key in DATA_KEYS {
+            let mut missing = d.clone();
+            missing.remove(key);
+            assert!(decode(&observed(missing)).unwrap_err().contains(key));
+            let mut garbage = d.clone();
+            garbage.insert(key.into(), vec![0xff, 0x00, 0x9c]);
+            let err = decode(&observed(garbage)).unwrap_err();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn debug_and_view_redact() {
+        let c = creds();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("ASIAEXAMPLE") && !dbg.contains("SeCrEt") && !dbg.contains("ToKeN"));
+        let v = view(&observed(encode(
+            &c,
+            "arn:aws:iam::123456789012:role/app",
+            1,
+        )));
+        assert!(!v.contains("ASIAEXAMPLE") && !v.contains("SeCrEt") && !v.contains("ToKeN"));
+        assert!(v.contains("role-arn: arn:aws:iam::123456789012:role/app"));
+    }
+
+    #[test]
+    fn managed_needs_both_labels() {
+        let both = BTreeMap::from([
+            (HERITAGE_LABEL.to_string(), HERITAGE_VALUE.to_string()),
+            (TYPE_LABEL.to_string(), TYPE_VALUE.to_string()),
+        ]);
+        assert!(is_managed(&both));
+        let mut one = both.clone();
+        one.remove(TYPE_LABEL);
+        assert!(!is_managed(&one));
+    }
+}
