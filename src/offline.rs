@@ -5,6 +5,7 @@
 //! and the others are still planned.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -146,6 +147,30 @@ fn is_blank(doc: &str) -> bool {
     })
 }
 
+/// Keeps the first object of a name; says what was skipped (a duplicate or an undecodable
+/// object), if anything.
+fn insert_first<T>(
+    map: &mut BTreeMap<(String, String), T>,
+    decoded: Result<((String, String), T), String>,
+    kind: &str,
+) -> Option<String> {
+    match decoded {
+        Err(e) => Some(format!("{kind} skipped: {e}")),
+        Ok((key, object)) => match map.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(object);
+                None
+            }
+            Entry::Occupied(slot) => {
+                let (ns, name) = slot.key();
+                Some(format!(
+                    "duplicate {kind} {ns}/{name}; the first one is used"
+                ))
+            }
+        },
+    }
+}
+
 #[derive(Default)]
 struct Collector {
     roles: BTreeMap<(String, String), ObservedRole>,
@@ -208,43 +233,21 @@ impl Collector {
                 _ => self.note(file, Some(index), format!("{kind} without items; skipped")),
             },
             ("AWSIAMRole", _) if api_version.starts_with("zalando.org/") => {
-                match ObservedRole::from_value(v, DEFAULT_NAMESPACE) {
-                    Ok(role) => {
-                        let key = (role.namespace.clone(), role.name.clone());
-                        if self.roles.contains_key(&key) {
-                            self.note(
-                                file,
-                                Some(index),
-                                format!(
-                                    "duplicate AWSIAMRole {}/{}; the first one is used",
-                                    key.0, key.1
-                                ),
-                            );
-                        } else {
-                            self.roles.insert(key, role);
-                        }
-                    }
-                    Err(e) => self.note(file, Some(index), format!("AWSIAMRole skipped: {e}")),
+                let role = ObservedRole::from_value(v, DEFAULT_NAMESPACE)
+                    .map(|r| ((r.namespace.clone(), r.name.clone()), r));
+                let note = insert_first(&mut self.roles, role, "AWSIAMRole");
+                if let Some(message) = note {
+                    self.note(file, Some(index), message);
                 }
             }
-            ("Secret", "v1") => match ObservedSecret::from_value(v, DEFAULT_NAMESPACE) {
-                Ok(secret) => {
-                    let key = (secret.namespace.clone(), secret.name.clone());
-                    if self.secrets.contains_key(&key) {
-                        self.note(
-                            file,
-                            Some(index),
-                            format!(
-                                "duplicate Secret {}/{}; the first one is used",
-                                key.0, key.1
-                            ),
-                        );
-                    } else {
-                        self.secrets.insert(key, secret);
-                    }
+            ("Secret", "v1") => {
+                let secret = ObservedSecret::from_value(v, DEFAULT_NAMESPACE)
+                    .map(|s| ((s.namespace.clone(), s.name.clone()), s));
+                let note = insert_first(&mut self.secrets, secret, "Secret");
+                if let Some(message) = note {
+                    self.note(file, Some(index), message);
                 }
-                Err(e) => self.note(file, Some(index), format!("Secret skipped: {e}")),
-            },
+            }
             ("Namespace", "v1") => {
                 let name = v.pointer("/metadata/name").and_then(Value::as_str);
                 let annotations = v

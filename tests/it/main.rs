@@ -1,1 +1,7 @@
+//! The one integration-test binary (one link step for every test; see DESIGN.md).
 
+mod cli;
+mod crd;
+mod fixtures;
+mod invariants;
+mod support;

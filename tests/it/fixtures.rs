@@ -1,0 +1,141 @@
+//! Fixture snapshot tests: every `fixtures/<case>/` is planned offline exactly as
+//! `plan --from` would, rendered in every format and compared with its insta snapshot
+//! (`tests/snapshots/<case>@<format>.snap`; review changes with `cargo insta review`).
+//! Every case also asserts the idempotence invariant.
+
+use std::collections::BTreeSet;
+
+use kube_aws_iam_controller::commands;
+use kube_aws_iam_controller::plan::{ActionKind, Reason, plan};
+
+use crate::support::{Case, fixture_cases, simulate};
+
+/// Fake credentials in fixtures carry this marker; no rendering may contain it.
+const FIXTURE_CANARY: &str = "FAKESECRET";
+
+fn snapshot(name: &str, body: &str) {
+    insta::with_settings!({
+        snapshot_path => "../snapshots",
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(name, body);
+    });
+}
+
+#[test]
+fn fixtures_render_as_snapshotted() {
+    let cases = fixture_cases();
+    assert!(cases.len() >= 20, "only {} fixture cases", cases.len());
+    for name in cases {
+        let case = Case::load(&name);
+        for format in ["text", "diff", "json"] {
+            let (options, args) = case.parse(&["--output", format]);
+            let out = commands::plan(&options, &args)
+                .unwrap_or_else(|e| panic!("{name}: plan failed: {e}"));
+            assert_eq!(out.exit_code, 0, "{name}");
+            for leak in [FIXTURE_CANARY, simulate::CANARY, "ASIAQUICKSTART"] {
+                assert!(
+                    !out.stdout.contains(leak),
+                    "{name} --output {format} leaks {leak}"
+                );
+            }
+            let mut body = out.stdout;
+            if !out.notes.is_empty() {
+                body.push_str("\n# notes (stderr)\n");
+                for n in &out.notes {
+                    // Paths differ between checkouts: keep them relative to fixtures/.
+                    let n = n.replace(&format!("{}/", case.dir.display()), "");
+                    body.push_str(&n);
+                    body.push('\n');
+                }
+            }
+            snapshot(&format!("{name}@{format}"), &body);
+        }
+    }
+}
+
+/// Applying a fixture's plan (with fake credentials) and planning again leaves only skips and
+/// the same blocked roles, whose statuses were already written.
+#[test]
+fn fixtures_converge_after_one_apply() {
+    for name in fixture_cases() {
+        let case = Case::load(&name);
+        let (observed, config) = case.state();
+        let first = plan(&observed, case.now, &config);
+        let after = simulate::apply(&observed, &first);
+        let second = plan(&after, case.now, &config);
+        let not_converged: Vec<String> = second
+            .actions
+            .iter()
+            .filter(|a| {
+                !(a.kind == ActionKind::Skip || a.kind == ActionKind::Blocked && a.status.is_none())
+            })
+            .map(|a| {
+                format!(
+                    "{}/{} {} {}: {}",
+                    a.namespace, a.name, a.kind, a.reason, a.message
+                )
+            })
+            .collect();
+        assert!(
+            not_converged.is_empty(),
+            "{name}: second plan is not converged: {not_converged:#?}"
+        );
+        let blocked =
+            |p: &kube_aws_iam_controller::plan::Plan<'_>| -> BTreeSet<(String, String, Reason)> {
+                p.actions
+                    .iter()
+                    .filter(|a| a.kind == ActionKind::Blocked)
+                    .map(|a| (a.namespace.to_string(), a.name.to_string(), a.reason))
+                    .collect()
+            };
+        let newly_blocked: BTreeSet<_> = blocked(&second)
+            .difference(&blocked(&first))
+            .cloned()
+            .collect();
+        // A not-permitted role whose Secret was deleted becomes Blocked/NotPermitted.
+        assert!(
+            newly_blocked.iter().all(|(ns, n, r)| {
+                *r == Reason::NotPermitted
+                    && first
+                        .actions
+                        .iter()
+                        .any(|a| a.namespace == ns && a.name == n && a.kind == ActionKind::Delete)
+            }),
+            "{name}: newly blocked {newly_blocked:?}"
+        );
+    }
+}
+
+/// Together the fixtures exercise every action with every reason SPEC §3 names.
+#[test]
+fn fixtures_cover_every_action_and_reason() {
+    use ActionKind::*;
+    use Reason::*;
+    let wanted: BTreeSet<(ActionKind, Reason)> = [
+        (Create, Missing),
+        (Refresh, Expiring),
+        (Refresh, SpecChanged),
+        (Refresh, RoleChanged),
+        (Refresh, Unreadable),
+        (Refresh, OwnerChanged),
+        (UpdateStatus, StatusStale),
+        (Delete, OwnerGone),
+        (Delete, NotPermitted),
+        (Skip, UpToDate),
+        (Blocked, InvalidSpec),
+        (Blocked, NotPermitted),
+        (Blocked, SecretConflict),
+    ]
+    .into();
+    let mut seen = BTreeSet::new();
+    for name in fixture_cases() {
+        let case = Case::load(&name);
+        let (observed, config) = case.state();
+        let p = plan(&observed, case.now, &config);
+        seen.extend(p.actions.iter().map(|a| (a.kind, a.reason)));
+    }
+    let missing: Vec<_> = wanted.difference(&seen).collect();
+    assert!(missing.is_empty(), "no fixture covers {missing:?}");
+}

@@ -1,0 +1,110 @@
+//! Shared test helpers: loading fixture cases and applying a plan in memory.
+
+pub mod simulate;
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser as _;
+use jiff::Timestamp;
+use kube_aws_iam_controller::cli::{Cli, Command, Options, PlanArgs};
+use kube_aws_iam_controller::model::Observed;
+use kube_aws_iam_controller::offline;
+use kube_aws_iam_controller::plan::PlanConfig;
+
+/// Base ARN the fixtures are planned with unless their `args` name another.
+pub const DEFAULT_BASE_ARN: &str = "arn:aws:iam::123456789012:role/";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// All `fixtures/<case>/` directories, sorted.
+pub fn fixture_cases() -> Vec<String> {
+    let mut cases: Vec<String> = std::fs::read_dir(repo_root().join("fixtures"))
+        .expect("fixtures/ exists")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    cases.sort();
+    cases
+}
+
+/// A fixture case parsed exactly as the CLI would parse `plan --from fixtures/<case> …`.
+pub struct Case {
+    pub name: String,
+    pub dir: PathBuf,
+    pub now: Timestamp,
+    /// Full command line (after the program name).
+    pub argv: Vec<String>,
+}
+
+impl Case {
+    pub fn load(name: &str) -> Case {
+        let dir = repo_root().join("fixtures").join(name);
+        let now = read_trimmed(&dir.join("now"));
+        let extra: Vec<String> = std::fs::read_to_string(dir.join("args"))
+            .map(|s| {
+                s.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut argv: Vec<String> = vec![
+            "plan".into(),
+            "--from".into(),
+            dir.display().to_string(),
+            "--now".into(),
+            now.clone(),
+        ];
+        if !extra.iter().any(|a| a.starts_with("--base-role-arn")) {
+            argv.push("--base-role-arn".into());
+            argv.push(DEFAULT_BASE_ARN.into());
+        }
+        argv.extend(extra);
+        Case {
+            name: name.to_string(),
+            now: now.parse().unwrap_or_else(|e| panic!("{name}/now: {e}")),
+            dir,
+            argv,
+        }
+    }
+
+    /// The CLI options and plan arguments of this case, with `extra` flags appended.
+    pub fn parse(&self, extra: &[&str]) -> (Options, PlanArgs) {
+        let argv = std::iter::once("kube-aws-iam-controller".to_string())
+            .chain(self.argv.iter().cloned())
+            .chain(extra.iter().map(|s| s.to_string()));
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        match cli.command {
+            Some(Command::Plan(args)) => (cli.options, args),
+            other => panic!("not a plan command: {other:?}"),
+        }
+    }
+}
+
+impl Case {
+    /// The observed state and planner configuration of this case, loaded as `plan` loads them.
+    pub fn state(&self) -> (Observed, PlanConfig) {
+        let (options, args) = self.parse(&[]);
+        let from = args.from.expect("fixture cases plan --from");
+        let loaded = offline::load(&from).unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        let observed = match options.namespace() {
+            Some(ns) => loaded.observed.scoped(ns),
+            None => loaded.observed,
+        };
+        (
+            observed,
+            options.plan_config().expect("fixture args are valid"),
+        )
+    }
+}
+
+fn read_trimmed(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
