@@ -111,8 +111,8 @@ pub struct Options {
         env = "KUBE_AWS_IAM_CONTROLLER_NAMESPACE_RESTRICTIONS"
     )]
     pub namespace_restrictions: bool,
-    /// Allow only roles matching one of these globs, in every namespace (repeatable; a bare
-    /// pattern gets the base role ARN).
+    /// Allow only roles matching one of these globs, in every namespace (repeat the flag for
+    /// several; a bare pattern gets the base role ARN; the environment variable holds one).
     #[arg(
         long = "allowed-role-pattern",
         global = true,

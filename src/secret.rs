@@ -117,6 +117,13 @@ pub fn encode(creds: &Credentials, role_arn: &str, generation: i64) -> BTreeMap<
     ])
 }
 
+/// Fields the `[default]` profile of `credentials` must set.
+const INI_FIELDS: [&str; 3] = [
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+];
+
 /// What the planner needs from a readable Secret (no credential material).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretContent {
@@ -174,18 +181,24 @@ pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
         ));
     }
     let ini = text(KEY_CREDENTIALS)?;
-    for field in [
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-    ] {
-        let present = ini.lines().any(|line| {
-            line.split_once('=')
-                .is_some_and(|(k, v)| k.trim() == field && !v.trim().is_empty())
-        });
-        if !present {
-            return Err(format!("data key {KEY_CREDENTIALS:?} lacks {field}"));
+    let mut section = "";
+    let mut found = [false; 3];
+    for line in ini.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim();
+        } else if section == "default"
+            && let Some((k, v)) = line.split_once('=')
+            && !v.trim().is_empty()
+            && let Some(i) = INI_FIELDS.iter().position(|f| *f == k.trim())
+        {
+            found[i] = true;
         }
+    }
+    if let Some(i) = found.iter().position(|f| !f) {
+        return Err(format!(
+            "data key {KEY_CREDENTIALS:?} lacks {} in its [default] profile",
+            INI_FIELDS[i]
+        ));
     }
     Ok(SecretContent {
         role_arn: role_arn.to_string(),
@@ -378,6 +391,17 @@ mod tests {
         let c = decode(&observed(d.clone())).unwrap();
         assert_eq!(c.generation, 7);
         assert_eq!(format_time(c.expire), "2026-11-26T23:00:00Z");
+        let mut other_profile = d.clone();
+        let ini = String::from_utf8(d[KEY_CREDENTIALS].clone()).unwrap();
+        other_profile.insert(
+            KEY_CREDENTIALS.into(),
+            ini.replace("[default]", "[prod]").into_bytes(),
+        );
+        assert!(
+            decode(&observed(other_profile))
+                .unwrap_err()
+                .contains("[default]")
+        );
         for key in DATA_KEYS {
             let mut missing = d.clone();
             missing.remove(key);

@@ -322,7 +322,7 @@ fn plan_role<'a>(
             return blocked(
                 action,
                 Reason::InvalidSpec,
-                format!("spec.roleReference {e}"),
+                format!("spec.roleReference: {e}"),
             );
         }
     };
@@ -456,7 +456,7 @@ fn plan_role<'a>(
     action
 }
 
-/// Lifetime of the Secret's credentials from the issued-at annotation, when it is usable.
+/// Lifetime of the Secret's credentials from the issued-at annotation, when it is plausible.
 fn lifetime(secret: &ObservedSecret, content: &SecretContent) -> Option<i64> {
     let issued: Timestamp = secret
         .annotations
@@ -464,7 +464,8 @@ fn lifetime(secret: &ObservedSecret, content: &SecretContent) -> Option<i64> {
         .parse()
         .ok()?;
     let l = content.expire.as_second() - issued.as_second();
-    (l > 0).then_some(l)
+    // STS never issues less than 900 s: a shorter span means the annotation is wrong.
+    (l >= crate::crd::MIN_SESSION_DURATION).then_some(l)
 }
 
 /// The UID spreads refreshes; hand-written input without one falls back to the name.
