@@ -55,6 +55,54 @@ fn fixtures_render_as_snapshotted() {
     }
 }
 
+/// Each fixture states its expected plan in `# expect: ns/name action Reason [roleArn]`
+/// comment lines, written from SPEC §3 independently of the code; the plan must match them
+/// exactly (one line per action, nothing more, nothing less).
+#[test]
+fn fixtures_match_their_expect_lines() {
+    for name in fixture_cases() {
+        let case = Case::load(&name);
+        let input = std::fs::read_to_string(case.dir.join("input.yaml")).unwrap();
+        let expected: Vec<Vec<String>> = input
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect:"))
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect();
+        assert!(!expected.is_empty(), "{name}: no `# expect:` lines");
+        let (observed, config) = case.state();
+        let p = plan(&observed, case.now, &config);
+        let mut actual: Vec<Vec<String>> = Vec::new();
+        for a in &p.actions {
+            actual.push(vec![
+                format!("{}/{}", a.namespace, a.name),
+                a.kind.to_string(),
+                a.reason.to_string(),
+            ]);
+        }
+        actual.sort();
+        let mut shortened: Vec<Vec<String>> = expected.iter().map(|e| e[..3].to_vec()).collect();
+        shortened.sort();
+        assert_eq!(
+            actual, shortened,
+            "{name}: plan differs from its # expect: lines"
+        );
+        // Where an expect line names the role ARN, the plan must report exactly that ARN.
+        for e in expected.iter().filter(|e| e.len() > 3) {
+            let a = p
+                .actions
+                .iter()
+                .find(|a| format!("{}/{}", a.namespace, a.name) == e[0])
+                .unwrap();
+            assert_eq!(
+                a.role_arn.as_deref(),
+                Some(e[3].as_str()),
+                "{name}: {}",
+                e[0]
+            );
+        }
+    }
+}
+
 /// Applying a fixture's plan (with fake credentials) and planning again leaves only skips and
 /// the same blocked roles, whose statuses were already written.
 #[test]
