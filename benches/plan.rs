@@ -37,7 +37,7 @@ fn state(n: usize, now: Timestamp) -> Observed {
         };
         // Every tenth role's status is stale, every hundredth has no Secret.
         if i % 10 != 0 {
-            role.status = Some(ready_status(&role, &arn, creds.expiration, now));
+            role.status = Some(ready_status(&role, &arn, creds.expiration, None, now));
         }
         if i % 100 != 0 {
             secrets.push(ObservedSecret::from_secret(&secret::build(

@@ -1,6 +1,7 @@
 //! Command line: the original controller's flags (same names, same meaning) plus this
 //! project's. Every flag also reads `KUBE_AWS_IAM_CONTROLLER_<FLAG>`.
 
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -121,6 +122,51 @@ pub struct Options {
         value_delimiter = ','
     )]
     pub allowed_role_patterns: Vec<String>,
+    /// AWS region for STS (default: the standard AWS chain, e.g. AWS_REGION).
+    #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_REGION")]
+    pub region: Option<String>,
+    /// STS AssumeRole calls per second, at most.
+    #[arg(
+        long,
+        global = true,
+        default_value = "10",
+        env = "KUBE_AWS_IAM_CONTROLLER_STS_RATE"
+    )]
+    pub sts_rate: NonZeroU32,
+    /// STS calls that may start at once before the rate applies.
+    #[arg(
+        long,
+        global = true,
+        default_value = "1",
+        env = "KUBE_AWS_IAM_CONTROLLER_STS_BURST"
+    )]
+    pub sts_burst: NonZeroU32,
+    /// Actions (STS call and writes) in flight at once.
+    #[arg(
+        long,
+        global = true,
+        default_value = "8",
+        env = "KUBE_AWS_IAM_CONTROLLER_CONCURRENCY"
+    )]
+    pub concurrency: NonZeroUsize,
+    /// Address of /healthz, /readyz and /metrics in `run` (`:8080` = all interfaces).
+    #[arg(
+        long,
+        global = true,
+        default_value = ":8080",
+        env = "KUBE_AWS_IAM_CONTROLLER_HEALTH_ADDR"
+    )]
+    pub health_addr: String,
+    /// Log format (RUST_LOG filters; --debug sets the default level to debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KUBE_AWS_IAM_CONTROLLER_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Options {

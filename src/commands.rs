@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 
 use crate::cli::{Options, PlanArgs};
+use crate::pass::Controller;
 use crate::plan::render::render;
 use crate::{Error, Result, crd, offline, plan};
 
@@ -23,13 +24,26 @@ pub fn crd() -> Result<CommandOutput> {
     })
 }
 
-/// `plan`: compute and render the plan. Offline (`--from`) only, for now.
-pub fn plan(options: &Options, args: &PlanArgs) -> Result<CommandOutput> {
+/// `plan`: compute and render the plan, offline (`--from`) or from the cluster (a dry-run
+/// pass: no STS calls, no writes).
+pub async fn plan(options: &Options, args: &PlanArgs) -> Result<CommandOutput> {
+    match &args.from {
+        Some(_) => plan_offline(options, args),
+        None => {
+            let controller = Controller::connect(options, true).await?;
+            let (_, rendered) = controller.once().await?;
+            Ok(CommandOutput {
+                stdout: rendered.unwrap_or_default(),
+                ..CommandOutput::default()
+            })
+        }
+    }
+}
+
+/// `plan --from PATH`: offline, synchronous, no cluster and no AWS.
+pub fn plan_offline(options: &Options, args: &PlanArgs) -> Result<CommandOutput> {
     let Some(from) = &args.from else {
-        return Err(Error::Unsupported(
-            "planning against a cluster is not implemented yet; plan offline with `plan --from PATH`"
-                .into(),
-        ));
+        return Err(Error::Config("plan_offline needs --from PATH".into()));
     };
     let config = options.plan_config()?;
     let now = match &args.now {
@@ -63,10 +77,22 @@ pub fn plan(options: &Options, args: &PlanArgs) -> Result<CommandOutput> {
     })
 }
 
-/// `run` / `once` against a cluster: not implemented yet.
-pub fn live(_options: &Options) -> Result<CommandOutput> {
-    Err(Error::Unsupported(
-        "reconciling a cluster (`run`, `once`) is not implemented yet; `plan --from PATH` and `crd` work"
-            .into(),
-    ))
+/// `once`: one pass against the cluster (printing the plan with `--dry-run`).
+pub async fn once(options: &Options) -> Result<CommandOutput> {
+    let controller = Controller::connect(options, options.dry_run).await?;
+    let (exit_code, rendered) = controller.once().await?;
+    Ok(CommandOutput {
+        stdout: rendered.unwrap_or_default(),
+        notes: Vec::new(),
+        exit_code,
+    })
+}
+
+/// `run` (and the bare binary): the loop, until SIGTERM/SIGINT.
+pub async fn run(options: &Options) -> Result<CommandOutput> {
+    let controller = Controller::connect(options, options.dry_run).await?;
+    controller
+        .run(options.interval, &options.health_addr)
+        .await?;
+    Ok(CommandOutput::default())
 }

@@ -5,15 +5,22 @@
 //! holds everything but argument parsing, so tests drive it directly.
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod arn;
 pub mod cli;
 pub mod commands;
 pub mod crd;
+pub mod metrics;
 pub mod model;
+pub mod observe;
 pub mod offline;
+pub mod pass;
 pub mod plan;
 pub mod policy;
 pub mod secret;
+pub mod server;
+pub mod sts;
+pub mod telemetry;
 
 /// Errors that end a command (as opposed to per-object problems, which become plan actions).
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +41,23 @@ pub enum Error {
     /// Serialising an object (CRD, JSON plan) failed.
     #[error("cannot serialise {what}: {message}")]
     Serialize { what: &'static str, message: String },
+    /// The controller's own AWS set-up failed (credentials, identity).
+    #[error("AWS: {0}")]
+    Aws(String),
+    /// The Kubernetes API could not be reached or refused a read the pass needs.
+    #[error("Kubernetes API: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The health/metrics server could not start.
+    #[error("health server on {addr}: {source}")]
+    Server {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The command exists but its implementation has not landed yet.
     #[error("{0}")]
     Unsupported(String),
@@ -48,6 +72,9 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Serialize { .. } => "serialize",
             Error::Unsupported(_) => "unsupported",
+            Error::Aws(_) => "aws",
+            Error::Kube { .. } => "kube",
+            Error::Server { .. } => "server",
         }
     }
 

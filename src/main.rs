@@ -6,14 +6,31 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use kube_aws_iam_controller::cli::{Cli, Command};
-use kube_aws_iam_controller::commands;
+use kube_aws_iam_controller::{commands, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Crd) => commands::crd(),
-        Some(Command::Plan(args)) => commands::plan(&cli.options, args),
-        Some(Command::Once) | Some(Command::Run) | None => commands::live(&cli.options),
+        command => {
+            telemetry::init(cli.options.debug, cli.options.log_format);
+            match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(async {
+                    match command {
+                        Some(Command::Plan(args)) => commands::plan(&cli.options, args).await,
+                        Some(Command::Once) => commands::once(&cli.options).await,
+                        _ => commands::run(&cli.options).await,
+                    }
+                }),
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
     };
     match result {
         Ok(output) => {

@@ -365,7 +365,13 @@ fn plan_role<'a>(
         action.kind = ActionKind::Create;
         action.reason = Reason::Missing;
         action.message = format!("assume {arn} for {}", human(duration));
-        action.status = Some(ready_status(role, &arn.to_string(), planned_expiry, now));
+        action.status = Some(ready_status(
+            role,
+            &arn.to_string(),
+            planned_expiry,
+            None,
+            now,
+        ));
         action.request = Some(request);
         return action;
     };
@@ -373,7 +379,13 @@ fn plan_role<'a>(
         action.kind = ActionKind::Refresh;
         action.reason = reason;
         action.message = message;
-        action.status = Some(ready_status(role, &arn.to_string(), planned_expiry, now));
+        action.status = Some(ready_status(
+            role,
+            &arn.to_string(),
+            planned_expiry,
+            None,
+            now,
+        ));
         action.request = Some(request.clone());
         action
     };
@@ -422,7 +434,8 @@ fn plan_role<'a>(
             ),
         );
     }
-    let lifetime = lifetime(secret, content).unwrap_or(duration);
+    let known_lifetime = lifetime(secret, content);
+    let lifetime = known_lifetime.unwrap_or(duration);
     let margin = refresh::margin(lifetime, config.refresh_limit, jitter_key(role));
     let remaining = content.expire.as_second() - now.as_second();
     let expire = format_time(content.expire);
@@ -441,7 +454,8 @@ fn plan_role<'a>(
     let due = format_time(
         jiff::Timestamp::from_second(content.expire.as_second() - margin).unwrap_or(content.expire),
     );
-    let desired = ready_status(role, &content.role_arn, content.expire, now);
+    let granted = shortened(known_lifetime, duration);
+    let desired = ready_status(role, &content.role_arn, content.expire, granted, now);
     if status_matches(role.status.as_ref(), &desired) {
         action.message = format!("credentials valid until {expire}, refresh due at {due}");
         return action;
@@ -457,7 +471,7 @@ fn plan_role<'a>(
 }
 
 /// Lifetime of the Secret's credentials from the issued-at annotation, when it is plausible.
-fn lifetime(secret: &ObservedSecret, content: &SecretContent) -> Option<i64> {
+pub fn lifetime(secret: &ObservedSecret, content: &SecretContent) -> Option<i64> {
     let issued: Timestamp = secret
         .annotations
         .get(secret::ISSUED_AT_ANNOTATION)?
@@ -486,15 +500,33 @@ pub fn human(seconds: i64) -> String {
     humantime::format_duration(Duration::from_secs(seconds.max(0) as u64)).to_string()
 }
 
+/// The granted lifetime when it is clearly shorter than the `requested` duration (STS capped
+/// it, e.g. for role chaining); a minute of slack absorbs clock skew and latency.
+pub fn shortened(lifetime: Option<i64>, requested: i64) -> Option<i64> {
+    lifetime.filter(|l| l + 60 < requested)
+}
+
 /// Status for an AWSIAMRole whose Secret holds valid credentials for `role_arn`.
+///
+/// `granted` is the lifetime STS granted when it was shorter than the spec asked for (see
+/// [`shortened`]); the message then says so, so a user sees why a 12 h role refreshes hourly.
 pub fn ready_status(
     role: &ObservedRole,
     role_arn: &str,
     expiration: Timestamp,
+    granted: Option<i64>,
     now: Timestamp,
 ) -> AWSIAMRoleStatus {
     let expiration = format_time(expiration);
-    let message = format!("credentials for {role_arn} valid until {expiration}");
+    let mut message = format!("credentials for {role_arn} valid until {expiration}");
+    if let Some(granted) = granted {
+        let requested = role.spec.as_ref().map(|s| s.duration()).unwrap_or_default();
+        message.push_str(&format!(
+            "; STS granted {} instead of the requested {} (role chaining caps sessions at 1h)",
+            human(granted),
+            human(requested)
+        ));
+    }
     with_ready(
         role,
         true,

@@ -53,7 +53,7 @@ fn binary_prints_what_the_library_plans() {
     let (options, args) = case.parse(&["--output", "json"]);
     assert_eq!(
         stdout(&out),
-        commands::plan(&options, &args).unwrap().stdout
+        commands::plan_offline(&options, &args).unwrap().stdout
     );
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let actions = json["actions"].as_array().unwrap();
@@ -182,12 +182,25 @@ fn bare_names_without_base_arn_are_blocked_with_a_hint() {
 }
 
 #[test]
-fn live_modes_say_they_are_not_there_yet() {
-    for args in [vec![], vec!["run"], vec!["once"], vec!["plan"]] {
-        let out = bin(&args);
+fn live_modes_without_a_cluster_exit_2() {
+    for args in [
+        vec![],
+        vec!["run"],
+        vec!["once"],
+        vec!["plan"],
+        vec!["once", "--dry-run"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
+            .args(&args)
+            .current_dir(repo_root())
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(
-            stderr(&out).contains("not implemented yet"),
+            stderr(&out).contains("no Kubernetes configuration"),
             "{args:?}: {}",
             stderr(&out)
         );

@@ -31,7 +31,7 @@ fn fixtures_render_as_snapshotted() {
         let case = Case::load(&name);
         for format in ["text", "diff", "json"] {
             let (options, args) = case.parse(&["--output", format]);
-            let out = commands::plan(&options, &args)
+            let out = commands::plan_offline(&options, &args)
                 .unwrap_or_else(|e| panic!("{name}: plan failed: {e}"));
             assert_eq!(out.exit_code, 0, "{name}");
             for leak in [FIXTURE_CANARY, simulate::CANARY, "ASIAQUICKSTART"] {

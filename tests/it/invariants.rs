@@ -255,7 +255,13 @@ fn build(s: &Scenario) -> (Observed, PlanConfig) {
                     observed.annotations.clear();
                 }
                 if r.status == 1 {
-                    role.status = Some(ready_status(&role, &arn_of(arn), creds.expiration, now()));
+                    role.status = Some(ready_status(
+                        &role,
+                        &arn_of(arn),
+                        creds.expiration,
+                        None,
+                        now(),
+                    ));
                 }
                 secrets.push(observed);
             }

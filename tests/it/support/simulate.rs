@@ -53,7 +53,7 @@ pub fn apply(observed: &Observed, plan: &Plan<'_>) -> Observed {
                     .map(|s| s.uid.clone())
                     .unwrap_or_else(|| format!("uid-secret-{}-{}", key.0, key.1));
                 secrets.insert(key, written);
-                role.status = Some(ready_status(role, &arn, creds.expiration, now));
+                role.status = Some(ready_status(role, &arn, creds.expiration, None, now));
             }
             ActionKind::Delete => {
                 secrets.remove(&key);

@@ -1,0 +1,145 @@
+//! Prometheus metrics (text format on `/metrics`). Updated from each pass's report, never from
+//! the planner.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::apply::PassReport;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pass_duration: Histogram,
+    passes: Family<ResultLabel, Counter>,
+    actions: Family<ActionLabels, Counter>,
+    sts_calls: Family<ResultLabel, Counter>,
+    managed_roles: Gauge,
+    earliest_expiry: Gauge<f64, AtomicU64>,
+    last_success: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kube_aws_iam_controller");
+        let pass_duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
+        let passes = Family::<ResultLabel, Counter>::default();
+        let actions = Family::<ActionLabels, Counter>::default();
+        let sts_calls = Family::<ResultLabel, Counter>::default();
+        let managed_roles = Gauge::default();
+        let earliest_expiry = Gauge::<f64, AtomicU64>::default();
+        let last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "pass_duration_seconds",
+            "Duration of reconciliation passes",
+            pass_duration.clone(),
+        );
+        registry.register(
+            "passes",
+            "Reconciliation passes by result (ok, failed: observation failed)",
+            passes.clone(),
+        );
+        registry.register(
+            "actions",
+            "Plan actions by kind and result",
+            actions.clone(),
+        );
+        registry.register(
+            "sts_calls",
+            "STS AssumeRole calls by result (ok, throttled, denied, error)",
+            sts_calls.clone(),
+        );
+        registry.register(
+            "managed_roles",
+            "AWSIAMRoles served with a readable Secret",
+            managed_roles.clone(),
+        );
+        registry.register(
+            "earliest_expiry_seconds",
+            "Seconds until the earliest credential expiry among managed Secrets",
+            earliest_expiry.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the end of the last pass that observed the cluster",
+            last_success.clone(),
+        );
+        for result in ["ok", "throttled", "denied", "error"] {
+            sts_calls.get_or_create(&ResultLabel { result }).inc_by(0);
+        }
+        Metrics {
+            registry,
+            pass_duration,
+            passes,
+            actions,
+            sts_calls,
+            managed_roles,
+            earliest_expiry,
+            last_success,
+        }
+    }
+
+    /// Records a pass that observed the cluster (its actions may still have failed).
+    pub fn record_pass(&self, report: &PassReport, now: jiff::Timestamp) {
+        self.pass_duration.observe(report.duration.as_secs_f64());
+        self.passes
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+        for ((kind, result), n) in report.counts() {
+            self.actions
+                .get_or_create(&ActionLabels {
+                    action: kind.as_str(),
+                    result,
+                })
+                .inc_by(n as u64);
+        }
+        for (result, n) in &report.sts_calls {
+            self.sts_calls
+                .get_or_create(&ResultLabel { result })
+                .inc_by(*n as u64);
+        }
+        self.managed_roles.set(report.managed_roles as i64);
+        if let Some(expiry) = report.earliest_expiry {
+            self.earliest_expiry
+                .set((expiry.as_second() - now.as_second()) as f64);
+        }
+        self.last_success.set(now.as_millisecond() as f64 / 1000.0);
+    }
+
+    /// Records a pass that could not observe the cluster.
+    pub fn record_failed_pass(&self, duration: std::time::Duration) {
+        self.pass_duration.observe(duration.as_secs_f64());
+        self.passes
+            .get_or_create(&ResultLabel { result: "failed" })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,222 @@
+//! Observation: the only place that reads the cluster. Paged lists of AWSIAMRoles and managed
+//! Secrets (and Namespaces with namespace restrictions), decoded object by object, plus a
+//! metadata-only GET for each name an AWSIAMRole needs that no managed Secret holds.
+//!
+//! Any failed read fails the whole observation: a pass that did not see everything applies
+//! nothing, above all no deletes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ListParams, ObjectList};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::apply::kube_message;
+use crate::model::{Observed, ObservedRole, ObservedSecret};
+use crate::secret::{HERITAGE_LABEL, HERITAGE_VALUE, TYPE_LABEL, TYPE_VALUE};
+use crate::{Error, Result};
+
+/// Page size of every list.
+pub const PAGE_SIZE: u32 = 500;
+/// How often a list restarts after its continue token expired (410 Gone).
+const MAX_RESTARTS: usize = 3;
+/// Concurrent GETs when looking for name conflicts.
+const GET_CONCURRENCY: usize = 16;
+
+#[derive(Clone, Debug, Default)]
+pub struct ObserveOptions {
+    /// `--namespace`: only this namespace.
+    pub namespace: Option<String>,
+    /// Read Namespaces' annotations (namespace restrictions are on).
+    pub namespaces: bool,
+    /// Page size; 0 means [`PAGE_SIZE`].
+    pub page_size: u32,
+}
+
+/// The label selector of managed Secrets.
+pub fn managed_selector() -> String {
+    format!("{HERITAGE_LABEL}={HERITAGE_VALUE},{TYPE_LABEL}={TYPE_VALUE}")
+}
+
+/// Reads everything a pass plans from.
+pub async fn observe(client: &Client, options: &ObserveOptions) -> Result<Observed> {
+    let page = if options.page_size == 0 {
+        PAGE_SIZE
+    } else {
+        options.page_size
+    };
+    let ns = options.namespace.as_deref();
+    let roles_path = match ns {
+        Some(ns) => format!("/apis/zalando.org/v1/namespaces/{ns}/awsiamroles"),
+        None => "/apis/zalando.org/v1/awsiamroles".to_string(),
+    };
+    let secrets_path = match ns {
+        Some(ns) => format!("/api/v1/namespaces/{ns}/secrets"),
+        None => "/api/v1/secrets".to_string(),
+    };
+    let mut roles = Vec::new();
+    for item in list_all(client, &roles_path, None, page).await? {
+        match ObservedRole::from_value(&item, "") {
+            Ok(role) => roles.push(role),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an AWSIAMRole that cannot be identified")
+            }
+        }
+    }
+    let mut secrets = Vec::new();
+    for item in list_all(client, &secrets_path, Some(&managed_selector()), page).await? {
+        match ObservedSecret::from_value(&item, "") {
+            Ok(secret) => secrets.push(secret),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a managed Secret that cannot be decoded")
+            }
+        }
+    }
+    let namespaces = if options.namespaces {
+        namespace_annotations(client, ns, page).await?
+    } else {
+        BTreeMap::new()
+    };
+    let held: BTreeSet<(&str, &str)> = secrets
+        .iter()
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
+    let unserved: Vec<(String, String)> = roles
+        .iter()
+        .filter(|r| !held.contains(&(r.namespace.as_str(), r.name.as_str())))
+        .map(|r| (r.namespace.clone(), r.name.clone()))
+        .collect();
+    let conflicts = find_conflicts(client, unserved).await?;
+    secrets.extend(conflicts);
+    Ok(Observed::new(roles, secrets, namespaces))
+}
+
+/// Lists a collection page by page, restarting when the continue token expired.
+async fn list_all(
+    client: &Client,
+    path: &str,
+    selector: Option<&str>,
+    page: u32,
+) -> Result<Vec<Value>> {
+    let mut restarts = 0;
+    'restart: loop {
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut params = ListParams::default().limit(page);
+            if let Some(selector) = selector {
+                params = params.labels(selector);
+            }
+            if let Some(t) = &token {
+                params = params.continue_token(t);
+            }
+            let request =
+                kube::core::Request::new(path)
+                    .list(&params)
+                    .map_err(|e| Error::Kube {
+                        context: format!("building the list request for {path}"),
+                        source: kube::Error::BuildRequest(e),
+                    })?;
+            match client.request::<ObjectList<Value>>(request).await {
+                Ok(list) => {
+                    items.extend(list.items);
+                    match list.metadata.continue_ {
+                        Some(t) if !t.is_empty() => token = Some(t),
+                        _ => return Ok(items),
+                    }
+                }
+                Err(kube::Error::Api(s)) if s.code == 410 && restarts < MAX_RESTARTS => {
+                    restarts += 1;
+                    tracing::info!(
+                        path,
+                        "list continue token expired; listing again from the start"
+                    );
+                    continue 'restart;
+                }
+                Err(e) => {
+                    return Err(Error::Kube {
+                        context: format!("listing {path}"),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `iam.amazonaws.com/allowed-roles` and friends, per namespace.
+async fn namespace_annotations(
+    client: &Client,
+    only: Option<&str>,
+    page: u32,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let items = match only {
+        Some(ns) => {
+            let path = format!("/api/v1/namespaces/{ns}");
+            let request = http::Request::get(&path)
+                .body(Vec::new())
+                .map_err(|e| Error::Kube {
+                    context: format!("building GET {path}"),
+                    source: kube::Error::HttpError(e),
+                })?;
+            match client.request::<Value>(request).await {
+                Ok(v) => vec![v],
+                Err(kube::Error::Api(s)) if s.is_not_found() => vec![],
+                Err(e) => {
+                    return Err(Error::Kube {
+                        context: format!("reading namespace {ns}"),
+                        source: e,
+                    });
+                }
+            }
+        }
+        None => list_all(client, "/api/v1/namespaces", None, page).await?,
+    };
+    Ok(items
+        .iter()
+        .filter_map(|v| {
+            let name = v.pointer("/metadata/name")?.as_str()?.to_string();
+            let annotations = v
+                .pointer("/metadata/annotations")
+                .and_then(|a| serde_json::from_value(a.clone()).ok())
+                .unwrap_or_default();
+            Some((name, annotations))
+        })
+        .collect())
+}
+
+/// Metadata of Secrets holding names that AWSIAMRoles without a managed Secret need. Only
+/// metadata is read: the controller never reads a foreign Secret's data.
+async fn find_conflicts(
+    client: &Client,
+    keys: Vec<(String, String)>,
+) -> Result<Vec<ObservedSecret>> {
+    let results: Vec<Result<Option<ObservedSecret>>> = futures::stream::iter(keys)
+        .map(|(ns, name)| async move {
+            let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            match api.get_metadata_opt(&name).await {
+                Ok(Some(meta)) => Ok(Some(ObservedSecret {
+                    namespace: ns,
+                    name,
+                    uid: meta.metadata.uid.unwrap_or_default(),
+                    resource_version: meta.metadata.resource_version,
+                    labels: meta.metadata.labels.unwrap_or_default(),
+                    annotations: BTreeMap::new(),
+                    owner_references: meta.metadata.owner_references.unwrap_or_default(),
+                    data: BTreeMap::new(),
+                    undecodable_keys: BTreeSet::new(),
+                })),
+                Ok(None) => Ok(None),
+                Err(e) => Err(Error::Kube {
+                    context: format!("reading Secret {ns}/{name}: {}", kube_message(&e)),
+                    source: e,
+                }),
+            }
+        })
+        .buffer_unordered(GET_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().filter_map(Result::transpose).collect()
+}

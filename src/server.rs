@@ -1,0 +1,173 @@
+//! `/healthz`, `/readyz` and `/metrics` for `run`.
+//!
+//! The server is started before the first pass and runs beside the loop (the original started
+//! its health server with a blocking call before its loop, so liveness could only fail).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// Liveness and readiness, fed by the loop.
+pub struct Health {
+    started: Instant,
+    interval: Duration,
+    last_success: Mutex<Option<Instant>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Health {
+    pub fn new(interval: Duration, metrics: Arc<Metrics>) -> Self {
+        Health {
+            started: Instant::now(),
+            interval,
+            last_success: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// A pass observed the cluster and applied its plan (some actions may have failed).
+    pub fn pass_succeeded(&self) {
+        if let Ok(mut last) = self.last_success.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+
+    fn last(&self) -> Option<Instant> {
+        self.last_success.lock().ok().and_then(|l| *l)
+    }
+
+    /// Live while a pass succeeded within 3 × interval (counting from start-up before the
+    /// first one).
+    pub fn is_live(&self) -> bool {
+        self.is_live_at(Instant::now())
+    }
+
+    fn is_live_at(&self, now: Instant) -> bool {
+        let since = self.last().unwrap_or(self.started);
+        now.saturating_duration_since(since) <= self.interval * 3 + Duration::from_secs(1)
+    }
+
+    /// Ready once a pass succeeded.
+    pub fn is_ready(&self) -> bool {
+        self.last().is_some()
+    }
+}
+
+/// `:8080` → `0.0.0.0:8080`; otherwise a socket address.
+pub fn parse_addr(s: &str) -> std::result::Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("{s:?} is not an address like :8080 or 127.0.0.1:8080"))
+}
+
+/// Binds the listener (so a busy port fails start-up) and serves until the task is dropped.
+pub async fn start(
+    addr: SocketAddr,
+    health: Arc<Health>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Server {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| Error::Server {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let health = health.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| respond(req, health.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    health: Arc<Health>,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/healthz" if health.is_live() => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no successful pass within 3 intervals\n".to_string(),
+        ),
+        "/readyz" if health.is_ready() => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no pass has succeeded yet\n".to_string(),
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            health.metrics.encode(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_style_addresses() {
+        assert_eq!(parse_addr(":8080").unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(
+            parse_addr("127.0.0.1:9").unwrap().to_string(),
+            "127.0.0.1:9"
+        );
+        assert!(parse_addr("8080").is_err());
+    }
+
+    #[test]
+    fn liveness_needs_recent_success() {
+        let h = Health::new(Duration::from_secs(10), Arc::new(Metrics::new()));
+        assert!(!h.is_ready());
+        assert!(h.is_live(), "live during the first intervals");
+        assert!(!h.is_live_at(Instant::now() + Duration::from_secs(32)));
+        h.pass_succeeded();
+        assert!(h.is_live() && h.is_ready());
+        assert!(h.is_live_at(Instant::now() + Duration::from_secs(30)));
+        assert!(!h.is_live_at(Instant::now() + Duration::from_secs(32)));
+    }
+}

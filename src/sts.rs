@@ -1,0 +1,295 @@
+//! Credentials from STS: the [`CredentialSource`] the executor calls, its aws-sdk-sts
+//! implementation with a rate limit, and the controller's own AWS set-up (region, base role
+//! ARN discovery, `--assume-role`).
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata};
+use futures::future::BoxFuture;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jiff::Timestamp;
+
+use crate::arn::{self, BaseArn};
+use crate::crd::DEFAULT_SESSION_DURATION;
+use crate::plan::CredentialRequest;
+use crate::secret::Credentials;
+use crate::{Error, Result};
+
+/// How an STS call failed, for metrics, status messages and retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StsErrorKind {
+    /// Rate exceeded (after the SDK's own retries).
+    Throttled,
+    /// The controller may not assume the role (trust policy, permissions, SCP).
+    Denied,
+    /// `DurationSeconds` above what the role or role chaining allows.
+    DurationTooLong,
+    /// Anything else: network, expired controller credentials, malformed requests.
+    Other,
+}
+
+impl StsErrorKind {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            StsErrorKind::Throttled => "throttled",
+            StsErrorKind::Denied => "denied",
+            StsErrorKind::DurationTooLong | StsErrorKind::Other => "error",
+        }
+    }
+}
+
+/// A failed AssumeRole. The message comes from STS or the SDK and holds no credential material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsError {
+    pub kind: StsErrorKind,
+    pub message: String,
+}
+
+impl fmt::Display for StsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StsError {}
+
+/// Credentials an AssumeRole call produced.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub credentials: Credentials,
+    /// The duration granted (3600 after a role-chaining retry).
+    pub duration: i64,
+    /// STS rejected the requested duration and the call was retried at one hour.
+    pub shortened: bool,
+}
+
+/// Where the executor gets credentials from. Implementations must be cheap to share.
+pub trait CredentialSource: Send + Sync {
+    /// Assumes `request.role_arn`. Implementations apply their own rate limit.
+    fn assume<'a>(
+        &'a self,
+        request: &'a CredentialRequest,
+    ) -> BoxFuture<'a, Result<Issued, StsError>>;
+}
+
+/// `CredentialSource` on aws-sdk-sts, rate limited by a token bucket shared by all calls.
+pub struct StsCredentialSource {
+    client: aws_sdk_sts::Client,
+    limiter: Arc<DefaultDirectRateLimiter>,
+}
+
+/// A token bucket of `rate` calls per second and `burst` calls at once. The burst is set
+/// explicitly: governor's default (burst = rate) would let twice the rate start in the first
+/// second.
+pub fn rate_limiter(rate: NonZeroU32, burst: NonZeroU32) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
+impl StsCredentialSource {
+    pub fn new(client: aws_sdk_sts::Client, limiter: DefaultDirectRateLimiter) -> Self {
+        StsCredentialSource {
+            client,
+            limiter: Arc::new(limiter),
+        }
+    }
+
+    async fn call(
+        &self,
+        request: &CredentialRequest,
+        duration: i64,
+    ) -> Result<Credentials, StsError> {
+        self.limiter.until_ready().await;
+        let out = self
+            .client
+            .assume_role()
+            .role_arn(request.role_arn.to_string())
+            .role_session_name(&request.session_name)
+            .duration_seconds(duration as i32)
+            .send()
+            .await
+            .map_err(|e| {
+                let code = e.code().unwrap_or_default().to_string();
+                let message = e
+                    .message()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| DisplayErrorContext(&e).to_string());
+                StsError {
+                    kind: classify(&code, &message),
+                    message: if code.is_empty() {
+                        message
+                    } else {
+                        format!("{code}: {message}")
+                    },
+                }
+            })?;
+        let creds = out.credentials().ok_or_else(|| StsError {
+            kind: StsErrorKind::Other,
+            message: "AssumeRole returned no credentials".into(),
+        })?;
+        let expiration =
+            Timestamp::from_second(creds.expiration().secs()).map_err(|_| StsError {
+                kind: StsErrorKind::Other,
+                message: "AssumeRole returned an unusable expiration".into(),
+            })?;
+        Ok(Credentials {
+            access_key_id: creds.access_key_id().to_string(),
+            secret_access_key: creds.secret_access_key().to_string(),
+            session_token: creds.session_token().to_string(),
+            expiration,
+        })
+    }
+}
+
+/// Sorts an STS error code (and message) into the kinds the controller reacts to.
+pub fn classify(code: &str, message: &str) -> StsErrorKind {
+    match code {
+        "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "TooManyRequestsException" => StsErrorKind::Throttled,
+        "AccessDenied" | "AccessDeniedException" => StsErrorKind::Denied,
+        "ValidationError" if message.contains("DurationSeconds") => StsErrorKind::DurationTooLong,
+        _ => StsErrorKind::Other,
+    }
+}
+
+impl CredentialSource for StsCredentialSource {
+    fn assume<'a>(
+        &'a self,
+        request: &'a CredentialRequest,
+    ) -> BoxFuture<'a, Result<Issued, StsError>> {
+        Box::pin(async move {
+            match self.call(request, request.duration).await {
+                Ok(credentials) => Ok(Issued {
+                    credentials,
+                    duration: request.duration,
+                    shortened: false,
+                }),
+                // Role chaining caps sessions at one hour: retry once at 3600 s.
+                Err(e)
+                    if e.kind == StsErrorKind::DurationTooLong
+                        && request.duration > DEFAULT_SESSION_DURATION =>
+                {
+                    let credentials = self.call(request, DEFAULT_SESSION_DURATION).await?;
+                    Ok(Issued {
+                        credentials,
+                        duration: DEFAULT_SESSION_DURATION,
+                        shortened: true,
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+/// The controller's own AWS configuration.
+#[derive(Clone, Debug, Default)]
+pub struct AwsOptions {
+    pub region: Option<String>,
+    pub base_role_arn: Option<BaseArn>,
+    /// `--assume-role`: a role name or ARN to assume first.
+    pub assume_role: Option<String>,
+    pub rate: Option<NonZeroU32>,
+    pub burst: Option<NonZeroU32>,
+}
+
+/// Builds the STS client from the standard AWS chain (honouring `AWS_ENDPOINT_URL_STS`),
+/// checks there is a region, discovers the base role ARN with `GetCallerIdentity` unless given,
+/// and wraps the client in the `--assume-role` provider (which refreshes itself) when asked.
+pub async fn connect(options: &AwsOptions) -> Result<(StsCredentialSource, BaseArn)> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &options.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err(Error::Config(
+            "no AWS region: pass --region or set AWS_REGION (STS is called at a regional endpoint)"
+                .into(),
+        ));
+    }
+    let client = aws_sdk_sts::Client::new(&config);
+    let base = match &options.base_role_arn {
+        Some(base) => base.clone(),
+        None => discover_base(&client).await?,
+    };
+    let client = match &options.assume_role {
+        None => client,
+        Some(role) => {
+            let arn = arn::resolve(role, Some(&base))
+                .map_err(|e| Error::Config(format!("--assume-role {e}")))?;
+            let provider = aws_config::sts::AssumeRoleProvider::builder(arn.to_string())
+                .session_name("kube-aws-iam-controller")
+                .configure(&config)
+                .build()
+                .await;
+            let chained = config
+                .into_builder()
+                .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(
+                    provider,
+                ))
+                .build();
+            aws_sdk_sts::Client::new(&chained)
+        }
+    };
+    let limiter = rate_limiter(
+        options
+            .rate
+            .unwrap_or(NonZeroU32::new(10).expect("nonzero")),
+        options.burst.unwrap_or(NonZeroU32::MIN),
+    );
+    Ok((StsCredentialSource::new(client, limiter), base))
+}
+
+/// `arn:<partition>:iam::<account>:role/` of the controller's own account.
+async fn discover_base(client: &aws_sdk_sts::Client) -> Result<BaseArn> {
+    let identity = client.get_caller_identity().send().await.map_err(|e| {
+        Error::Aws(format!(
+            "GetCallerIdentity failed, so the controller's AWS credentials are unusable: {}",
+            DisplayErrorContext(&e)
+        ))
+    })?;
+    let account = identity.account().unwrap_or_default();
+    let partition = identity
+        .arn()
+        .and_then(|a| a.split(':').nth(1))
+        .unwrap_or("aws");
+    BaseArn::for_account(partition, account).map_err(|e| {
+        Error::Aws(format!(
+            "GetCallerIdentity returned an unusable identity: {e}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_sts_errors() {
+        assert_eq!(
+            classify("Throttling", "Rate exceeded"),
+            StsErrorKind::Throttled
+        );
+        assert_eq!(
+            classify("AccessDenied", "not authorized"),
+            StsErrorKind::Denied
+        );
+        assert_eq!(
+            classify(
+                "ValidationError",
+                "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining."
+            ),
+            StsErrorKind::DurationTooLong
+        );
+        assert_eq!(
+            classify("ValidationError", "bad session name"),
+            StsErrorKind::Other
+        );
+        assert_eq!(StsErrorKind::DurationTooLong.metric_label(), "error");
+    }
+}

@@ -1,0 +1,24 @@
+//! Logging set-up: text or JSON lines on stderr, filtered by RUST_LOG (default `info`, or
+//! `debug` with `--debug`). Standard output is left to plans.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+pub fn init(debug: bool, format: LogFormat) {
+    let default = if debug {
+        "info,kube_aws_iam_controller=debug"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
