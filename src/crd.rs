@@ -16,7 +16,9 @@ pub const MIN_SESSION_DURATION: i64 = 900;
 pub const MAX_SESSION_DURATION: i64 = 43200;
 
 /// Desired state: which IAM role to assume and for how long.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(
+    CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema,
+)]
 #[kube(
     group = "zalando.org",
     version = "v1",
@@ -26,6 +28,7 @@ pub const MAX_SESSION_DURATION: i64 = 43200;
     namespaced,
     category = "all",
     status = "AWSIAMRoleStatus",
+    derive = "Default",
     doc = "Asks the controller for credentials of an AWS IAM role, written to a Secret of the same name.",
     printcolumn = r#"{"name":"RoleARN","type":"string","description":"Full RoleARN","jsonPath":".status.roleARN"}"#,
     printcolumn = r#"{"name":"Expiration","type":"string","description":"Expiration time of the current credentials provisioned for the role","jsonPath":".status.expiration"}"#

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crd;
+mod executor;
 mod fixtures;
 mod invariants;
 mod support;

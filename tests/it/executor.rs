@@ -1,0 +1,370 @@
+//! The executor in process: kube-fake-client as the API, aws-smithy-mocks as STS, faults
+//! injected on both sides. A failure in one action never stops the others; a pass that cannot
+//! observe applies nothing; once faults clear, one pass converges and the next is a no-op.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aws_sdk_sts::config::retry::RetryConfig;
+use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
+use aws_sdk_sts::primitives::DateTime;
+use aws_sdk_sts::types::Credentials as StsCredentials;
+use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::http::StatusCode;
+use aws_smithy_types::body::SdkBody;
+use clap::Parser as _;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client};
+use kube_aws_iam_controller::apply::{Outcome, Stage};
+use kube_aws_iam_controller::cli::Cli;
+use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
+use kube_aws_iam_controller::model::ObservedRole;
+use kube_aws_iam_controller::pass::Controller;
+use kube_aws_iam_controller::plan::PlanConfig;
+use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
+use kube_fake_client::{ClientBuilder, Error as FakeError, interceptor};
+
+const SECRET_MARKER: &str = "MOCKSECRET";
+
+/// Switchable faults shared with the fake API's interceptors and the STS mock.
+#[derive(Default)]
+struct Faults {
+    fail_create_b: AtomicBool,
+    conflict_replace_c: AtomicBool,
+    deny_d: AtomicBool,
+    fail_secret_list: AtomicBool,
+    writes: AtomicUsize,
+}
+
+fn role(ns: &str, name: &str, reference: &str) -> AWSIAMRole {
+    let mut r = AWSIAMRole::new(
+        name,
+        AWSIAMRoleSpec {
+            role_reference: reference.into(),
+            role_session_duration: None,
+        },
+    );
+    r.metadata.namespace = Some(ns.into());
+    r.metadata.uid = Some(format!("uid-{name}"));
+    r.metadata.generation = Some(1);
+    r
+}
+
+/// A managed Secret for `role` whose credentials expire in ten minutes (so it is refreshed).
+fn expiring_secret(role: &AWSIAMRole) -> Secret {
+    let observed = ObservedRole::from_value(&serde_json::to_value(role).unwrap(), "").unwrap();
+    let now = Timestamp::now();
+    let creds = Credentials {
+        access_key_id: format!("ASIA{SECRET_MARKER}OLD"),
+        secret_access_key: format!("{SECRET_MARKER}-old"),
+        session_token: format!("{SECRET_MARKER}-old-token"),
+        expiration: now + jiff::SignedDuration::from_mins(10),
+    };
+    let arn = format!(
+        "arn:aws:iam::123456789012:role/{}",
+        role.spec.role_reference
+    );
+    secret::build(
+        &observed,
+        &arn,
+        &creds,
+        now - jiff::SignedDuration::from_mins(50),
+    )
+}
+
+async fn fake_api(faults: Arc<Faults>) -> Client {
+    let roles = vec![
+        role("team-a", "a", "app-a"),
+        role("team-a", "b", "app-b"),
+        role("team-a", "c", "app-c"),
+        role("team-b", "d", "denied-role"),
+        role("team-b", "e", "app-e"),
+    ];
+    let c_secret = expiring_secret(&roles[2]);
+    let f = faults.clone();
+    let g = faults.clone();
+    let h = faults.clone();
+    let w = faults.clone();
+    let funcs = interceptor::Funcs::new()
+        .create(move |ctx| {
+            let is_secret = ctx.object.get("kind").and_then(|k| k.as_str()) == Some("Secret");
+            let name = ctx
+                .object
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str());
+            if is_secret && name == Some("b") && f.fail_create_b.load(Ordering::SeqCst) {
+                return Err(FakeError::Internal("injected failure".into()));
+            }
+            if is_secret {
+                f.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(None)
+        })
+        .replace(move |ctx| {
+            if ctx.name == "c" && g.conflict_replace_c.load(Ordering::SeqCst) {
+                return Err(FakeError::Conflict("the object has been modified".into()));
+            }
+            g.writes.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        })
+        .list(move |ctx| {
+            if ctx.params.label_selector.is_some() && h.fail_secret_list.load(Ordering::SeqCst) {
+                return Err(FakeError::Internal("injected list failure".into()));
+            }
+            Ok(None)
+        })
+        .patch_status(move |_| {
+            w.writes.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        });
+    let mut builder = ClientBuilder::new()
+        .with_resource::<AWSIAMRole>()
+        .with_status_subresource::<AWSIAMRole>()
+        .with_interceptor_funcs(funcs)
+        .with_object(c_secret);
+    for r in roles {
+        builder = builder.with_object(r);
+    }
+    builder.build().await.expect("fake API builds")
+}
+
+fn sts_error(status: u16, code: &str, message: &str) -> HttpResponse {
+    let body = format!(
+        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+    );
+    HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body))
+}
+
+fn issued(session: &str, duration: i64) -> AssumeRoleOutput {
+    let expiration = Timestamp::now().as_second() + duration;
+    AssumeRoleOutput::builder()
+        .credentials(
+            StsCredentials::builder()
+                .access_key_id(format!("ASIA{SECRET_MARKER}"))
+                .secret_access_key(format!("{SECRET_MARKER}-{session}"))
+                .session_token(format!("{SECRET_MARKER}-token-{session}"))
+                .expiration(DateTime::from_secs(expiration))
+                .build()
+                .unwrap(),
+        )
+        .build()
+}
+
+/// STS: AccessDenied for `denied-role` while `deny_d` is set; one Throttling answer for
+/// `app-e` (the SDK retries it); credentials for everything else.
+fn sts_source(faults: Arc<Faults>, calls: Arc<AtomicUsize>) -> StsCredentialSource {
+    let deny = faults.clone();
+    let denied = mock!(aws_sdk_sts::Client::assume_role)
+        .match_requests(move |req| {
+            req.role_arn().unwrap_or_default().ends_with("/denied-role")
+                && deny.deny_d.load(Ordering::SeqCst)
+        })
+        .then_http_response(|| {
+            sts_error(
+                403,
+                "AccessDenied",
+                "User is not authorized to perform: sts:AssumeRole",
+            )
+        });
+    let throttled = mock!(aws_sdk_sts::Client::assume_role)
+        .match_requests(|req| req.role_arn().unwrap_or_default().ends_with("/app-e"))
+        .sequence()
+        .http_response(|| sts_error(400, "Throttling", "Rate exceeded"))
+        .output(|| issued("team-b.e", 3600))
+        .build();
+    let counter = calls.clone();
+    let served = mock!(aws_sdk_sts::Client::assume_role).then_compute_response(move |req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let session = req.role_session_name().unwrap_or_default();
+        MockResponse::Output(issued(
+            session,
+            i64::from(req.duration_seconds().unwrap_or(3600)),
+        ))
+    });
+    let client = mock_client!(
+        aws_sdk_sts,
+        RuleMode::MatchAny,
+        [&denied, &throttled, &served],
+        |c| c.retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(1))
+        )
+    );
+    let _ = faults;
+    StsCredentialSource::new(
+        client,
+        rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
+    )
+}
+
+fn controller(client: Client, source: StsCredentialSource) -> Controller {
+    let cli = Cli::try_parse_from(["kube-aws-iam-controller", "once"]).unwrap();
+    let config = PlanConfig {
+        base_role_arn: Some("arn:aws:iam::123456789012:role/".parse().unwrap()),
+        ..PlanConfig::default()
+    };
+    Controller::with_source(client, Some(Arc::new(source)), &cli.options, config)
+}
+
+fn outcome<'a>(report: &'a kube_aws_iam_controller::apply::PassReport, name: &str) -> &'a Outcome {
+    &report
+        .actions
+        .iter()
+        .find(|a| a.name == name)
+        .unwrap()
+        .outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_fail_single_actions_and_the_next_pass_converges() {
+    let faults = Arc::new(Faults::default());
+    for flag in [
+        &faults.fail_create_b,
+        &faults.conflict_replace_c,
+        &faults.deny_d,
+    ] {
+        flag.store(true, Ordering::SeqCst);
+    }
+    let client = fake_api(faults.clone()).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ctl = controller(client.clone(), sts_source(faults.clone(), calls.clone()));
+
+    let first = ctl.pass().await.expect("observation works");
+    let report = &first.report;
+    assert_eq!(outcome(report, "a"), &Outcome::Done);
+    assert!(matches!(
+        outcome(report, "b"),
+        Outcome::Failed {
+            stage: Stage::Secret,
+            ..
+        }
+    ));
+    assert!(
+        matches!(outcome(report, "c"), Outcome::Failed { stage: Stage::Secret, message } if message.contains("409"))
+    );
+    assert!(
+        matches!(outcome(report, "d"), Outcome::Failed { stage: Stage::Sts, message } if message.contains("denied"))
+    );
+    assert_eq!(
+        outcome(report, "e"),
+        &Outcome::Done,
+        "throttling is retried by the SDK"
+    );
+    assert_eq!(report.failed(), 3);
+    assert_eq!(report.sts_calls.get("denied"), Some(&1));
+    assert_eq!(report.sts_calls.get("ok"), Some(&4));
+    assert!(!format!("{report}").contains(SECRET_MARKER));
+    assert!(!format!("{report:?}").contains(SECRET_MARKER));
+
+    // The denied role says why in its status; the others were served.
+    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), "team-b");
+    let d = roles.get("d").await.unwrap();
+    let ready = &d.status.as_ref().unwrap().conditions[0];
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "GetCredentialsFailed")
+    );
+    assert!(ready.message.contains("denied"), "{}", ready.message);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let events = events.list(&ListParams::default()).await.unwrap().items;
+    let reasons: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let regarding = e
+                .regarding
+                .as_ref()
+                .and_then(|r| r.name.clone())
+                .unwrap_or_default();
+            (regarding, e.reason.clone().unwrap_or_default())
+        })
+        .collect();
+    assert!(
+        reasons.contains(&("d".into(), "GetCredentialsFailed".into())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("a".into(), "CreateCredentials".into())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("e".into(), "CreateCredentials".into())),
+        "{reasons:?}"
+    );
+    for e in &events {
+        assert!(!e.note.clone().unwrap_or_default().contains(SECRET_MARKER));
+    }
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let names: Vec<String> = secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    assert!(names.contains(&"a".to_string()) && names.contains(&"e".to_string()));
+    assert!(!names.contains(&"b".to_string()) && !names.contains(&"d".to_string()));
+
+    // Faults clear: one pass converges …
+    for flag in [
+        &faults.fail_create_b,
+        &faults.conflict_replace_c,
+        &faults.deny_d,
+    ] {
+        flag.store(false, Ordering::SeqCst);
+    }
+    let second = ctl.pass().await.unwrap();
+    assert_eq!(second.report.failed(), 0, "{}", second.report);
+    let (once_code, _) = ctl.once().await.unwrap();
+    assert_eq!(once_code, 0);
+    // … and then nothing is written and STS is not called.
+    let (writes, sts) = (
+        faults.writes.load(Ordering::SeqCst),
+        calls.load(Ordering::SeqCst),
+    );
+    let third = ctl.pass().await.unwrap();
+    assert_eq!(third.report.writes, 0, "{}", third.report);
+    assert_eq!(faults.writes.load(Ordering::SeqCst), writes);
+    assert_eq!(calls.load(Ordering::SeqCst), sts);
+    assert!(
+        third
+            .report
+            .actions
+            .iter()
+            .all(|a| a.kind == kube_aws_iam_controller::plan::ActionKind::Skip)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_list_applies_nothing() {
+    let faults = Arc::new(Faults::default());
+    faults.fail_secret_list.store(true, Ordering::SeqCst);
+    let client = fake_api(faults.clone()).await;
+    // An orphan that would be deleted if the pass ran.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "team-a");
+    let mut orphan = expiring_secret(&role("team-a", "gone", "gone"));
+    orphan.metadata.owner_references = None;
+    orphan.metadata = ObjectMeta {
+        resource_version: None,
+        ..orphan.metadata
+    };
+    secrets
+        .create(&PostParams::default(), &orphan)
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ctl = controller(client.clone(), sts_source(faults.clone(), calls.clone()));
+    let writes_before = faults.writes.load(Ordering::SeqCst);
+    let err = ctl.pass().await.err().expect("the pass cannot run");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("listing /api/v1/secrets"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(faults.writes.load(Ordering::SeqCst), writes_before);
+    assert!(secrets.get_opt("gone").await.unwrap().is_some());
+}
