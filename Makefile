@@ -1,10 +1,26 @@
 # The README's second command: `make test` builds everything and runs every test.
-.PHONY: test lint check crd quickstart
+.PHONY: test venv lint check crd quickstart
 
 CARGO ?= cargo
+PYTHON ?= python3
 
-test:
+# Python test tools (moto's STS server, the AWS CLI) live in .venv at the repo root; the tests
+# look for them there. The stamp's name carries a checksum of the pinned requirements, so a
+# changed pin reinstalls and an unchanged one costs nothing.
+VENV := .venv
+REQUIREMENTS := tests/requirements.txt
+VENV_STAMP := $(VENV)/.installed-$(firstword $(shell cksum < $(REQUIREMENTS)))
+
+test: venv
 	$(CARGO) test --locked
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP):
+	@rm -f $(VENV)/.installed-*
+	@$(VENV)/bin/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(VENV)/bin/python -m pip install --disable-pip-version-check --no-input --quiet -r $(REQUIREMENTS)
+	@touch $@
 
 lint:
 	$(CARGO) fmt --check

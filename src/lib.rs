@@ -49,7 +49,7 @@ pub enum Error {
     Kube {
         context: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The health/metrics server could not start.
     #[error("health server on {addr}: {source}")]

@@ -117,7 +117,7 @@ async fn list_all(
                     .list(&params)
                     .map_err(|e| Error::Kube {
                         context: format!("building the list request for {path}"),
-                        source: kube::Error::BuildRequest(e),
+                        source: Box::new(kube::Error::BuildRequest(e)),
                     })?;
             match client.request::<ObjectList<Value>>(request).await {
                 Ok(list) => {
@@ -138,7 +138,7 @@ async fn list_all(
                 Err(e) => {
                     return Err(Error::Kube {
                         context: format!("listing {path}"),
-                        source: e,
+                        source: Box::new(e),
                     });
                 }
             }
@@ -159,7 +159,7 @@ async fn namespace_annotations(
                 .body(Vec::new())
                 .map_err(|e| Error::Kube {
                     context: format!("building GET {path}"),
-                    source: kube::Error::HttpError(e),
+                    source: Box::new(kube::Error::HttpError(e)),
                 })?;
             match client.request::<Value>(request).await {
                 Ok(v) => vec![v],
@@ -167,7 +167,7 @@ async fn namespace_annotations(
                 Err(e) => {
                     return Err(Error::Kube {
                         context: format!("reading namespace {ns}"),
-                        source: e,
+                        source: Box::new(e),
                     });
                 }
             }
@@ -211,7 +211,7 @@ async fn find_conflicts(
                 Ok(None) => Ok(None),
                 Err(e) => Err(Error::Kube {
                     context: format!("reading Secret {ns}/{name}: {}", kube_message(&e)),
-                    source: e,
+                    source: Box::new(e),
                 }),
             }
         })

@@ -245,9 +245,11 @@ pub fn plan<'a>(observed: &'a Observed, now: Timestamp, config: &PlanConfig) -> 
     let mut actions = Vec::with_capacity(observed.roles.len() + secrets.len());
     for role in &observed.roles {
         let secret = secrets.remove(&(role.namespace.as_str(), role.name.as_str()));
-        let conflict = observed
-            .conflicts
-            .contains(&(role.namespace.clone(), role.name.clone()));
+        // Only a role without a managed Secret can collide with an unmanaged one.
+        let conflict = secret.is_none()
+            && observed
+                .conflicts
+                .contains(&(role.namespace.clone(), role.name.clone()));
         let mut rules = || {
             rules_cache
                 .entry(role.namespace.as_str())
@@ -343,7 +345,7 @@ fn plan_role<'a>(
         return blocked(action, Reason::NotPermitted, why);
     }
     let duration = spec.duration();
-    let request = CredentialRequest {
+    let request = || CredentialRequest {
         role_arn: arn.clone(),
         duration,
         session_name: arn::session_name(&role.namespace, &role.name),
@@ -372,7 +374,7 @@ fn plan_role<'a>(
             None,
             now,
         ));
-        action.request = Some(request);
+        action.request = Some(request());
         return action;
     };
     let refresh = |mut action: Action<'a>, reason: Reason, message: String| {
@@ -386,7 +388,7 @@ fn plan_role<'a>(
             None,
             now,
         ));
-        action.request = Some(request.clone());
+        action.request = Some(request());
         action
     };
     let content = match readable {
@@ -610,6 +612,18 @@ fn with_ready(
     }
 }
 
+/// The parts of the Ready condition that matter for staleness (not its transition time).
+fn ready_fields(s: &AWSIAMRoleStatus) -> Option<(&str, &str, &str, Option<i64>)> {
+    s.conditions.iter().find(|c| c.type_ == READY).map(|c| {
+        (
+            c.status.as_str(),
+            c.reason.as_str(),
+            c.message.as_str(),
+            c.observed_generation,
+        )
+    })
+}
+
 /// Whether `current` already says what `desired` says (transition times aside).
 pub fn status_matches(current: Option<&AWSIAMRoleStatus>, desired: &AWSIAMRoleStatus) -> bool {
     stale_fields(current, desired).is_empty()
@@ -631,16 +645,6 @@ fn stale_fields(
         }
         (a, b) => a == b,
     };
-    let ready = |s: &AWSIAMRoleStatus| {
-        s.conditions.iter().find(|c| c.type_ == READY).map(|c| {
-            (
-                c.status.clone(),
-                c.reason.clone(),
-                c.message.clone(),
-                c.observed_generation,
-            )
-        })
-    };
     let mut stale = Vec::new();
     if current.observed_generation != desired.observed_generation {
         stale.push("observedGeneration");
@@ -651,7 +655,7 @@ fn stale_fields(
     if !same_time(&current.expiration, &desired.expiration) {
         stale.push("expiration");
     }
-    if ready(current) != ready(desired) {
+    if ready_fields(current) != ready_fields(desired) {
         stale.push("Ready condition");
     }
     stale

@@ -368,3 +368,54 @@ async fn a_failed_list_applies_nothing() {
     assert_eq!(faults.writes.load(Ordering::SeqCst), writes_before);
     assert!(secrets.get_opt("gone").await.unwrap().is_some());
 }
+
+/// Role chaining caps sessions at 1 h: STS rejects 43200 s, the source retries once at 3600 s,
+/// the status says so, and the next pass accepts the shorter credentials as up to date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_chaining_retries_at_one_hour_and_says_so() {
+    let mut long = role("team-a", "long", "long-role");
+    long.spec.role_session_duration = Some(43200);
+    let client = ClientBuilder::new()
+        .with_resource::<AWSIAMRole>()
+        .with_status_subresource::<AWSIAMRole>()
+        .with_object(long)
+        .build()
+        .await
+        .unwrap();
+    let durations = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = durations.clone();
+    let rule = mock!(aws_sdk_sts::Client::assume_role)
+        .match_requests(move |req| {
+            seen.lock().unwrap().push(req.duration_seconds().unwrap_or_default());
+            true
+        })
+        .sequence()
+        .http_response(|| {
+            sts_error(
+                400,
+                "ValidationError",
+                "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.",
+            )
+        })
+        .output(|| issued("team-a.long", 3600))
+        .build();
+    let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
+    let source = StsCredentialSource::new(
+        sts,
+        rate_limiter(100.try_into().unwrap(), 1.try_into().unwrap()),
+    );
+    let ctl = controller(client.clone(), source);
+    let first = ctl.pass().await.unwrap();
+    assert_eq!(first.report.failed(), 0, "{}", first.report);
+    assert_eq!(*durations.lock().unwrap(), vec![43200, 3600]);
+    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), "team-a");
+    let status = roles.get("long").await.unwrap().status.unwrap();
+    let message = &status.conditions[0].message;
+    assert!(
+        message.contains("STS granted 1h instead of the requested 12h"),
+        "{message}"
+    );
+    let second = ctl.pass().await.unwrap();
+    assert_eq!(second.report.writes, 0, "{}", second.report);
+    assert_eq!(rule.num_calls(), 2);
+}

@@ -1,8 +1,10 @@
 //! The one integration-test binary (one link step for every test; see DESIGN.md).
 
+mod apiserver_smoke;
 mod cli;
 mod crd;
 mod executor;
 mod fixtures;
 mod invariants;
+mod moto_smoke;
 mod support;

@@ -1,5 +1,7 @@
 //! Shared test helpers: loading fixture cases and applying a plan in memory.
 
+pub mod apiserver;
+pub mod moto;
 pub mod simulate;
 
 use std::path::{Path, PathBuf};

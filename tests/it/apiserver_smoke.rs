@@ -1,0 +1,786 @@
+//! Smoke tests of the loopback API server: the tools and clients the end-to-end tests rely on
+//! (kubectl, a kubeconfig-built kube::Client) work against it, and it pages, records and fails
+//! the way the other tests assume.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Resource as _;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec, AWSIAMRoleStatus};
+use serde_json::{Value, json};
+
+use crate::support::apiserver::ApiServer;
+
+/// A fresh directory for one test under cargo's per-target temp dir.
+fn test_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("apiserver_smoke")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
+}
+
+/// A client built from the kubeconfig the server writes (what the controller binary does).
+async fn kubeconfig_client(server: &ApiServer, dir: &std::path::Path) -> kube::Client {
+    let path = server.write_kubeconfig(dir);
+    let kubeconfig = Kubeconfig::read_from(&path).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig loads");
+    kube::Client::try_from(config).expect("client builds")
+}
+
+fn secret(ns: &str, name: &str, labels: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            "credentials".to_string(),
+            ByteString(b"[default]\n".to_vec()),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }
+}
+
+fn role(ns: &str, name: &str) -> AWSIAMRole {
+    let mut role = AWSIAMRole::new(
+        name,
+        AWSIAMRoleSpec {
+            role_reference: "app-role".into(),
+            role_session_duration: Some(3600),
+        },
+    );
+    role.metadata.namespace = Some(ns.into());
+    role
+}
+
+fn kubectl_ok(output: &std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn names(list: &Value) -> Vec<(String, String)> {
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                i["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reads_the_fake_through_the_kubeconfig() {
+    let dir = test_dir("kubectl");
+    let server = ApiServer::start().await;
+
+    // Objects written straight into the fake are served over HTTP.
+    let fake = server.fake_client();
+    Api::<Secret>::namespaced(fake.clone(), "team-a")
+        .create(
+            &PostParams::default(),
+            &secret("team-a", "db", &[("app", "x")]),
+        )
+        .await
+        .unwrap();
+    Api::<AWSIAMRole>::namespaced(fake, "team-a")
+        .create(&PostParams::default(), &role("team-a", "app"))
+        .await
+        .unwrap();
+    // Namespaces only through the server (the fake cannot address them by path).
+    Api::<Namespace>::all(server.client())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some("team-a".into()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let out = server
+        .kubectl(&dir, &["get", "secrets", "-A", "-o", "json"])
+        .await;
+    let list: Value = serde_json::from_str(&kubectl_ok(&out, "kubectl get secrets -A")).unwrap();
+    assert_eq!(names(&list), vec![("team-a".into(), "db".into())]);
+    assert_eq!(
+        list["items"][0]["data"]["credentials"],
+        json!("W2RlZmF1bHRdCg==")
+    );
+    // kubectl paged (limit=500) and was recorded with the verb it meant.
+    let lists: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.verb == "list" && r.resource == "secrets")
+        .collect();
+    assert_eq!(lists.len(), 1, "{lists:?}");
+    assert_eq!(lists[0].param("limit").as_deref(), Some("500"));
+    assert_eq!(lists[0].namespace, None);
+
+    let out = server.kubectl(&dir, &["get", "awsiamroles", "-A"]).await;
+    let table = kubectl_ok(&out, "kubectl get awsiamroles -A");
+    assert!(table.contains("team-a") && table.contains("app"), "{table}");
+
+    let out = server
+        .kubectl(
+            &dir,
+            &[
+                "get",
+                "awsiamroles.zalando.org",
+                "-n",
+                "team-a",
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+    let list: Value =
+        serde_json::from_str(&kubectl_ok(&out, "get awsiamroles.zalando.org")).unwrap();
+    assert_eq!(names(&list), vec![("team-a".into(), "app".into())]);
+    assert_eq!(list["items"][0]["spec"]["roleReference"], json!("app-role"));
+
+    // What the README's offline `plan --from` reads.
+    let out = server
+        .kubectl(
+            &dir,
+            &["get", "awsiamroles,secrets,namespaces", "-A", "-o", "json"],
+        )
+        .await;
+    let list: Value =
+        serde_json::from_str(&kubectl_ok(&out, "get awsiamroles,secrets,ns")).unwrap();
+    let kinds: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, vec!["AWSIAMRole", "Secret", "Namespace"], "{list}");
+
+    // KUBECONFIG in the environment works as well as --kubeconfig.
+    let kubeconfig = server.write_kubeconfig(&dir);
+    let cache = dir.join("kubectl-cache");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["get", "namespaces", "-o", "name", "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .expect("kubectl must be on the PATH")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        kubectl_ok(&out, "KUBECONFIG=… kubectl get ns"),
+        "namespace/team-a\n"
+    );
+
+    // Namespaces behave like any object at their real paths.
+    let namespaces: Api<Namespace> = Api::all(kubeconfig_client(&server, &dir).await);
+    let ns = namespaces.get("team-a").await.unwrap();
+    assert_eq!(ns.status.and_then(|s| s.phase).as_deref(), Some("Active"));
+    let annotation =
+        json!({"metadata": {"annotations": {"iam.amazonaws.com/allowed-roles": "[\"app-role\"]"}}});
+    let patched = namespaces
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(&annotation),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.metadata.annotations.unwrap().len(), 1);
+    let missing = namespaces.get("nope").await.unwrap_err();
+    assert!(
+        matches!(missing, kube::Error::Api(ref s) if s.code == 404 && s.message.contains("namespaces")),
+        "{missing:?}"
+    );
+    namespaces
+        .delete("team-a", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        namespaces
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let ns_requests: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "namespaces")
+        .map(|r| (r.verb, r.name))
+        .collect();
+    assert_eq!(
+        ns_requests,
+        vec![
+            ("list".to_string(), None),
+            ("list".to_string(), None),
+            ("get".to_string(), Some("team-a".to_string())),
+            ("patch".to_string(), Some("team-a".to_string())),
+            ("get".to_string(), Some("nope".to_string())),
+            ("delete".to_string(), Some("team-a".to_string())),
+            ("list".to_string(), None),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_client_creates_lists_and_patches_status() {
+    let dir = test_dir("status");
+    // Seeded objects are stored as given, status included (as if written before the test).
+    let server = ApiServer::builder()
+        .json(json!({
+            "apiVersion": "zalando.org/v1",
+            "kind": "AWSIAMRole",
+            "metadata": {"name": "seeded", "namespace": "team-a"},
+            "spec": {"roleReference": "seeded-role"},
+            "status": {"roleARN": "arn:aws:iam::123456789012:role/seeded-role"},
+        }))
+        .start()
+        .await;
+    let client = kubeconfig_client(&server, &dir).await;
+    let roles: Api<AWSIAMRole> = Api::namespaced(client, "team-a");
+
+    // A status in the create body is dropped, as with a real status subresource.
+    let mut new = role("team-a", "app");
+    new.status = Some(AWSIAMRoleStatus {
+        role_arn: Some("arn:aws:iam::1:role/sneaky".into()),
+        ..AWSIAMRoleStatus::default()
+    });
+    let created = roles.create(&PostParams::default(), &new).await.unwrap();
+    assert_eq!(created.status, None);
+    assert!(created.metadata.uid.is_some());
+
+    let listed = roles.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 2);
+    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("app"));
+    assert_eq!(listed.items[0].spec, new.spec);
+    assert_eq!(
+        listed.items[1]
+            .status
+            .as_ref()
+            .and_then(|s| s.role_arn.as_deref()),
+        Some("arn:aws:iam::123456789012:role/seeded-role")
+    );
+
+    let status = json!({
+        "status": {
+            "roleARN": "arn:aws:iam::123456789012:role/app-role",
+            "expiration": "2026-11-26T23:30:00Z",
+            "observedGeneration": 1,
+        },
+        // Ignored on the status subresource: only status changes.
+        "spec": {"roleReference": "other"},
+        "metadata": {"labels": {"sneaky": "yes"}},
+    });
+    let patched = roles
+        .patch_status("app", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    assert_eq!(patched.spec, new.spec, "status patch left spec alone");
+    let got = roles.get("app").await.unwrap();
+    assert_eq!(got.spec, new.spec);
+    assert_eq!(got.metadata.labels, created.metadata.labels);
+    let got_status = got.status.expect("status set");
+    assert_eq!(
+        got_status.role_arn.as_deref(),
+        Some("arn:aws:iam::123456789012:role/app-role")
+    );
+    assert_eq!(
+        got_status.expiration.as_deref(),
+        Some("2026-11-26T23:30:00Z")
+    );
+
+    // A spec write does not clobber status.
+    let spec_patch = json!({"spec": {"roleSessionDuration": 7200}});
+    let after = roles
+        .patch("app", &PatchParams::default(), &Patch::Merge(&spec_patch))
+        .await
+        .unwrap();
+    assert_eq!(after.spec.role_session_duration, Some(7200));
+    assert_eq!(after.status.as_ref(), Some(&got_status));
+
+    // A stale resourceVersion conflicts.
+    let mut stale = json!({"metadata": {"resourceVersion": created.metadata.resource_version}, "status": {"expiration": "x"}});
+    stale["status"]["roleARN"] = json!("y");
+    let err = roles
+        .patch_status("app", &PatchParams::default(), &Patch::Merge(&stale))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err:?}"
+    );
+
+    let requests = server.requests();
+    let status_patches: Vec<_> = requests
+        .iter()
+        .filter(|r| r.verb == "patch" && r.subresource.as_deref() == Some("status"))
+        .collect();
+    assert_eq!(status_patches.len(), 2);
+    assert_eq!(status_patches[0].resource, "awsiamroles");
+    assert_eq!(status_patches[0].group, "zalando.org");
+    assert_eq!(status_patches[0].namespace.as_deref(), Some("team-a"));
+    assert_eq!(status_patches[0].name.as_deref(), Some("app"));
+    assert_eq!(server.write_count_for("awsiamroles"), 4);
+    assert_eq!(server.write_count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_paged_sorted_and_complete() {
+    let dir = test_dir("paging");
+    // Names chosen so that creation order is not the sorted order.
+    let secrets: Vec<Secret> = (0..1234)
+        .map(|i| {
+            let ns = format!("ns-{}", (i * 7) % 5);
+            let name = format!("s-{:04}", (i * 613) % 1234);
+            let managed = if i % 2 == 0 { "yes" } else { "no" };
+            secret(&ns, &name, &[("managed", managed)])
+        })
+        .collect();
+    let mut expected: Vec<(String, String)> = secrets
+        .iter()
+        .map(|s| {
+            (
+                s.metadata.namespace.clone().unwrap(),
+                s.metadata.name.clone().unwrap(),
+            )
+        })
+        .collect();
+    expected.sort();
+    let server = ApiServer::builder().objects(secrets).start().await;
+    let client = kubeconfig_client(&server, &dir).await;
+    server.clear_requests();
+
+    let api: Api<Secret> = Api::all(client.clone());
+    let mut seen = Vec::new();
+    let mut remaining = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await.unwrap();
+        remaining.push(page.metadata.remaining_item_count);
+        seen.extend(page.items.iter().map(|s| {
+            (
+                s.metadata.namespace.clone().unwrap(),
+                s.metadata.name.clone().unwrap(),
+            )
+        }));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 1234);
+    assert_eq!(
+        seen, expected,
+        "every Secret exactly once, in (namespace, name) order"
+    );
+    assert_eq!(remaining, vec![Some(734), Some(234), None]);
+    let lists: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.verb == "list")
+        .collect();
+    assert_eq!(lists.len(), 3, "{lists:?}");
+    assert!(
+        lists
+            .iter()
+            .all(|r| r.resource == "secrets" && r.status == 200)
+    );
+    assert_eq!(lists[0].param("continue"), None);
+    assert!(lists[1].param("continue").is_some());
+
+    // Namespaced, with label selectors (equality and set-based), still paged and complete.
+    let ns_api: Api<Secret> = Api::namespaced(client, "ns-3");
+    for selector in [
+        "managed=yes",
+        "managed in (yes)",
+        "managed,managed notin (no)",
+    ] {
+        let mut got = Vec::new();
+        let mut params = ListParams::default().labels(selector).limit(100);
+        loop {
+            let page = ns_api.list(&params).await.unwrap();
+            assert_eq!(page.metadata.remaining_item_count, None);
+            got.extend(page.items.into_iter().map(|s| s.metadata.name.unwrap()));
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
+            }
+        }
+        // The seeding formula again: even indexes are managed=yes.
+        let mut want: Vec<String> = (0..1234)
+            .filter(|i| i % 2 == 0 && (i * 7) % 5 == 3)
+            .map(|i| format!("s-{:04}", (i * 613) % 1234))
+            .collect();
+        want.sort();
+        assert!(want.len() > 100, "the selector case spans pages");
+        assert_eq!(got, want, "selector {selector}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_can_expire_with_410() {
+    let dir = test_dir("expired");
+    let server = ApiServer::builder()
+        .objects((0..10).map(|i| secret("default", &format!("s{i}"), &[])))
+        .start()
+        .await;
+    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server, &dir).await);
+
+    let first = api.list(&ListParams::default().limit(4)).await.unwrap();
+    let token = first.metadata.continue_.clone().expect("more to come");
+    server.fail_continue_with_410();
+    let err = api
+        .list(&ListParams::default().limit(4).continue_token(&token))
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 410);
+            assert_eq!(s.reason, "Expired");
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+    // The token stays expired; a restarted list pages normally again.
+    let again = api
+        .list(&ListParams::default().limit(4).continue_token(&token))
+        .await
+        .unwrap_err();
+    assert!(matches!(again, kube::Error::Api(ref s) if s.code == 410));
+    let restart = api.list(&ListParams::default().limit(4)).await.unwrap();
+    let token = restart.metadata.continue_.expect("more to come");
+    let second = api
+        .list(&ListParams::default().limit(4).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(second.items.len(), 4);
+
+    // A token is bound to its list: another selector is rejected.
+    let err = api
+        .list(
+            &ListParams::default()
+                .limit(4)
+                .labels("x=y")
+                .continue_token(second.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_nth_write_fails_exactly_that_write() {
+    let dir = test_dir("nth-write");
+    let server = ApiServer::start().await;
+    let client = kubeconfig_client(&server, &dir).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client, "default");
+
+    server.fail_nth_write(2, 500);
+    secrets
+        .create(&PostParams::default(), &secret("default", "a", &[]))
+        .await
+        .unwrap();
+    // Events are not counted as writes.
+    let event = Event {
+        metadata: ObjectMeta {
+            name: Some("a.1".into()),
+            namespace: Some("default".into()),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(jiff::Timestamp::now())),
+        reason: Some("CreateCredentials".into()),
+        action: Some("Create".into()),
+        reporting_controller: Some("kube-aws-iam-controller".into()),
+        reporting_instance: Some("test".into()),
+        type_: Some("Normal".into()),
+        ..Event::default()
+    };
+    events.create(&PostParams::default(), &event).await.unwrap();
+    let err = secrets
+        .create(&PostParams::default(), &secret("default", "b", &[]))
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 500);
+            assert_eq!(s.reason, "InternalError");
+        }
+        other => panic!("expected the injected 500, got {other:?}"),
+    }
+    secrets
+        .create(&PostParams::default(), &secret("default", "c", &[]))
+        .await
+        .unwrap();
+
+    let inspect: Api<Secret> = Api::namespaced(server.client(), "default");
+    assert!(
+        inspect.get_opt("b").await.unwrap().is_none(),
+        "b was not written"
+    );
+    assert!(inspect.get_opt("c").await.unwrap().is_some());
+    assert_eq!(server.write_count(), 3, "attempts, events excluded");
+    assert_eq!(server.write_count_for("secrets"), 3);
+    assert_eq!(server.write_count_for("events"), 1);
+    let statuses: Vec<u16> = server
+        .requests()
+        .iter()
+        .filter(|r| r.is_write() && !r.is_event())
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![201, 500, 201]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_preconditions_are_enforced() {
+    let dir = test_dir("preconditions");
+    let server = ApiServer::builder()
+        .object(secret("default", "s", &[]))
+        .start()
+        .await;
+    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server, &dir).await);
+    let current = api.get("s").await.unwrap();
+    let uid = current.metadata.uid.clone().unwrap();
+    let rv = current.metadata.resource_version.clone().unwrap();
+
+    for pre in [
+        Preconditions {
+            uid: Some("not-the-uid".into()),
+            resource_version: None,
+        },
+        Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: Some(format!("{rv}0")),
+        },
+    ] {
+        let err = api
+            .delete("s", &DeleteParams::default().preconditions(pre.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"),
+            "{pre:?}: {err:?}"
+        );
+        assert!(api.get_opt("s").await.unwrap().is_some(), "still there");
+    }
+
+    // Same preconditions on update: a uid in the body must match.
+    let mut wrong_uid = current.clone();
+    wrong_uid.metadata.uid = Some("not-the-uid".into());
+    let err = api
+        .replace("s", &PostParams::default(), &wrong_uid)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err:?}"
+    );
+
+    api.delete(
+        "s",
+        &DeleteParams::default().preconditions(Preconditions {
+            uid: Some(uid),
+            resource_version: Some(rv),
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(api.get_opt("s").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_delay_and_shutdown() {
+    let dir = test_dir("faults");
+    let server = ApiServer::builder()
+        .object(secret("default", "s", &[]))
+        .object(role("default", "r"))
+        .start()
+        .await;
+    let client = kubeconfig_client(&server, &dir).await;
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let roles: Api<AWSIAMRole> = Api::all(client.clone());
+
+    server.fail_lists("secrets", true);
+    let err = secrets.list(&ListParams::default()).await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 500),
+        "{err:?}"
+    );
+    assert_eq!(
+        roles
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // The inspection client is never failed.
+    assert_eq!(
+        Api::<Secret>::all(server.client())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    server.fail_lists("secrets", false);
+    assert_eq!(
+        secrets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    server.fail_writes("events", Some(403));
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let err = events
+        .create(
+            &PostParams::default(),
+            &Event {
+                metadata: ObjectMeta {
+                    name: Some("e".into()),
+                    ..ObjectMeta::default()
+                },
+                ..Event::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403 && s.reason == "Forbidden"));
+    server.fail_writes("events", None);
+
+    // generateName and stringData behave as on a real server.
+    let mut generated = secret("default", "", &[]);
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("gen-".into());
+    generated.string_data = Some(BTreeMap::from([("plain".to_string(), "text".to_string())]));
+    let created = Api::<Secret>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &generated)
+        .await
+        .unwrap();
+    let name = created.metadata.name.unwrap();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    assert_eq!(created.string_data, None);
+    assert_eq!(
+        created.data.unwrap().get("plain"),
+        Some(&ByteString(b"text".to_vec()))
+    );
+
+    server.set_delay(Duration::from_millis(300));
+    let started = Instant::now();
+    roles.list(&ListParams::default()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    server.set_delay(Duration::ZERO);
+
+    // Every request carried the attributes the other tests filter on.
+    assert!(
+        server
+            .wait_for_requests(Duration::from_secs(5), |rs| rs
+                .iter()
+                .any(|r| r.verb == "list" && r.resource == "awsiamroles"))
+            .await
+    );
+
+    let addr = server.addr();
+    assert_eq!(server.url(), format!("http://{addr}"));
+    server.shutdown().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_recorder_creates_then_patches_events() {
+    use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
+
+    let dir = test_dir("events");
+    let server = ApiServer::builder()
+        .object(role("team-a", "app"))
+        .start()
+        .await;
+    let client = kubeconfig_client(&server, &dir).await;
+    let role = Api::<AWSIAMRole>::namespaced(client.clone(), "team-a")
+        .get("app")
+        .await
+        .unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kube-aws-iam-controller".into(),
+            instance: None,
+        },
+    );
+    let event = RecorderEvent {
+        type_: EventType::Normal,
+        reason: "CreateCredentials".into(),
+        note: Some("credentials written".into()),
+        action: "Create".into(),
+        secondary: None,
+    };
+    let reference = role.object_ref(&());
+    recorder.publish(&event, &reference).await.unwrap();
+    recorder.publish(&event, &reference).await.unwrap();
+
+    let events = Api::<Event>::namespaced(server.client(), "team-a")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(events.items.len(), 1, "the repeat became a series");
+    assert_eq!(events.items[0].series.as_ref().map(|s| s.count), Some(2));
+    let verbs: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_event())
+        .map(|r| format!("{} {}", r.verb, r.group))
+        .collect();
+    assert_eq!(verbs, vec!["create events.k8s.io", "patch events.k8s.io"]);
+    assert_eq!(server.write_count(), 0, "events are not counted as writes");
+    assert_eq!(server.write_count_for("events"), 2);
+}
