@@ -14,6 +14,8 @@ use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::ApiResource;
+use kube::core::DynamicObject;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use serde_json::json;
@@ -491,7 +493,13 @@ impl Executor {
         role: &ObservedRole,
         status: &AWSIAMRoleStatus,
     ) -> Result<(), String> {
-        let api: Api<AWSIAMRole> = Api::namespaced(self.client.clone(), &role.namespace);
+        // Untyped, so the response decodes even when the stored spec does not (the reason the
+        // role is blocked may be exactly that).
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &role.namespace,
+            &ApiResource::erase::<AWSIAMRole>(&()),
+        );
         let patch = json!({
             "status": {
                 "observedGeneration": status.observed_generation,

@@ -1,15 +1,17 @@
 //! Logging set-up: text or JSON lines on stderr, filtered by RUST_LOG (default `info`, or
-//! `debug` with `--debug`). Standard output is left to plans.
+//! `debug` for this crate with `--debug`). Standard output is left to plans.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
 pub fn init(debug: bool, format: LogFormat) {
+    // kube-client logs a response body it cannot decode at warn level; such a body may be an
+    // object with data in it, so its logs are kept to errors unless RUST_LOG asks otherwise.
     let default = if debug {
-        "info,kube_aws_iam_controller=debug"
+        "info,kube_client=error,kube_aws_iam_controller=debug"
     } else {
-        "info"
+        "info,kube_client=error"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

@@ -3,6 +3,7 @@
 mod apiserver_smoke;
 mod cli;
 mod crd;
+mod e2e;
 mod executor;
 mod fixtures;
 mod invariants;
