@@ -197,3 +197,25 @@ impl Options {
         self.namespace.as_deref().filter(|ns| !ns.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "once",
+            "--dry-run",
+            "--output",
+            "json",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.options.output, OutputFormat::Json);
+        assert_eq!(cli.options.log_format, LogFormat::Json);
+        assert!(cli.options.dry_run);
+    }
+}

@@ -148,7 +148,15 @@ impl Controller {
         };
         report.duration = start.elapsed();
         self.metrics.record_pass(&report, Timestamp::now());
-        tracing::info!("{report}");
+        if self.executor.is_some() {
+            tracing::info!("{report}");
+        } else {
+            tracing::info!(
+                "dry run, nothing applied: {} took {:.3}s",
+                crate::plan::render::summary_line(&plan.summary()),
+                report.duration.as_secs_f64()
+            );
+        }
         Ok(PassOutcome { report, rendered })
     }
 

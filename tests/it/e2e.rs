@@ -358,6 +358,8 @@ async fn dry_run_changes_nothing_and_prints_no_credential() {
             BASE,
             "--output",
             "json",
+            "--log-format",
+            "json",
         ],
         vec![
             "plan",
@@ -378,6 +380,22 @@ async fn dry_run_changes_nothing_and_prints_no_credential() {
         assert_no_leak(&out, &[]);
         let stdout = text(&out.stdout);
         if args.contains(&"json") {
+            let summary = text(&out.stderr)
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .unwrap_or_else(|_| panic!("not a JSON line: {l}"))
+                })
+                .find(|l| {
+                    l["message"].as_str().is_some_and(|m| {
+                        m.starts_with("dry run, nothing applied: Plan: 1 to create, 1 to refresh")
+                    })
+                });
+            assert!(
+                summary.is_some(),
+                "no summary line in {}",
+                text(&out.stderr)
+            );
             let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
             let got: Vec<(String, String)> = plan["actions"]
                 .as_array()
@@ -650,4 +668,31 @@ async fn run_serves_new_roles_health_and_metrics_and_stops_on_sigterm() {
             "a credential value appears in the log"
         );
     }
+}
+
+/// `--assume-role`: the controller assumes its own role first (through aws-config's
+/// auto-refreshing provider) and application roles with those credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assume_role_chains_through_the_controller_role() {
+    let env = Env::start(
+        "e2e-assume-role",
+        ApiServer::builder().object(role("team-a", "app", "app")),
+    )
+    .await;
+    let out = env.run(&["once", "--assume-role", "controller"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // One AssumeRole for the controller role, one for the application role.
+    assert_eq!(env.moto.calls("AssumeRole"), 2);
+    let s = Api::<Secret>::namespaced(env.client(), "team-a")
+        .get("app")
+        .await
+        .unwrap();
+    assert_no_leak(&out, &credential_values(&s));
+    let arn = moto::caller_identity_with_credentials_file(
+        &env.moto.endpoint(),
+        &data_map(&s),
+        env.dir.path(),
+    )
+    .expect("the credentials file authenticates");
+    assert!(arn.contains("assumed-role/app/team-a.app"), "{arn}");
 }

@@ -311,6 +311,10 @@ async fn faults_fail_single_actions_and_the_next_pass_converges() {
     assert!(names.contains(&"a".to_string()) && names.contains(&"e".to_string()));
     assert!(!names.contains(&"b".to_string()) && !names.contains(&"d".to_string()));
 
+    // While the faults last, `once` reports that some actions failed.
+    let (code, _) = ctl.once().await.unwrap();
+    assert_eq!(code, 1);
+
     // Faults clear: one pass converges …
     for flag in [
         &faults.fail_create_b,
