@@ -11,6 +11,7 @@ use crate::arn::BaseArn;
 use crate::plan::PlanConfig;
 use crate::plan::render::OutputFormat;
 use crate::policy::Policy;
+use crate::session::SessionOptions;
 use crate::{Error, Result};
 
 #[derive(Debug, Parser)]
@@ -122,6 +123,26 @@ pub struct Options {
         value_delimiter = ','
     )]
     pub allowed_role_patterns: Vec<String>,
+    /// Tag each session with kubernetes-namespace, kubernetes-awsiamrole (and kubernetes-cluster
+    /// with --cluster-name); trust policies must allow sts:TagSession.
+    #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_SESSION_TAGS")]
+    pub session_tags: bool,
+    /// Set the session's SourceIdentity to its session name (<namespace>.<name>); trust policies
+    /// must allow sts:SetSourceIdentity.
+    #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_SOURCE_IDENTITY")]
+    pub source_identity: bool,
+    /// Send an external ID built from {namespace}, {name} and {cluster}, e.g.
+    /// "{cluster}/{namespace}", so a role's trust policy can pin who may obtain it.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        env = "KUBE_AWS_IAM_CONTROLLER_EXTERNAL_ID_FORMAT"
+    )]
+    pub external_id_format: Option<String>,
+    /// This cluster's name, for the kubernetes-cluster tag and {cluster}.
+    #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
     /// AWS region for STS (default: the standard AWS chain, e.g. AWS_REGION).
     #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_REGION")]
     pub region: Option<String>,
@@ -182,9 +203,17 @@ impl Options {
             .transpose()?;
         let refresh_limit = i64::try_from(self.refresh_limit.as_secs())
             .map_err(|_| Error::Config("--refresh-limit is too large".into()))?;
+        let session = SessionOptions {
+            tags: self.session_tags,
+            source_identity: self.source_identity,
+            external_id_format: self.external_id_format.clone(),
+            cluster_name: self.cluster_name.clone(),
+        };
+        session.validate().map_err(Error::Config)?;
         Ok(PlanConfig {
             base_role_arn,
             refresh_limit,
+            session,
             policy: Policy {
                 namespace_restrictions: self.namespace_restrictions,
                 allowed_role_patterns: self.allowed_role_patterns.clone(),

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod policy;
 pub mod secret;
 pub mod server;
+pub mod session;
 pub mod sts;
 pub mod telemetry;
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sts::types::Tag;
 use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jiff::Timestamp;
@@ -102,12 +103,25 @@ impl StsCredentialSource {
         duration: i64,
     ) -> Result<Credentials, StsError> {
         self.limiter.until_ready().await;
+        let extras = &request.extras;
+        let tags = extras
+            .tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StsError {
+                kind: StsErrorKind::Other,
+                message: format!("session tag: {e}"),
+            })?;
         let out = self
             .client
             .assume_role()
             .role_arn(request.role_arn.to_string())
             .role_session_name(&request.session_name)
             .duration_seconds(duration as i32)
+            .set_tags((!tags.is_empty()).then_some(tags))
+            .set_source_identity(extras.source_identity.clone())
+            .set_external_id(extras.external_id.clone())
             .send()
             .await
             .map_err(|e| {

@@ -20,6 +20,7 @@ use crate::crd::AWSIAMRoleStatus;
 use crate::model::{Observed, ObservedRole, ObservedSecret};
 use crate::policy::{self, NamespaceRules, Policy};
 use crate::secret::{self, SecretContent, format_time};
+use crate::session::{SessionExtras, SessionOptions};
 
 /// The condition type the controller maintains on every AWSIAMRole.
 pub const READY: &str = "Ready";
@@ -34,6 +35,7 @@ pub struct PlanConfig {
     /// `--refresh-limit`, in seconds: the smallest refresh margin.
     pub refresh_limit: i64,
     pub policy: Policy,
+    pub session: SessionOptions,
 }
 
 impl Default for PlanConfig {
@@ -42,6 +44,7 @@ impl Default for PlanConfig {
             base_role_arn: None,
             refresh_limit: 15 * 60,
             policy: Policy::default(),
+            session: SessionOptions::default(),
         }
     }
 }
@@ -150,6 +153,8 @@ pub struct CredentialRequest {
     /// `DurationSeconds`.
     pub duration: i64,
     pub session_name: String,
+    /// Session tags, source identity and external ID, when configured.
+    pub extras: SessionExtras,
 }
 
 /// One entry of the plan: an AWSIAMRole (with its Secret, if any) or an orphaned Secret.
@@ -345,10 +350,19 @@ fn plan_role<'a>(
         return blocked(action, Reason::NotPermitted, why);
     }
     let duration = spec.duration();
+    let session_name = arn::session_name(&role.namespace, &role.name);
+    let extras = match config
+        .session
+        .extras(&role.namespace, &role.name, &session_name)
+    {
+        Ok(extras) => extras,
+        Err(e) => return blocked(action, Reason::InvalidSpec, e),
+    };
     let request = || CredentialRequest {
         role_arn: arn.clone(),
         duration,
-        session_name: arn::session_name(&role.namespace, &role.name),
+        session_name: session_name.clone(),
+        extras: extras.clone(),
     };
     let planned_expiry = now
         .checked_add(jiff::SignedDuration::from_secs(duration))

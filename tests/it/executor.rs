@@ -423,3 +423,65 @@ async fn role_chaining_retries_at_one_hour_and_says_so() {
     assert_eq!(second.report.writes, 0, "{}", second.report);
     assert_eq!(rule.num_calls(), 2);
 }
+
+/// `--session-tags`, `--source-identity` and `--external-id-format` reach AssumeRole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_tags_source_identity_and_external_id_are_sent() {
+    let client = ClientBuilder::new()
+        .with_resource::<AWSIAMRole>()
+        .with_status_subresource::<AWSIAMRole>()
+        .with_object(role("team-a", "app", "app"))
+        .build()
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let rule = mock!(aws_sdk_sts::Client::assume_role).then_compute_response(move |req| {
+        let tags: Vec<(String, String)> = req
+            .tags()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        record.lock().unwrap().push((
+            tags,
+            req.source_identity().map(String::from),
+            req.external_id().map(String::from),
+        ));
+        MockResponse::Output(issued("team-a.app", 3600))
+    });
+    let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
+    let source = StsCredentialSource::new(
+        sts,
+        rate_limiter(100.try_into().unwrap(), 1.try_into().unwrap()),
+    );
+    let cli = Cli::try_parse_from([
+        "kube-aws-iam-controller",
+        "once",
+        "--base-role-arn",
+        "arn:aws:iam::123456789012:role/",
+        "--session-tags",
+        "--source-identity",
+        "--cluster-name",
+        "prod-eu",
+        "--external-id-format",
+        "{cluster}/{namespace}",
+    ])
+    .unwrap();
+    let config = cli.options.plan_config().unwrap();
+    let ctl = Controller::with_source(client, Some(Arc::new(source)), &cli.options, config);
+    let report = ctl.pass().await.unwrap().report;
+    assert_eq!(report.failed(), 0, "{report}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let (tags, source_identity, external_id) = &seen[0];
+    assert_eq!(
+        tags,
+        &vec![
+            ("kubernetes-namespace".to_string(), "team-a".to_string()),
+            ("kubernetes-awsiamrole".to_string(), "app".to_string()),
+            ("kubernetes-cluster".to_string(), "prod-eu".to_string()),
+        ]
+    );
+    assert_eq!(source_identity.as_deref(), Some("team-a.app"));
+    assert_eq!(external_id.as_deref(), Some("prod-eu/team-a"));
+}

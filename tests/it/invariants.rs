@@ -13,6 +13,7 @@ use kube_aws_iam_controller::plan::render::{OutputFormat, render};
 use kube_aws_iam_controller::plan::{ActionKind, PlanConfig, plan, ready_status};
 use kube_aws_iam_controller::policy::{ALLOWED_ROLES_ANNOTATION, Policy};
 use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::session::SessionOptions;
 use proptest::prelude::*;
 
 use crate::support::simulate;
@@ -328,6 +329,14 @@ fn build(s: &Scenario) -> (Observed, PlanConfig) {
             } else {
                 vec![]
             },
+        },
+        session: SessionOptions {
+            tags: s.restrictions,
+            source_identity: s.pattern,
+            external_id_format: s
+                .pattern
+                .then(|| "{cluster}/{namespace}/{name}".to_string()),
+            cluster_name: Some("test-cluster".into()),
         },
     };
     (Observed::new(roles, secrets, ns_annotations), config)
