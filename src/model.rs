@@ -38,8 +38,9 @@ pub struct ObservedRole {
 }
 
 /// One Secret as observed. Data values that are not valid base64 (possible only in offline
-/// input) are kept out of `data` and named in `undecodable_keys`.
-#[derive(Clone, Debug, PartialEq)]
+/// input) are kept out of `data` and named in `undecodable_keys`. `Debug` shows data keys and
+/// sizes only, never values.
+#[derive(Clone, PartialEq)]
 pub struct ObservedSecret {
     pub namespace: String,
     pub name: String,
@@ -50,6 +51,27 @@ pub struct ObservedSecret {
     pub owner_references: Vec<OwnerReference>,
     pub data: BTreeMap<String, Vec<u8>>,
     pub undecodable_keys: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for ObservedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let data: BTreeMap<&str, String> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k.as_str(), format!("<{} bytes>", v.len())))
+            .collect();
+        f.debug_struct("ObservedSecret")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("uid", &self.uid)
+            .field("resource_version", &self.resource_version)
+            .field("labels", &self.labels)
+            .field("annotations", &self.annotations)
+            .field("owner_references", &self.owner_references)
+            .field("data", &data)
+            .field("undecodable_keys", &self.undecodable_keys)
+            .finish()
+    }
 }
 
 /// Everything one pass plans from. Built with [`Observed::new`], which decides ownership

@@ -3,209 +3,21 @@
 //! `AWS_ENDPOINT_URL_STS`), with the Secrets it writes read back by the real AWS CLI.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, ObjectMeta, PostParams};
-use kube::{Api, Client};
-use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
-use kube_aws_iam_controller::model::ObservedRole;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::plan::ready_status;
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::secret;
 use serde_json::json;
 
-use crate::support::apiserver::{ApiServer, ApiServerBuilder};
-use crate::support::moto::{self, Moto, ScratchDir};
-
-const BASE: &str = "arn:aws:iam::123456789012:role/";
-/// Marker in credentials the tests seed; no output may contain it.
-const SEEDED: &str = "E2ESEEDED";
-
-struct Env {
-    api: ApiServer,
-    moto: Moto,
-    dir: ScratchDir,
-    kubeconfig: PathBuf,
-}
-
-impl Env {
-    async fn start(label: &str, builder: ApiServerBuilder) -> Env {
-        let api = builder.start().await;
-        let moto = Moto::start();
-        let dir = ScratchDir::new(label);
-        let kubeconfig = api.write_kubeconfig(dir.path());
-        Env {
-            api,
-            moto,
-            dir,
-            kubeconfig,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .envs(moto::aws_env(&self.moto.endpoint()))
-            .kill_on_drop(true);
-        cmd
-    }
-
-    /// Runs the binary to completion (at most a minute).
-    async fn run(&self, args: &[&str]) -> Output {
-        let child = self.command(args).output();
-        tokio::time::timeout(Duration::from_secs(60), child)
-            .await
-            .expect("the binary finishes within a minute")
-            .expect("the binary starts")
-    }
-
-    fn client(&self) -> Client {
-        self.api.client()
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn role(ns: &str, name: &str, reference: &str) -> AWSIAMRole {
-    let mut r = AWSIAMRole::new(
-        name,
-        AWSIAMRoleSpec {
-            role_reference: reference.into(),
-            role_session_duration: None,
-        },
-    );
-    r.metadata.namespace = Some(ns.into());
-    r
-}
-
-fn observed(role: &AWSIAMRole, uid: &str) -> ObservedRole {
-    let mut v = serde_json::to_value(role).unwrap();
-    v["metadata"]["uid"] = json!(uid);
-    v["metadata"]["generation"] = json!(1);
-    ObservedRole::from_value(&v, "").unwrap()
-}
-
-fn seeded_credentials(tag: &str, expiration: Timestamp) -> Credentials {
-    Credentials {
-        access_key_id: format!("ASIA{SEEDED}"),
-        secret_access_key: format!("{SEEDED}-secret-{tag}"),
-        session_token: format!("{SEEDED}-token-{tag}"),
-        expiration,
-    }
-}
-
-/// A managed Secret as the controller would have written it for `role` (owner UID unknown
-/// until the fake assigns one, so it is owned by name only when `uid` is empty).
-fn managed_secret(role: &AWSIAMRole, uid: &str, issued: Timestamp, lifetime: i64) -> Secret {
-    let r = observed(role, uid);
-    let arn = format!("{BASE}{}", role.spec.role_reference);
-    let creds = seeded_credentials(&r.name, issued + SignedDuration::from_secs(lifetime));
-    let mut s = secret::build(&r, &arn, &creds, issued);
-    s.metadata.owner_references = None;
-    s
-}
-
-/// Every credential value in a Secret's `credentials.json`.
-fn credential_values(s: &Secret) -> Vec<String> {
-    let data = s.data.as_ref().unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&data[secret::KEY_JSON].0).unwrap();
-    ["AccessKeyId", "SecretAccessKey", "SessionToken"]
-        .iter()
-        .map(|k| json[k].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn data_map(s: &Secret) -> BTreeMap<String, Vec<u8>> {
-    s.data
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|(k, ByteString(v))| (k.clone(), v.clone()))
-        .collect()
-}
-
-fn assert_no_leak(out: &Output, values: &[String]) {
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(!all.contains(SEEDED), "seeded credential in output");
-    for v in values {
-        assert!(
-            !all.contains(v.as_str()),
-            "a credential value appears in the output"
-        );
-    }
-}
-
-/// The mixed state of the issue: new, expiring, orphaned, conflicting and invalid roles.
-fn mixed_state() -> ApiServerBuilder {
-    let now = Timestamp::now();
-    let expiring = role("team-a", "expiring", "app-expiring");
-    let orphan_owner = role("team-a", "orphan", "app-orphan");
-    let mut foreign = Secret {
-        metadata: ObjectMeta {
-            name: Some("taken".into()),
-            namespace: Some("team-b".into()),
-            labels: Some(BTreeMap::from([("app".to_string(), "other".to_string())])),
-            ..ObjectMeta::default()
-        },
-        ..Secret::default()
-    };
-    foreign.data = Some(BTreeMap::from([(
-        "token".to_string(),
-        ByteString(format!("{SEEDED}-foreign").into_bytes()),
-    )]));
-    let mut invalid = role("team-b", "invalid", "app-invalid");
-    invalid.spec.role_session_duration = Some(899);
-    ApiServer::builder()
-        .object(role("team-a", "new", "app-new"))
-        .object(expiring.clone())
-        .object(managed_secret(
-            &expiring,
-            "",
-            now - SignedDuration::from_mins(55),
-            3600,
-        ))
-        .object(managed_secret(
-            &orphan_owner,
-            "",
-            now - SignedDuration::from_mins(10),
-            3600,
-        ))
-        .object(role("team-b", "taken", "app-taken"))
-        .object(foreign)
-        .object(invalid)
-        .json(json!({
-            "apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
-            "metadata": {"name": "wrong-types", "namespace": "team-b"},
-            "spec": {"roleReference": ["app"], "roleSessionDuration": "3600"}
-        }))
-}
-
-/// The Ready condition, read untyped (a role with a malformed spec does not decode).
-async fn condition(client: &Client, ns: &str, name: &str) -> (String, String, String) {
-    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        ns,
-        &kube::core::ApiResource::erase::<AWSIAMRole>(&()),
-    );
-    let r = api.get(name).await.unwrap();
-    let c = r.data["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-        .unwrap_or_else(|| panic!("{ns}/{name} has no Ready condition"));
-    let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    (field("status"), field("reason"), field("message"))
-}
+use crate::support::apiserver::ApiServer;
+use crate::support::harness::*;
+use crate::support::moto;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
@@ -527,49 +339,6 @@ async fn sts_rate_limit_is_respected() {
         "60 AssumeRole calls at --sts-rate 20 took {:.2}s",
         took.as_secs_f64()
     );
-}
-
-/// A free loopback port for the health server (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.ok()?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
-
-/// Polls `check` every 50 ms until it holds or `deadline` passes.
-async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

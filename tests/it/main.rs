@@ -7,5 +7,6 @@ mod e2e;
 mod executor;
 mod fixtures;
 mod invariants;
+mod leaks;
 mod moto_smoke;
 mod support;

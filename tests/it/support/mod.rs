@@ -1,6 +1,7 @@
 //! Shared test helpers: loading fixture cases and applying a plan in memory.
 
 pub mod apiserver;
+pub mod harness;
 pub mod moto;
 pub mod simulate;
 

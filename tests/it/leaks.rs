@@ -1,0 +1,161 @@
+//! Credentials never appear outside the Secret: not in any rendering of any command, not in
+//! logs (also with `--debug` and JSON logs), not on error paths (API faults, an unreachable STS),
+//! not in `Debug` output that a panic would print.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::ListParams;
+use kube_aws_iam_controller::model::{Observed, ObservedSecret};
+use kube_aws_iam_controller::plan::{PlanConfig, plan};
+use kube_aws_iam_controller::secret::{self, Credentials};
+
+use crate::support::harness::*;
+use crate::support::{Case, fixture_cases, repo_root};
+
+/// Credential strings the fixtures and the quickstart example carry.
+const FIXTURE_SECRETS: [&str; 4] = [
+    "FAKESECRET",
+    "ASIAQUICKSTART",
+    "quickstart-secret-access-key",
+    "quickstart-session-token",
+];
+
+fn combined(out: &std::process::Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn no_offline_command_or_format_prints_a_credential() {
+    let bin = env!("CARGO_BIN_EXE_kube-aws-iam-controller");
+    let mut runs = 0;
+    for name in fixture_cases() {
+        let case = Case::load(&name);
+        for output in ["text", "diff", "json"] {
+            for extra in [
+                &[][..],
+                &["--verbose"][..],
+                &["--verbose", "--debug", "--log-format", "json"][..],
+            ] {
+                let out = Command::new(bin)
+                    .args(&case.argv)
+                    .args(["--output", output])
+                    .args(extra)
+                    .current_dir(repo_root())
+                    .env("RUST_LOG", "trace")
+                    .output()
+                    .unwrap();
+                assert_eq!(out.status.code(), Some(0), "{name} {output} {extra:?}");
+                let all = combined(&out);
+                for s in FIXTURE_SECRETS {
+                    assert!(
+                        !all.contains(s),
+                        "{name} --output {output} {extra:?} prints {s}"
+                    );
+                }
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs >= 60);
+}
+
+#[test]
+fn debug_output_of_plans_and_state_redacts_credentials() {
+    let marker = "DEBUGCANARY";
+    let creds = Credentials {
+        access_key_id: format!("ASIA{marker}"),
+        secret_access_key: format!("{marker}/secret"),
+        session_token: format!("{marker}=token"),
+        expiration: Timestamp::now(),
+    };
+    let data = secret::encode(&creds, "arn:aws:iam::123456789012:role/app", 1);
+    let managed = ObservedSecret {
+        namespace: "ns".into(),
+        name: "orphan".into(),
+        uid: "u".into(),
+        resource_version: Some("1".into()),
+        labels: BTreeMap::from([
+            (
+                secret::HERITAGE_LABEL.to_string(),
+                secret::HERITAGE_VALUE.to_string(),
+            ),
+            (
+                secret::TYPE_LABEL.to_string(),
+                secret::TYPE_VALUE.to_string(),
+            ),
+        ]),
+        annotations: BTreeMap::new(),
+        owner_references: vec![],
+        data,
+        undecodable_keys: Default::default(),
+    };
+    let observed = Observed::new(vec![], vec![managed], BTreeMap::new());
+    let p = plan(&observed, Timestamp::now(), &PlanConfig::default());
+    // What a panic message formatting these values would print.
+    let payload = std::panic::catch_unwind(|| panic!("{creds:?} {observed:?} {p:?}"))
+        .err()
+        .and_then(|e| e.downcast_ref::<String>().cloned())
+        .expect("panic payload");
+    assert!(
+        payload.contains("orphan"),
+        "the payload is the formatted state"
+    );
+    assert!(!payload.contains(marker), "{payload}");
+    // Nor as the byte list a derived Debug of Vec<u8> would print.
+    let bytes: Vec<String> = marker.bytes().take(4).map(|b| b.to_string()).collect();
+    assert!(!payload.contains(&bytes.join(", ")), "{payload}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_error_paths_and_debug_logs_print_no_credential() {
+    let env = Env::start("leaks-live", mixed_state()).await;
+    // The first Secret write fails with 500; everything runs with debug logs, twice, in both
+    // log formats.
+    env.api.fail_nth_write(1, 500);
+    let first = env.run(&["once", "--debug", "--log-format", "json"]).await;
+    assert_eq!(first.status.code(), Some(1), "{}", text(&first.stderr));
+    let second = env.run(&["once", "--debug", "--base-role-arn", BASE]).await;
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let secrets = Api::<Secret>::all(env.client())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let values: Vec<String> = secrets
+        .iter()
+        .filter(|s| s.metadata.labels.as_ref().is_some_and(secret::is_managed))
+        .flat_map(credential_values)
+        .collect();
+    assert!(values.len() >= 6, "two Secrets with three values each");
+    assert_no_leak(&first, &values);
+    assert_no_leak(&second, &values);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_failures_print_no_credential() {
+    let env = Env::start("leaks-sts-down", mixed_state()).await;
+    // STS unreachable: every AssumeRole fails, after the SDK's retries.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = env
+        .command(&["once", "--debug", "--base-role-arn", BASE])
+        .env("AWS_ENDPOINT_URL_STS", format!("http://127.0.0.1:{port}"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("could not get credentials"), "{stderr}");
+    assert_no_leak(&out, &[]);
+    let (status, reason, message) = condition(&env.client(), "team-a", "new").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "GetCredentialsFailed")
+    );
+    assert!(!message.contains(SEEDED));
+}

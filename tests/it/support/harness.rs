@@ -1,0 +1,248 @@
+//! Driving the compiled binary in end-to-end tests: a loopback API server and moto STS, the
+//! binary's environment, seeded objects, and checks that nothing leaks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, ObjectMeta};
+use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
+use kube_aws_iam_controller::model::ObservedRole;
+use kube_aws_iam_controller::secret::{self, Credentials};
+use serde_json::json;
+
+use crate::support::apiserver::{ApiServer, ApiServerBuilder};
+use crate::support::moto::{self, Moto, ScratchDir};
+
+pub const BASE: &str = "arn:aws:iam::123456789012:role/";
+/// Marker in credentials the tests seed; no output may contain it.
+pub const SEEDED: &str = "E2ESEEDED";
+
+pub struct Env {
+    pub api: ApiServer,
+    pub moto: Moto,
+    pub dir: ScratchDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl Env {
+    pub async fn start(label: &str, builder: ApiServerBuilder) -> Env {
+        let api = builder.start().await;
+        let moto = Moto::start();
+        let dir = ScratchDir::new(label);
+        let kubeconfig = api.write_kubeconfig(dir.path());
+        Env {
+            api,
+            moto,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .envs(moto::aws_env(&self.moto.endpoint()))
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the binary to completion (at most a minute).
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let child = self.command(args).output();
+        tokio::time::timeout(Duration::from_secs(60), child)
+            .await
+            .expect("the binary finishes within a minute")
+            .expect("the binary starts")
+    }
+
+    pub fn client(&self) -> Client {
+        self.api.client()
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn role(ns: &str, name: &str, reference: &str) -> AWSIAMRole {
+    let mut r = AWSIAMRole::new(
+        name,
+        AWSIAMRoleSpec {
+            role_reference: reference.into(),
+            role_session_duration: None,
+        },
+    );
+    r.metadata.namespace = Some(ns.into());
+    r
+}
+
+pub fn observed(role: &AWSIAMRole, uid: &str) -> ObservedRole {
+    let mut v = serde_json::to_value(role).unwrap();
+    v["metadata"]["uid"] = json!(uid);
+    v["metadata"]["generation"] = json!(1);
+    ObservedRole::from_value(&v, "").unwrap()
+}
+
+pub fn seeded_credentials(tag: &str, expiration: Timestamp) -> Credentials {
+    Credentials {
+        access_key_id: format!("ASIA{SEEDED}"),
+        secret_access_key: format!("{SEEDED}-secret-{tag}"),
+        session_token: format!("{SEEDED}-token-{tag}"),
+        expiration,
+    }
+}
+
+/// A managed Secret as the controller would have written it for `role` (owner UID unknown
+/// until the fake assigns one, so it is owned by name only when `uid` is empty).
+pub fn managed_secret(role: &AWSIAMRole, uid: &str, issued: Timestamp, lifetime: i64) -> Secret {
+    let r = observed(role, uid);
+    let arn = format!("{BASE}{}", role.spec.role_reference);
+    let creds = seeded_credentials(&r.name, issued + SignedDuration::from_secs(lifetime));
+    let mut s = secret::build(&r, &arn, &creds, issued);
+    s.metadata.owner_references = None;
+    s
+}
+
+/// Every credential value in a Secret's `credentials.json`.
+pub fn credential_values(s: &Secret) -> Vec<String> {
+    let data = s.data.as_ref().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&data[secret::KEY_JSON].0).unwrap();
+    ["AccessKeyId", "SecretAccessKey", "SessionToken"]
+        .iter()
+        .map(|k| json[k].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub fn data_map(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    s.data
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|(k, ByteString(v))| (k.clone(), v.clone()))
+        .collect()
+}
+
+pub fn assert_no_leak(out: &Output, values: &[String]) {
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains(SEEDED), "seeded credential in output");
+    for v in values {
+        assert!(
+            !all.contains(v.as_str()),
+            "a credential value appears in the output"
+        );
+    }
+}
+
+/// The mixed state of the issue: new, expiring, orphaned, conflicting and invalid roles.
+pub fn mixed_state() -> ApiServerBuilder {
+    let now = Timestamp::now();
+    let expiring = role("team-a", "expiring", "app-expiring");
+    let orphan_owner = role("team-a", "orphan", "app-orphan");
+    let mut foreign = Secret {
+        metadata: ObjectMeta {
+            name: Some("taken".into()),
+            namespace: Some("team-b".into()),
+            labels: Some(BTreeMap::from([("app".to_string(), "other".to_string())])),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    };
+    foreign.data = Some(BTreeMap::from([(
+        "token".to_string(),
+        ByteString(format!("{SEEDED}-foreign").into_bytes()),
+    )]));
+    let mut invalid = role("team-b", "invalid", "app-invalid");
+    invalid.spec.role_session_duration = Some(899);
+    ApiServer::builder()
+        .object(role("team-a", "new", "app-new"))
+        .object(expiring.clone())
+        .object(managed_secret(
+            &expiring,
+            "",
+            now - SignedDuration::from_mins(55),
+            3600,
+        ))
+        .object(managed_secret(
+            &orphan_owner,
+            "",
+            now - SignedDuration::from_mins(10),
+            3600,
+        ))
+        .object(role("team-b", "taken", "app-taken"))
+        .object(foreign)
+        .object(invalid)
+        .json(json!({
+            "apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
+            "metadata": {"name": "wrong-types", "namespace": "team-b"},
+            "spec": {"roleReference": ["app"], "roleSessionDuration": "3600"}
+        }))
+}
+
+/// The Ready condition, read untyped (a role with a malformed spec does not decode).
+pub async fn condition(client: &Client, ns: &str, name: &str) -> (String, String, String) {
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::core::ApiResource::erase::<AWSIAMRole>(&()),
+    );
+    let r = api.get(name).await.unwrap();
+    let c = r.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .unwrap_or_else(|| panic!("{ns}/{name} has no Ready condition"));
+    let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (field("status"), field("reason"), field("message"))
+}
+
+/// A free loopback port for the health server (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Polls `check` every 50 ms until it holds or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
