@@ -465,3 +465,76 @@ async fn assume_role_chains_through_the_controller_role() {
     .expect("the credentials file authenticates");
     assert!(arn.contains("assumed-role/app/team-a.app"), "{arn}");
 }
+
+/// With `--namespace-restrictions`, a role a namespace may not use is never assumed and loses
+/// its Secret; allowed roles are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_restrictions_are_enforced_live() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let now = Timestamp::now();
+    let namespace = |name: &str, allowed: Option<&str>| {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.into());
+        if let Some(a) = allowed {
+            ns.metadata.annotations = Some(BTreeMap::from([(
+                "iam.amazonaws.com/allowed-roles".to_string(),
+                a.to_string(),
+            )]));
+        }
+        ns
+    };
+    let revoked = role("team-a", "revoked", "team-b/db");
+    let builder = ApiServer::builder()
+        .object(namespace("team-a", Some(r#"["team-a/*"]"#)))
+        .object(namespace("team-b", None))
+        .object(namespace("team-c", Some("not json")))
+        .object(role("team-a", "allowed", "team-a/app"))
+        .object(role(
+            "team-a",
+            "cross-account",
+            "arn:aws:iam::210987654321:role/team-a/app",
+        ))
+        .object(revoked.clone())
+        .object(managed_secret(&revoked, "", now, 3600))
+        .object(role("team-b", "any", "team-b/db"))
+        .object(role("team-c", "any", "team-a/app"));
+    let env = Env::start("e2e-restrictions", builder).await;
+    let out = env
+        .run(&["once", "--namespace-restrictions", "--base-role-arn", BASE])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        env.moto.calls("AssumeRole"),
+        1,
+        "only the allowed role is assumed"
+    );
+    let client = env.client();
+    let secrets = Api::<Secret>::all(client.clone());
+    let names: Vec<(String, String)> = secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| (s.metadata.namespace.unwrap(), s.metadata.name.unwrap()))
+        .collect();
+    assert_eq!(names, vec![("team-a".to_string(), "allowed".to_string())]);
+    for (ns, name, hint) in [
+        ("team-a", "cross-account", "not allowed in namespace"),
+        ("team-a", "revoked", "not allowed in namespace"),
+        (
+            "team-b",
+            "any",
+            "no iam.amazonaws.com/allowed-roles annotation",
+        ),
+        ("team-c", "any", "not a JSON array"),
+    ] {
+        let (status, reason, message) = condition(&client, ns, name).await;
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "NotPermitted"),
+            "{ns}/{name}"
+        );
+        assert!(message.contains(hint), "{ns}/{name}: {message}");
+    }
+}
