@@ -367,32 +367,9 @@ fn plan_role<'a>(
     let planned_expiry = now
         .checked_add(jiff::SignedDuration::from_secs(duration))
         .unwrap_or(now);
-    let Some(secret) = secret else {
-        if conflict {
-            return blocked(
-                action,
-                Reason::SecretConflict,
-                format!(
-                    "a Secret named {:?} without the controller's labels exists; it is left alone",
-                    role.name
-                ),
-            );
-        }
-        action.kind = ActionKind::Create;
-        action.reason = Reason::Missing;
-        action.message = format!("assume {arn} for {}", human(duration));
-        action.status = Some(ready_status(
-            role,
-            &arn.to_string(),
-            planned_expiry,
-            None,
-            now,
-        ));
-        action.request = Some(request());
-        return action;
-    };
-    let refresh = |mut action: Action<'a>, reason: Reason, message: String| {
-        action.kind = ActionKind::Refresh;
+    // Create and Refresh: new credentials, with the status they will give.
+    let issue = |mut action: Action<'a>, kind: ActionKind, reason: Reason, message: String| {
+        action.kind = kind;
         action.reason = reason;
         action.message = message;
         action.status = Some(ready_status(
@@ -404,6 +381,23 @@ fn plan_role<'a>(
         ));
         action.request = Some(request());
         action
+    };
+    let Some(secret) = secret else {
+        if conflict {
+            return blocked(
+                action,
+                Reason::SecretConflict,
+                format!(
+                    "a Secret named {:?} without the controller's labels exists; it is left alone",
+                    role.name
+                ),
+            );
+        }
+        let message = format!("assume {arn} for {}", human(duration));
+        return issue(action, ActionKind::Create, Reason::Missing, message);
+    };
+    let refresh = |action: Action<'a>, reason: Reason, message: String| {
+        issue(action, ActionKind::Refresh, reason, message)
     };
     let content = match readable {
         Some(c) => c,

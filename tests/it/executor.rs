@@ -21,7 +21,7 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use kube_aws_iam_controller::apply::{Outcome, Stage};
 use kube_aws_iam_controller::cli::Cli;
-use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
+use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::model::ObservedRole;
 use kube_aws_iam_controller::pass::Controller;
 use kube_aws_iam_controller::plan::PlanConfig;
@@ -41,15 +41,9 @@ struct Faults {
     writes: AtomicUsize,
 }
 
+/// An AWSIAMRole as the API would hold it (the in-process fake assigns no UID itself).
 fn role(ns: &str, name: &str, reference: &str) -> AWSIAMRole {
-    let mut r = AWSIAMRole::new(
-        name,
-        AWSIAMRoleSpec {
-            role_reference: reference.into(),
-            role_session_duration: None,
-        },
-    );
-    r.metadata.namespace = Some(ns.into());
+    let mut r = crate::support::harness::role(ns, name, reference);
     r.metadata.uid = Some(format!("uid-{name}"));
     r.metadata.generation = Some(1);
     r

@@ -16,7 +16,7 @@ use kube_aws_iam_controller::secret::{self, Credentials};
 use kube_aws_iam_controller::session::SessionOptions;
 use proptest::prelude::*;
 
-use crate::support::simulate;
+use crate::support::{managed_secret_stub, simulate};
 
 const LEAK: &str = "LEAKCANARY";
 const NOW: i64 = 1_800_000_000;
@@ -166,29 +166,6 @@ fn leaky_credentials(tag: &str, expiration: Timestamp) -> Credentials {
     }
 }
 
-fn empty_secret(ns: &str, name: &str) -> ObservedSecret {
-    ObservedSecret {
-        namespace: ns.into(),
-        name: name.into(),
-        uid: format!("secret-uid-{ns}-{name}"),
-        resource_version: Some("1".into()),
-        labels: BTreeMap::from([
-            (
-                secret::HERITAGE_LABEL.to_string(),
-                secret::HERITAGE_VALUE.to_string(),
-            ),
-            (
-                secret::TYPE_LABEL.to_string(),
-                secret::TYPE_VALUE.to_string(),
-            ),
-        ]),
-        annotations: BTreeMap::new(),
-        owner_references: vec![],
-        data: BTreeMap::new(),
-        undecodable_keys: BTreeSet::new(),
-    }
-}
-
 fn build(s: &Scenario) -> (Observed, PlanConfig) {
     let namespaces = ["ns-a", "ns-b"];
     let mut roles = Vec::new();
@@ -268,13 +245,13 @@ fn build(s: &Scenario) -> (Observed, PlanConfig) {
             }
             SecretSeed::MissingKey { key } => {
                 let creds = leaky_credentials(&name, now());
-                let mut sec = empty_secret(ns, &name);
+                let mut sec = managed_secret_stub(ns, &name);
                 sec.data = secret::encode(&creds, &arn_of(0), role.generation);
                 sec.data.remove(secret::DATA_KEYS[*key]);
                 secrets.push(sec);
             }
             SecretSeed::Unmanaged { one_label } => {
-                let mut sec = empty_secret(ns, &name);
+                let mut sec = managed_secret_stub(ns, &name);
                 if *one_label {
                     sec.labels.remove(secret::TYPE_LABEL);
                 } else {
@@ -294,7 +271,7 @@ fn build(s: &Scenario) -> (Observed, PlanConfig) {
         if !seen.insert((ns, name.clone())) {
             continue;
         }
-        let mut sec = empty_secret(ns, &name);
+        let mut sec = managed_secret_stub(ns, &name);
         if *readable {
             sec.data = secret::encode(
                 &leaky_credentials(&name, now()),

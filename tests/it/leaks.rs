@@ -9,12 +9,12 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::ListParams;
-use kube_aws_iam_controller::model::{Observed, ObservedSecret};
+use kube_aws_iam_controller::model::Observed;
 use kube_aws_iam_controller::plan::{PlanConfig, plan};
 use kube_aws_iam_controller::secret::{self, Credentials};
 
 use crate::support::harness::*;
-use crate::support::{Case, fixture_cases, repo_root};
+use crate::support::{Case, fixture_cases, managed_secret_stub, repo_root};
 
 /// Credential strings the fixtures and the quickstart example carry.
 const FIXTURE_SECRETS: [&str; 4] = [
@@ -73,26 +73,8 @@ fn debug_output_of_plans_and_state_redacts_credentials() {
         expiration: Timestamp::now(),
     };
     let data = secret::encode(&creds, "arn:aws:iam::123456789012:role/app", 1);
-    let managed = ObservedSecret {
-        namespace: "ns".into(),
-        name: "orphan".into(),
-        uid: "u".into(),
-        resource_version: Some("1".into()),
-        labels: BTreeMap::from([
-            (
-                secret::HERITAGE_LABEL.to_string(),
-                secret::HERITAGE_VALUE.to_string(),
-            ),
-            (
-                secret::TYPE_LABEL.to_string(),
-                secret::TYPE_VALUE.to_string(),
-            ),
-        ]),
-        annotations: BTreeMap::new(),
-        owner_references: vec![],
-        data,
-        undecodable_keys: Default::default(),
-    };
+    let mut managed = managed_secret_stub("ns", "orphan");
+    managed.data = data;
     let observed = Observed::new(vec![], vec![managed], BTreeMap::new());
     let p = plan(&observed, Timestamp::now(), &PlanConfig::default());
     // What a panic message formatting these values would print.

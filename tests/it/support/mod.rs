@@ -111,3 +111,29 @@ fn read_trimmed(path: &Path) -> String {
         .trim()
         .to_string()
 }
+
+/// A managed Secret (both labels) with no data yet, for building observed states.
+pub fn managed_secret_stub(ns: &str, name: &str) -> kube_aws_iam_controller::model::ObservedSecret {
+    use kube_aws_iam_controller::secret;
+    use std::collections::BTreeMap;
+    kube_aws_iam_controller::model::ObservedSecret {
+        namespace: ns.into(),
+        name: name.into(),
+        uid: format!("secret-uid-{ns}-{name}"),
+        resource_version: Some("1".into()),
+        labels: BTreeMap::from([
+            (
+                secret::HERITAGE_LABEL.to_string(),
+                secret::HERITAGE_VALUE.to_string(),
+            ),
+            (
+                secret::TYPE_LABEL.to_string(),
+                secret::TYPE_VALUE.to_string(),
+            ),
+        ]),
+        annotations: BTreeMap::new(),
+        owner_references: vec![],
+        data: BTreeMap::new(),
+        undecodable_keys: Default::default(),
+    }
+}
