@@ -40,18 +40,28 @@ pub struct PassOutcome {
     pub rendered: Option<String>,
 }
 
-/// A kube client from kubeconfig or the in-cluster environment; `--apiserver` overrides the URL.
+/// A kube client from kubeconfig or the in-cluster environment; `--apiserver` overrides the URL
+/// (and is enough on its own, for an unauthenticated or proxied API).
 pub async fn kube_client(apiserver: Option<&str>) -> Result<Client> {
-    let mut config = kube::Config::infer().await.map_err(|e| {
-        Error::Config(format!(
-            "no Kubernetes configuration (kubeconfig or in-cluster): {e}"
-        ))
-    })?;
-    if let Some(url) = apiserver {
-        config.cluster_url = url
-            .parse()
-            .map_err(|e| Error::Config(format!("--apiserver {url:?}: {e}")))?;
-    }
+    let url = apiserver
+        .map(|u| {
+            u.parse::<http::Uri>()
+                .map_err(|e| Error::Config(format!("--apiserver {u:?}: {e}")))
+        })
+        .transpose()?;
+    let config = match (kube::Config::infer().await, url) {
+        (Ok(mut config), Some(url)) => {
+            config.cluster_url = url;
+            config
+        }
+        (Ok(config), None) => config,
+        (Err(_), Some(url)) => kube::Config::new(url),
+        (Err(e), None) => {
+            return Err(Error::Config(format!(
+                "no Kubernetes configuration (kubeconfig or in-cluster): {e}"
+            )));
+        }
+    };
     Client::try_from(config).map_err(|e| Error::Config(format!("Kubernetes client: {e}")))
 }
 

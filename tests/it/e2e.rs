@@ -538,3 +538,28 @@ async fn namespace_restrictions_are_enforced_live() {
         assert!(message.contains(hint), "{ns}/{name}: {message}");
     }
 }
+
+/// `--apiserver` overrides the kubeconfig's URL, and is enough without any kubeconfig.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_flag_works_without_kubeconfig() {
+    let env = Env::start("e2e-apiserver-flag", mixed_state()).await;
+    let url = env.api.url();
+    let out = env
+        .command(&[
+            "once",
+            "--dry-run",
+            "--apiserver",
+            &url,
+            "--base-role-arn",
+            BASE,
+            "--output",
+            "json",
+        ])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["summary"]["create"], 1);
+}
