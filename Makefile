@@ -1,5 +1,5 @@
 # The README's second command: `make test` builds everything and runs every test.
-.PHONY: test venv lint check crd quickstart
+.PHONY: test venv lint check crd docs quickstart
 
 CARGO ?= cargo
 PYTHON ?= python3
@@ -31,6 +31,10 @@ check: lint test
 # Regenerate deploy/crd.yaml from the Rust type (a test fails when they drift).
 crd:
 	$(CARGO) run --quiet -- crd > deploy/crd.yaml
+
+# Regenerate docs/flags.md from --help (a test fails when it drifts).
+docs:
+	UPDATE_DOCS=1 $(CARGO) test --locked --test it ship::flags_doc
 
 # The README's first command.
 quickstart:

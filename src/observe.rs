@@ -83,9 +83,10 @@ pub async fn observe(client: &Client, options: &ObserveOptions) -> Result<Observ
         .iter()
         .map(|s| (s.namespace.as_str(), s.name.as_str()))
         .collect();
+    // A role whose spec is unusable is blocked whatever holds its name: no GET for it.
     let unserved: Vec<(String, String)> = roles
         .iter()
-        .filter(|r| !held.contains(&(r.namespace.as_str(), r.name.as_str())))
+        .filter(|r| r.spec.is_ok() && !held.contains(&(r.namespace.as_str(), r.name.as_str())))
         .map(|r| (r.namespace.clone(), r.name.clone()))
         .collect();
     let conflicts = find_conflicts(client, unserved).await?;

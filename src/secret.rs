@@ -275,7 +275,11 @@ pub fn build(
 /// `<redacted>`; the other keys show their value only when it decodes as expected.
 pub fn view(s: &ObservedSecret) -> String {
     use std::fmt::Write as _;
-    let mut out = format!("Secret {}/{}\n", s.namespace, s.name);
+    let mut out = format!(
+        "Secret {}/{}\n",
+        crate::arn::shorten(&s.namespace),
+        crate::arn::shorten(&s.name)
+    );
     let map = |out: &mut String, title: &str, m: &BTreeMap<String, String>| {
         if !m.is_empty() {
             let _ = writeln!(out, "  {title}:");

@@ -9,4 +9,5 @@ mod fixtures;
 mod invariants;
 mod leaks;
 mod moto_smoke;
+mod ship;
 mod support;
