@@ -124,6 +124,15 @@ pub fn resolve(reference: &str, base: Option<&BaseArn>) -> Result<RoleArn, Strin
     if reference.starts_with("arn:") {
         return reference.parse();
     }
+    if let Some(prefix) = reference
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("arn:"))
+    {
+        return Err(format!(
+            "{} starts with {prefix:?}; ARNs start with lower-case \"arn:\"",
+            excerpt(reference)
+        ));
+    }
     let Some(base) = base else {
         return Err(format!(
             "{} is a role name, which needs a base role ARN (--base-role-arn) to resolve",
@@ -182,12 +191,13 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut backtrack: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // A `*` in the pattern is always a wildcard, even where the text holds a `*`.
+        if pi < p.len() && p[pi] == '*' {
             backtrack = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((bp, bt)) = backtrack {
             pi = bp + 1;
             ti = bt + 1;
@@ -452,6 +462,7 @@ mod tests {
             "arn:aws:iam::2:role/x"
         ));
         assert!(glob_match("*", ""));
+        assert!(glob_match("*", "*x") && glob_match("a*", "a*b"));
     }
 
     #[test]

@@ -165,8 +165,35 @@ fn identity(v: &Value, default_namespace: &str) -> Result<(String, String), Stri
 }
 
 fn object_meta(v: &Value) -> Result<ObjectMeta, String> {
-    serde_json::from_value(v.get("metadata").cloned().unwrap_or(Value::Null))
-        .map_err(|e| format!("metadata does not decode: {e}"))
+    serde_json::from_value(v.get("metadata").cloned().unwrap_or(Value::Null)).map_err(|e| {
+        format!(
+            "metadata does not decode: {}",
+            without_values(&e.to_string())
+        )
+    })
+}
+
+/// A decoder's message with the input values it quotes removed and its length bounded: the
+/// values are untrusted (and could be anything pasted into the wrong field).
+pub fn without_values(message: &str) -> String {
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                out.push(c);
+                quote = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    crate::arn::shorten(&out)
 }
 
 impl ObservedRole {
@@ -225,7 +252,11 @@ impl ObservedSecret {
                     }
                 }
             }
-            Some(other) => return Err(format!("data must be a map, got {}", type_name(other))),
+            // Still identified and (if labelled) managed: its data is unreadable, so the
+            // planner re-issues it rather than creating over it.
+            Some(_) => {
+                undecodable_keys.insert(String::new());
+            }
         }
         if let Some(Value::Object(map)) = v.get("stringData") {
             for (k, val) in map {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::arn::shorten;
 use crate::model::{Observed, ObservedRole, ObservedSecret};
 use crate::{Error, Result};
 
@@ -211,7 +212,11 @@ impl Collector {
                             )
                         })
                         .unwrap_or_default();
-                    self.note(file, Some(index), format!("not valid YAML{at}; skipped"));
+                    self.note(
+                        file,
+                        Some(index),
+                        format!("could not be read as YAML{at}; skipped"),
+                    );
                 }
             }
         }
@@ -230,7 +235,11 @@ impl Collector {
                         self.add_object(file, index, item);
                     }
                 }
-                _ => self.note(file, Some(index), format!("{kind} without items; skipped")),
+                _ => self.note(
+                    file,
+                    Some(index),
+                    format!("{} without items; skipped", shorten(kind)),
+                ),
             },
             ("AWSIAMRole", _) if api_version.starts_with("zalando.org/") => {
                 let role = ObservedRole::from_value(v, DEFAULT_NAMESPACE)
@@ -255,6 +264,19 @@ impl Collector {
                     .cloned()
                     .map(serde_json::from_value::<BTreeMap<String, String>>);
                 match (name, annotations) {
+                    (Some(name), annotations @ (None | Some(Ok(_))))
+                        if self.namespaces.contains_key(name) =>
+                    {
+                        let _ = annotations;
+                        self.note(
+                            file,
+                            Some(index),
+                            format!(
+                                "duplicate Namespace {}; the first one is used",
+                                shorten(name)
+                            ),
+                        );
+                    }
                     (Some(name), None) => {
                         self.namespaces.insert(name.to_string(), BTreeMap::new());
                     }
@@ -278,7 +300,11 @@ impl Collector {
             _ => self.note(
                 file,
                 Some(index),
-                format!("{kind} ({api_version}) is not used by the controller; ignored"),
+                format!(
+                    "{} ({}) is not used by the controller; ignored",
+                    shorten(kind),
+                    shorten(api_version)
+                ),
             ),
         }
     }

@@ -135,7 +135,12 @@ pub struct SecretContent {
 /// Reads a managed Secret back. `Err` names the first unusable key, never its value.
 pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
     if let Some(k) = s.undecodable_keys.iter().next() {
-        return Err(format!("data key {k:?} is not valid base64"));
+        if k.is_empty() {
+            return Err("data is not a map of base64 strings".into());
+        }
+        return Err(format!(
+            "data key {k:?} does not decode (not a base64 string)"
+        ));
     }
     for key in DATA_KEYS {
         match s.data.get(key) {

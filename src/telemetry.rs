@@ -1,6 +1,8 @@
 //! Logging set-up: text or JSON lines on stderr, filtered by RUST_LOG (default `info`, or
 //! `debug` for this crate with `--debug`). Standard output is left to plans.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
@@ -17,6 +19,7 @@ pub fn init(debug: bool, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // A second initialisation (tests) is harmless: the first subscriber stays.
     let _ = match format {

@@ -153,7 +153,10 @@ fn malformed_documents_are_reported_and_the_rest_planned() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("a.yaml: document 2: not valid YAML"), "{err}");
+    assert!(
+        err.contains("a.yaml: document 2: could not be read as YAML"),
+        "{err}"
+    );
     assert!(
         err.contains("a.yaml: document 3: AWSIAMRole skipped: metadata is missing"),
         "{err}"

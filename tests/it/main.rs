@@ -6,6 +6,8 @@ mod crd;
 mod e2e;
 mod executor;
 mod fixtures;
+mod fuzz;
+mod hostile;
 mod invariants;
 mod leaks;
 mod moto_smoke;

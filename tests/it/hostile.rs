@@ -1,0 +1,837 @@
+//! The bad-input corpus (issue 4, item 4): malformed and hostile objects never stop a pass.
+//! Each is `Blocked` or `Refresh`ed with a reason and a message naming the field or data key,
+//! nothing panics, nothing is echoed at length or unescaped, and every well-formed role in the
+//! same pass is still served.
+//!
+//! Offline, `fixtures/hostile-input/` holds most of the corpus (its `# expect:` lines and
+//! snapshots are checked by `fixtures.rs`); the tests here check its messages and session names.
+//! End to end, the compiled binary runs `once` against the loopback API server seeded with raw
+//! JSON objects (which a schema-less CRD lets through) and moto's STS.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::ListParams;
+use kube::core::{ApiResource, DynamicObject};
+use kube::{Api, Client};
+use kube_aws_iam_controller::arn::{self, MAX_SESSION_NAME};
+use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::model::{ObservedRole, ObservedSecret};
+use kube_aws_iam_controller::offline;
+use kube_aws_iam_controller::plan::render::{OutputFormat, render};
+use kube_aws_iam_controller::plan::{ActionKind, PlanConfig, Reason, plan};
+use kube_aws_iam_controller::secret::{self, Credentials};
+use serde_json::{Value, json};
+
+use crate::support::apiserver::{ApiServer, ApiServerBuilder};
+use crate::support::moto::{self, Moto, ScratchDir};
+use crate::support::{Case, DEFAULT_BASE_ARN as BASE};
+
+/// Marker in every credential (and in the garbage) the end-to-end tests seed.
+const SEEDED: &str = "HOSTILESEEDED";
+/// Longest line the binary may print: the 1 MB reference must never be echoed.
+const MAX_LINE: usize = 2048;
+/// Namespace of the end-to-end hostile state.
+const NS: &str = "hostile";
+
+// ---------------------------------------------------------------------------------------------
+// Offline: fixtures/hostile-input
+// ---------------------------------------------------------------------------------------------
+
+/// What the message of each hostile object in the fixture must name, by name prefix.
+fn expected_field(namespace: &str, name: &str) -> Option<&'static str> {
+    if namespace.starts_with("policy-") {
+        return Some("iam.amazonaws.com/allowed-roles");
+    }
+    let table: [(&str, &str); 14] = [
+        ("duration-", "spec.roleSessionDuration"),
+        ("reference-", "spec.roleReference"),
+        ("spec-empty", "spec.roleReference"),
+        ("spec-", "spec"),
+        ("generation-string", "metadata"),
+        ("ref-", "spec.roleReference"),
+        ("arn-", "spec.roleReference"),
+        ("traversal-", "spec.roleReference"),
+        ("name-65", "spec.roleReference"),
+        ("path-513", "spec.roleReference"),
+        ("garbage", "data key"),
+        ("not-base64", "data key"),
+        ("string-data-types", "data key"),
+        ("dup-secret", "data key"),
+    ];
+    table
+        .iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map(|(_, field)| *field)
+}
+
+fn has_raw_control(s: &str) -> bool {
+    s.chars().any(|c| c.is_control() && c != '\n')
+}
+
+#[test]
+fn fixture_messages_name_the_field_and_well_formed_roles_are_served() {
+    let case = Case::load("hostile-input");
+    let (observed, config) = case.state();
+    let p = plan(&observed, case.now, &config);
+    let mut checked = 0;
+    for a in &p.actions {
+        let who = format!("{}/{}", a.namespace, a.name);
+        assert!(
+            a.message.chars().count() <= 400,
+            "{who}: message of {} characters",
+            a.message.chars().count()
+        );
+        assert!(
+            !has_raw_control(&a.message),
+            "{who}: raw control character in {:?}",
+            a.message
+        );
+        match a.kind {
+            ActionKind::Blocked | ActionKind::Refresh => {
+                let field = expected_field(a.namespace, a.name)
+                    .or((a.reason == Reason::OwnerChanged)
+                        .then_some("not owned by this AWSIAMRole"))
+                    .unwrap_or_else(|| panic!("{who}: no expected field listed"));
+                assert!(
+                    a.message.contains(field),
+                    "{who} ({}): message does not name {field}: {}",
+                    a.reason,
+                    a.message
+                );
+                checked += 1;
+            }
+            ActionKind::Create => {
+                let req = a.request.as_ref().expect("create carries a request");
+                let session = &req.session_name;
+                assert!(
+                    session.len() <= MAX_SESSION_NAME && session.chars().all(arn::is_iam_char),
+                    "{who}: session name {session:?}"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(checked >= 60, "only {checked} hostile objects checked");
+
+    // The 253-character AWSIAMRole name: its session name is cut to 64 and ends in a hash.
+    let long = p
+        .actions
+        .iter()
+        .find(|a| a.name.len() == 253)
+        .expect("the 253-character role is planned");
+    assert_eq!(long.kind, ActionKind::Create);
+    let session = &long.request.as_ref().unwrap().session_name;
+    assert_eq!(session.len(), MAX_SESSION_NAME, "{session}");
+    assert!(session.starts_with("hostile.r253-abcdefghij"), "{session}");
+    let (_, hash) = session.rsplit_once('-').unwrap();
+    assert!(
+        hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "{session}"
+    );
+    // Unicode in the name is sanitised, not passed to STS.
+    let unicode = p
+        .actions
+        .iter()
+        .find(|a| a.name.starts_with('ü'))
+        .expect("the Unicode-named role is planned");
+    assert_eq!(
+        unicode.request.as_ref().unwrap().session_name,
+        "hostile.-n-c-d--n-me"
+    );
+
+    for name in ["good-name", "good-path", "good-arn", "name-64"] {
+        let a = p
+            .actions
+            .iter()
+            .find(|a| a.namespace == NS && a.name == name)
+            .unwrap_or_else(|| panic!("{name} is planned"));
+        assert_eq!(
+            (a.kind, a.reason),
+            (ActionKind::Create, Reason::Missing),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn fixture_notes_name_the_document_and_never_its_content() {
+    let case = Case::load("hostile-input");
+    let loaded = offline::load(&case.dir).unwrap();
+    let notes: Vec<String> = loaded.notes.iter().map(ToString::to_string).collect();
+    for expected in [
+        "duplicate AWSIAMRole hostile/dup-role; the first one is used",
+        "duplicate Secret hostile/dup-secret; the first one is used",
+        "could not be read as YAML",
+        "metadata.name is missing",
+        "duplicate Namespace policy-dup; the first one is used",
+        "metadata.annotations must map strings to strings",
+    ] {
+        assert!(
+            notes.iter().any(|n| n.contains(expected)),
+            "no note says {expected:?}: {notes:#?}"
+        );
+    }
+    for n in &notes {
+        assert!(
+            n.contains("document "),
+            "note without a document number: {n}"
+        );
+        assert!(!n.contains("FAKESECRET") && !n.contains("lol"), "{n}");
+        assert!(n.len() < 300, "{n}");
+    }
+}
+
+/// A name with control characters cannot forge plan lines in any rendering (the diff's
+/// Secret header included).
+#[test]
+fn hostile_names_are_escaped_in_every_rendering() {
+    let loaded = offline::load_str("forge.yaml", FORGE_YAML);
+    assert_eq!(loaded.observed.roles.len(), 2, "{:?}", loaded.notes);
+    let config = plan_config();
+    let p = plan(&loaded.observed, now(), &config);
+    for format in [OutputFormat::Text, OutputFormat::Diff, OutputFormat::Json] {
+        let out = render(&p, format, true);
+        assert_no_forgery(&out, &format!("{format:?}"));
+    }
+}
+
+/// What offline input echoes into messages and notes is cut and escaped like a roleReference.
+/// Today three places echo it whole and raw (offline only: the API server validates
+/// metadata, kinds and names): a metadata decode error quotes the offending value, and the
+/// notes for an unknown kind and for a duplicate name print them as they are.
+#[test]
+fn offline_echoes_are_bounded_and_escaped() {
+    let long = "S".repeat(5000);
+    let text = format!(
+        r#"apiVersion: zalando.org/v1
+kind: AWSIAMRole
+metadata: {{name: long-generation, namespace: x, generation: "{long}"}}
+spec: {{roleReference: app}}
+---
+apiVersion: v1
+kind: "Evil\e[2J
+warning: forged {long}"
+metadata: {{name: a}}
+---
+apiVersion: zalando.org/v1
+kind: AWSIAMRole
+metadata: {{name: "dup
+warning: forged", namespace: x}}
+spec: {{roleReference: app}}
+---
+apiVersion: zalando.org/v1
+kind: AWSIAMRole
+metadata: {{name: "dup
+warning: forged", namespace: x}}
+spec: {{roleReference: app}}
+"#
+    );
+    let loaded = offline::load_str("echo.yaml", &text);
+    let p = plan(&loaded.observed, now(), &plan_config());
+    let long_generation = p
+        .actions
+        .iter()
+        .find(|a| a.name == "long-generation")
+        .unwrap();
+    assert!(
+        long_generation.message.len() < 400,
+        "message of {} bytes",
+        long_generation.message.len()
+    );
+    for n in &loaded.notes {
+        let n = n.to_string();
+        assert!(
+            n.len() < 400 && !n.contains('\n') && !has_raw_control(&n),
+            "note {:?}",
+            n.chars().take(120).collect::<String>()
+        );
+    }
+}
+
+/// Names only an offline file can hold: a newline forging a plan line, an escape sequence.
+const FORGE_YAML: &str = r#"
+apiVersion: zalando.org/v1
+kind: AWSIAMRole
+metadata:
+  name: "x\n+ create        hostile/forged (Missing): assume arn:aws:iam::123456789012:role/admin for 1h"
+  namespace: hostile
+spec: {roleReference: app}
+---
+apiVersion: zalando.org/v1
+kind: AWSIAMRole
+metadata: {name: "bell\a\e[2J", namespace: "ns\r\e[31m"}
+spec: {roleReference: "\e[31mred"}
+"#;
+
+fn assert_no_forgery(out: &str, what: &str) {
+    for line in out.lines() {
+        assert!(
+            !has_raw_control(line),
+            "{what}: raw control character in {line:?}"
+        );
+        assert!(
+            !line
+                .trim_start_matches(['+', '-', ' '])
+                .starts_with("create        hostile/forged"),
+            "{what}: forged line {line:?}"
+        );
+    }
+}
+
+fn now() -> Timestamp {
+    "2026-11-26T12:00:00Z".parse().unwrap()
+}
+
+fn plan_config() -> PlanConfig {
+    PlanConfig {
+        base_role_arn: Some(BASE.parse().unwrap()),
+        ..PlanConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end: the binary against the loopback API server and moto
+// ---------------------------------------------------------------------------------------------
+
+struct Env {
+    api: ApiServer,
+    moto: Moto,
+    dir: ScratchDir,
+    kubeconfig: PathBuf,
+}
+
+impl Env {
+    async fn start(label: &str, builder: ApiServerBuilder) -> Env {
+        let api = builder.start().await;
+        let moto = Moto::start();
+        let dir = ScratchDir::new(label);
+        let kubeconfig = api.write_kubeconfig(dir.path());
+        Env {
+            api,
+            moto,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// Runs the binary to completion (at most a minute).
+    async fn run(&self, args: &[&str]) -> Output {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .envs(moto::aws_env(&self.moto.endpoint()))
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(Duration::from_secs(60), child)
+            .await
+            .expect("the binary finishes within a minute")
+            .expect("the binary starts")
+    }
+
+    fn client(&self) -> Client {
+        self.api.client()
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Exit code 0 (blocked roles do not fail a pass), never 101 (a panic); no seeded credential
+/// and no overlong line in the output.
+fn assert_clean_run(out: &Output) {
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    let excerpt: String = stderr.chars().take(4000).collect();
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "the binary panicked:\n{excerpt}"
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{excerpt}");
+    for (stream, s) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(!s.contains(SEEDED), "{stream} holds a seeded credential");
+        assert!(!s.contains("panicked"), "{stream}: {excerpt}");
+        if let Some(long) = s.lines().find(|l| l.len() > MAX_LINE) {
+            panic!(
+                "{stream} has a line of {} bytes: {}…",
+                long.len(),
+                long.chars().take(200).collect::<String>()
+            );
+        }
+    }
+}
+
+fn role_json(name: &str, spec: Value) -> Value {
+    let mut v = json!({
+        "apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
+        "metadata": {"name": name, "namespace": NS},
+    });
+    if !spec.is_null() {
+        v["spec"] = spec;
+    }
+    v
+}
+
+fn reference(name: &str, reference: &str) -> Value {
+    role_json(name, json!({"roleReference": reference}))
+}
+
+fn seeded_credentials(tag: &str) -> Credentials {
+    Credentials {
+        access_key_id: format!("ASIA{SEEDED}"),
+        secret_access_key: format!("{SEEDED}-secret-{tag}"),
+        session_token: format!("{SEEDED}-token-{tag}"),
+        expiration: Timestamp::now() + SignedDuration::from_mins(50),
+    }
+}
+
+/// A managed Secret whose every data key holds binary garbage (NUL, 0xff, escapes, the marker).
+fn garbage_secret(name: &str, owner: Option<OwnerReference>) -> Secret {
+    let data = secret::DATA_KEYS
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let mut v: Vec<u8> = (0..40u8)
+                .map(|b| b.wrapping_mul(37).wrapping_add(i as u8 * 11) ^ 0xa5)
+                .collect();
+            v.extend_from_slice(b"\x00\xff\xfe\x1b[2J\n");
+            v.extend_from_slice(SEEDED.as_bytes());
+            (k.to_string(), ByteString(v))
+        })
+        .collect();
+    let mut s = labelled_secret(name);
+    s.metadata.owner_references = owner.map(|o| vec![o]);
+    s.data = Some(data);
+    s
+}
+
+fn labelled_secret(name: &str) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.namespace = Some(NS.into());
+    s.metadata.labels = Some(BTreeMap::from([
+        (
+            secret::HERITAGE_LABEL.to_string(),
+            secret::HERITAGE_VALUE.to_string(),
+        ),
+        (
+            secret::TYPE_LABEL.to_string(),
+            secret::TYPE_VALUE.to_string(),
+        ),
+    ]));
+    s.type_ = Some("Opaque".into());
+    s
+}
+
+/// A readable managed Secret with seeded credentials, owned by a ConfigMap of the same name.
+fn configmap_owned_secret(name: &str) -> Secret {
+    let role = ObservedRole::from_value(&reference(name, name), NS).unwrap();
+    let issued = Timestamp::now() - SignedDuration::from_mins(10);
+    let mut s = secret::build(
+        &role,
+        &format!("{BASE}{name}"),
+        &seeded_credentials(name),
+        issued,
+    );
+    s.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: name.into(),
+        uid: "0000c0f1-0000-4000-8000-000000000001".into(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }]);
+    s
+}
+
+/// 253 characters: the longest Kubernetes object name.
+fn long_name() -> String {
+    let name: String = format!("r253-{}", "abcdefghij".repeat(25))
+        .chars()
+        .take(253)
+        .collect();
+    assert_eq!(name.len(), 253);
+    name
+}
+
+/// The hostile objects of the end-to-end pass, with the field each message must name.
+fn hostile_roles() -> Vec<(&'static str, Value, &'static str)> {
+    let huge: String = "x".repeat(1 << 20);
+    vec![
+        (
+            "duration-string",
+            role_json(
+                "duration-string",
+                json!({"roleReference": "app", "roleSessionDuration": "3600"}),
+            ),
+            "spec.roleSessionDuration",
+        ),
+        (
+            "duration-fraction",
+            role_json(
+                "duration-fraction",
+                json!({"roleReference": "app", "roleSessionDuration": 3600.5}),
+            ),
+            "spec.roleSessionDuration",
+        ),
+        (
+            "reference-list",
+            role_json("reference-list", json!({"roleReference": ["app"]})),
+            "spec.roleReference",
+        ),
+        (
+            "reference-map",
+            role_json("reference-map", json!({"roleReference": {"name": "app"}})),
+            "spec.roleReference",
+        ),
+        (
+            "spec-missing",
+            role_json("spec-missing", Value::Null),
+            "spec",
+        ),
+        (
+            "spec-string",
+            role_json("spec-string", json!("roleReference=app")),
+            "spec",
+        ),
+        (
+            "reference-1mb",
+            reference("reference-1mb", &huge),
+            "spec.roleReference",
+        ),
+        (
+            "reference-control",
+            reference("reference-control", "app\u{0}\u{1b}[31m\n+ create x/y"),
+            "spec.roleReference",
+        ),
+        (
+            "reference-unicode",
+            reference("reference-unicode", "r\u{f4}le\u{202e}nimda"),
+            "spec.roleReference",
+        ),
+        (
+            "arn-partition",
+            reference("arn-partition", "arn:azure:iam::123456789012:role/app"),
+            "spec.roleReference",
+        ),
+        (
+            "arn-service",
+            reference(
+                "arn-service",
+                "arn:aws:sts::123456789012:assumed-role/app/session",
+            ),
+            "spec.roleReference",
+        ),
+        (
+            "arn-resource",
+            reference("arn-resource", "arn:aws:iam::123456789012:user/app"),
+            "spec.roleReference",
+        ),
+        (
+            "traversal-parent",
+            reference("traversal-parent", "../admin"),
+            "spec.roleReference",
+        ),
+        (
+            "traversal-middle",
+            reference("traversal-middle", "a/../b"),
+            "spec.roleReference",
+        ),
+        (
+            "traversal-arn",
+            reference("traversal-arn", "arn:aws:iam::123456789012:role/../x"),
+            "spec.roleReference",
+        ),
+        (
+            "name-65",
+            reference("name-65", &"r".repeat(65)),
+            "spec.roleReference",
+        ),
+    ]
+}
+
+/// Well-formed roles served in the same pass: (name, resolved ARN).
+fn well_formed() -> Vec<(String, String)> {
+    vec![
+        ("good-name".into(), format!("{BASE}good-name")),
+        ("good-path".into(), format!("{BASE}team/good-path")),
+        ("good-arn".into(), format!("{BASE}good-arn")),
+        ("name-64".into(), format!("{BASE}{}", "r".repeat(64))),
+        (long_name(), format!("{BASE}good-long")),
+        // Their Secrets were garbage or foreign-owned; they are re-issued in place.
+        ("garbage".into(), format!("{BASE}garbage")),
+        ("configmap-owned".into(), format!("{BASE}configmap-owned")),
+    ]
+}
+
+fn hostile_state() -> ApiServerBuilder {
+    let mut b = ApiServer::builder()
+        .json(reference("good-name", "good-name"))
+        .json(reference("good-path", "team/good-path"))
+        .json(role_json(
+            "good-arn",
+            json!({"roleReference": format!("{BASE}good-arn"), "roleSessionDuration": 43200}),
+        ))
+        .json(reference("name-64", &"r".repeat(64)))
+        .json(reference(&long_name(), "good-long"))
+        .json(reference("garbage", "garbage"))
+        .object(garbage_secret("garbage", None))
+        .json(reference("configmap-owned", "configmap-owned"))
+        .object(configmap_owned_secret("configmap-owned"))
+        // A managed Secret of garbage whose AWSIAMRole is gone.
+        .object(garbage_secret(
+            "orphan-garbage",
+            Some(OwnerReference {
+                api_version: "zalando.org/v1".into(),
+                kind: "AWSIAMRole".into(),
+                name: "orphan-garbage".into(),
+                uid: "0000dead-0000-4000-8000-000000000001".into(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }),
+        ));
+    for (_, object, _) in hostile_roles() {
+        b = b.json(object);
+    }
+    b
+}
+
+/// The Ready condition, read untyped (a malformed role does not decode into the typed struct).
+async fn condition(client: &Client, ns: &str, name: &str) -> (String, String, String) {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<AWSIAMRole>(&()));
+    let r = api.get(name).await.unwrap();
+    let c = r.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .unwrap_or_else(|| panic!("{ns}/{name} has no Ready condition"));
+    let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (field("status"), field("reason"), field("message"))
+}
+
+async fn uid_of(client: &Client, name: &str) -> String {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &ApiResource::erase::<AWSIAMRole>(&()));
+    api.get(name).await.unwrap().metadata.uid.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_blocks_hostile_objects_and_serves_every_well_formed_role() {
+    let env = Env::start("hostile-e2e", hostile_state()).await;
+    let client = env.client();
+    let secrets = Api::<Secret>::namespaced(client.clone(), NS);
+    let uid_before = |s: &Secret| s.metadata.uid.clone().unwrap();
+    let garbage_uid = uid_before(&secrets.get("garbage").await.unwrap());
+    let foreign_uid = uid_before(&secrets.get("configmap-owned").await.unwrap());
+
+    let out = env.run(&["once", "--base-role-arn", BASE]).await;
+    assert_clean_run(&out);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "pass done: create=5, refresh=2, update-status=0, delete=1, skip=0, blocked=16"
+        ),
+        "{}",
+        stderr.chars().take(4000).collect::<String>()
+    );
+
+    // Every hostile role: Ready=False, InvalidSpec, the field named, short and escaped.
+    for (name, _, field) in hostile_roles() {
+        let (status, reason, message) = condition(&client, NS, name).await;
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "InvalidSpec"),
+            "{name}"
+        );
+        assert!(
+            message.contains(field),
+            "{name}: {message:?} does not name {field}"
+        );
+        assert!(
+            message.len() < 400,
+            "{name}: message of {} bytes",
+            message.len()
+        );
+        assert!(!has_raw_control(&message), "{name}: {message:?}");
+    }
+    let (_, _, message) = condition(&client, NS, "reference-1mb").await;
+    assert!(message.contains("(1048576 characters)"), "{message}");
+
+    // Every well-formed role: a readable Secret for the right ARN, Ready=True.
+    let output = format!("{}{}", text(&out.stdout), stderr);
+    for (name, arn) in well_formed() {
+        let s = secrets
+            .get_opt(&name)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no Secret for {name}"));
+        let content = secret::decode(&ObservedSecret::from_secret(&s))
+            .unwrap_or_else(|e| panic!("{name}: the Secret does not decode: {e}"));
+        assert_eq!(content.role_arn, arn, "{name}");
+        let (status, reason, _) = condition(&client, NS, &name).await;
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "CredentialsReady"),
+            "{name}"
+        );
+        let json: Value =
+            serde_json::from_slice(&s.data.as_ref().unwrap()[secret::KEY_JSON].0).unwrap();
+        for key in ["AccessKeyId", "SecretAccessKey", "SessionToken"] {
+            let value = json[key].as_str().unwrap();
+            assert!(
+                !value.contains(SEEDED),
+                "{name}: still the seeded credentials"
+            );
+            assert!(
+                !output.contains(value),
+                "{name}: {key} appears in the output"
+            );
+        }
+        let role_uid = uid_of(&client, &name).await;
+        let owners = s.metadata.owner_references.clone().unwrap_or_default();
+        assert!(
+            owners.len() == 1 && owners[0].kind == "AWSIAMRole" && owners[0].uid == role_uid,
+            "{name}: owners {owners:?}"
+        );
+    }
+    // Refreshed in place: the same objects, not deleted and re-created.
+    assert_eq!(
+        uid_before(&secrets.get("garbage").await.unwrap()),
+        garbage_uid
+    );
+    assert_eq!(
+        uid_before(&secrets.get("configmap-owned").await.unwrap()),
+        foreign_uid
+    );
+    assert!(secrets.get_opt("orphan-garbage").await.unwrap().is_none());
+    // The blocked roles got no Secret.
+    for (name, _, _) in hostile_roles() {
+        assert!(secrets.get_opt(name).await.unwrap().is_none(), "{name}");
+    }
+
+    // The 253-character name: STS saw a 64-character session name ending in a hash.
+    let long = long_name();
+    let s = secrets.get(&long).await.unwrap();
+    let data: BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, ByteString(v))| (k, v))
+        .collect();
+    let caller =
+        moto::caller_identity_with_credentials_file(&env.moto.endpoint(), &data, env.dir.path())
+            .expect("the long-named role's credentials authenticate");
+    let session = caller.rsplit('/').next().unwrap();
+    assert_eq!(session, arn::session_name(NS, &long));
+    assert_eq!(session.len(), MAX_SESSION_NAME, "{caller}");
+    assert!(session.starts_with("hostile.r253-"), "{caller}");
+
+    // Events say why, briefly, without credentials.
+    let events = Api::<Event>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let invalid = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("InvalidSpec"))
+        .count();
+    assert_eq!(invalid, hostile_roles().len(), "InvalidSpec events");
+    for e in &events {
+        let note = e.note.clone().unwrap_or_default();
+        assert!(
+            note.len() < 1024 && !note.contains(SEEDED),
+            "event note {note:?}"
+        );
+    }
+
+    // The second pass has nothing to do: no writes, no STS calls, the same blocked roles.
+    env.moto.reset_counts();
+    env.api.clear_requests();
+    let out = env.run(&["once", "--base-role-arn", BASE]).await;
+    assert_clean_run(&out);
+    assert_eq!(env.api.write_count(), 0, "{}", text(&out.stderr));
+    assert_eq!(env.moto.total_calls(), 0);
+    assert!(
+        text(&out.stderr).contains("skip=7, blocked=16"),
+        "{}",
+        text(&out.stderr)
+    );
+    eprintln!(
+        "hostile end to end: {} hostile objects blocked, 2 garbage/foreign Secrets refreshed in \
+         place, 1 garbage orphan deleted, 5 roles created; longest output line {} bytes",
+        hostile_roles().len(),
+        stderr.lines().map(str::len).max().unwrap_or(0)
+    );
+}
+
+/// `--namespace-restrictions` with allowed-roles annotations that are not JSON arrays of
+/// strings: nothing is allowed there (NotPermitted, the annotation named); an annotated
+/// namespace next to them is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_allowed_roles_annotations_permit_nothing() {
+    let namespace = |name: &str, allowed: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "annotations": {"iam.amazonaws.com/allowed-roles": allowed}}})
+    };
+    let role = |ns: &str, name: &str, reference: &str| {
+        json!({"apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
+               "metadata": {"name": name, "namespace": ns}, "spec": {"roleReference": reference}})
+    };
+    let bad = [
+        ("bad-json", "[\"*\""),
+        ("bad-object", "{\"allowed\": [\"*\"]}"),
+        ("bad-numbers", "[1, 2]"),
+    ];
+    let mut b = ApiServer::builder()
+        .json(namespace("open", "[\"app\"]"))
+        .json(role("open", "app", "app"))
+        .json(role("open", "other", "admin"));
+    for (ns, allowed) in bad {
+        b = b.json(namespace(ns, allowed)).json(role(ns, "app", "app"));
+    }
+    let env = Env::start("hostile-ns", b).await;
+    let client = env.client();
+    let out = env
+        .run(&["once", "--base-role-arn", BASE, "--namespace-restrictions"])
+        .await;
+    assert_clean_run(&out);
+    for (ns, _) in bad {
+        let (status, reason, message) = condition(&client, ns, "app").await;
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "NotPermitted"),
+            "{ns}"
+        );
+        assert!(
+            message.contains("iam.amazonaws.com/allowed-roles")
+                && message.contains("not a JSON array"),
+            "{ns}: {message}"
+        );
+        assert!(
+            Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt("app")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let (status, _, _) = condition(&client, "open", "app").await;
+    assert_eq!(status, "True");
+    let (_, reason, _) = condition(&client, "open", "other").await;
+    assert_eq!(reason, "NotPermitted");
+    // Only the allowed role was assumed.
+    assert_eq!(env.moto.calls("AssumeRole"), 1);
+}
