@@ -9,9 +9,7 @@
 //! JSON objects (which a schema-less CRD lets through) and moto's STS.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Output;
-use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
@@ -27,11 +25,12 @@ use kube_aws_iam_controller::model::{ObservedRole, ObservedSecret};
 use kube_aws_iam_controller::offline;
 use kube_aws_iam_controller::plan::render::{OutputFormat, render};
 use kube_aws_iam_controller::plan::{ActionKind, PlanConfig, Reason, plan};
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::secret;
 use serde_json::{Value, json};
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder};
-use crate::support::moto::{self, Moto, ScratchDir};
+use crate::support::harness::{Env, condition, marked_credentials, text};
+use crate::support::moto;
 use crate::support::{Case, DEFAULT_BASE_ARN as BASE};
 
 /// Marker in every credential (and in the garbage) the end-to-end tests seed.
@@ -301,53 +300,6 @@ fn plan_config() -> PlanConfig {
 // End to end: the binary against the loopback API server and moto
 // ---------------------------------------------------------------------------------------------
 
-struct Env {
-    api: ApiServer,
-    moto: Moto,
-    dir: ScratchDir,
-    kubeconfig: PathBuf,
-}
-
-impl Env {
-    async fn start(label: &str, builder: ApiServerBuilder) -> Env {
-        let api = builder.start().await;
-        let moto = Moto::start();
-        let dir = ScratchDir::new(label);
-        let kubeconfig = api.write_kubeconfig(dir.path());
-        Env {
-            api,
-            moto,
-            dir,
-            kubeconfig,
-        }
-    }
-
-    /// Runs the binary to completion (at most a minute).
-    async fn run(&self, args: &[&str]) -> Output {
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .envs(moto::aws_env(&self.moto.endpoint()))
-            .kill_on_drop(true)
-            .output();
-        tokio::time::timeout(Duration::from_secs(60), child)
-            .await
-            .expect("the binary finishes within a minute")
-            .expect("the binary starts")
-    }
-
-    fn client(&self) -> Client {
-        self.api.client()
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// Exit code 0 (blocked roles do not fail a pass), never 101 (a panic); no seeded credential
 /// and no overlong line in the output.
 fn assert_clean_run(out: &Output) {
@@ -386,15 +338,6 @@ fn role_json(name: &str, spec: Value) -> Value {
 
 fn reference(name: &str, reference: &str) -> Value {
     role_json(name, json!({"roleReference": reference}))
-}
-
-fn seeded_credentials(tag: &str) -> Credentials {
-    Credentials {
-        access_key_id: format!("ASIA{SEEDED}"),
-        secret_access_key: format!("{SEEDED}-secret-{tag}"),
-        session_token: format!("{SEEDED}-token-{tag}"),
-        expiration: Timestamp::now() + SignedDuration::from_mins(50),
-    }
 }
 
 /// A managed Secret whose every data key holds binary garbage (NUL, 0xff, escapes, the marker).
@@ -442,7 +385,11 @@ fn configmap_owned_secret(name: &str) -> Secret {
     let mut s = secret::build(
         &role,
         &format!("{BASE}{name}"),
-        &seeded_credentials(name),
+        &marked_credentials(
+            SEEDED,
+            name,
+            Timestamp::now() + SignedDuration::from_mins(50),
+        ),
         issued,
     );
     s.metadata.owner_references = Some(vec![OwnerReference {
@@ -606,19 +553,6 @@ fn hostile_state() -> ApiServerBuilder {
         b = b.json(object);
     }
     b
-}
-
-/// The Ready condition, read untyped (a malformed role does not decode into the typed struct).
-async fn condition(client: &Client, ns: &str, name: &str) -> (String, String, String) {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<AWSIAMRole>(&()));
-    let r = api.get(name).await.unwrap();
-    let c = r.data["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-        .unwrap_or_else(|| panic!("{ns}/{name} has no Ready condition"));
-    let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    (field("status"), field("reason"), field("message"))
 }
 
 async fn uid_of(client: &Client, name: &str) -> String {

@@ -10,10 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Secret, ServiceAccount};
@@ -21,20 +20,22 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
-use kube_aws_iam_controller::model::ObservedRole;
+use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::plan::ready_status;
 use kube_aws_iam_controller::plan::refresh;
 use kube_aws_iam_controller::policy::ALLOWED_ROLES_ANNOTATION;
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::secret;
 use serde_json::{Value, json};
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder, RecordedRequest};
-use crate::support::moto::{self, Moto, ScratchDir};
+use crate::support::harness::{
+    BASE, Env, eventually, free_port, http_get, marked_credentials, marked_managed_secret,
+    marked_mixed_state, observed_at, role, text,
+};
+use crate::support::moto::ScratchDir;
 use crate::support::repo_root;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-aws-iam-controller");
-const BASE: &str = "arn:aws:iam::123456789012:role/";
 /// Marker in credentials the tests seed; no output may contain it.
 const SEEDED: &str = "SHIPSEEDED";
 const SERVICE_ACCOUNT: &str = "kube-aws-iam-controller";
@@ -87,10 +88,6 @@ fn only<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str, what: &str) 
 
 fn kinds(docs: &[Value]) -> BTreeSet<String> {
     docs.iter().map(|d| kind_of(d).to_string()).collect()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `kubectl ARGS…` with no kubeconfig needed; fails clearly when kubectl is missing.
@@ -660,142 +657,27 @@ impl Usage {
     }
 }
 
-struct Env {
-    api: ApiServer,
-    moto: Moto,
-    _dir: ScratchDir,
-    kubeconfig: PathBuf,
-}
-
-impl Env {
-    async fn start(label: &str, builder: ApiServerBuilder) -> Env {
-        let api = builder.start().await;
-        let moto = Moto::start();
-        let dir = ScratchDir::new(label);
-        let kubeconfig = api.write_kubeconfig(dir.path());
-        Env {
-            api,
-            moto,
-            _dir: dir,
-            kubeconfig,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .envs(moto::aws_env(&self.moto.endpoint()))
-            .kill_on_drop(true);
-        cmd
-    }
-
-    /// Runs the binary to completion (at most a minute) and asserts its exit code.
-    async fn run(&self, args: &[&str], code: i32) -> Output {
-        let child = self.command(args).output();
-        let out = tokio::time::timeout(Duration::from_secs(60), child)
-            .await
-            .expect("the binary finishes within a minute")
-            .expect("the binary starts");
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{args:?}: stderr:\n{}",
-            text(&out.stderr)
-        );
-        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-        assert!(
-            !all.contains(SEEDED),
-            "{args:?}: seeded credential in output"
-        );
-        out
-    }
-
-    fn client(&self) -> Client {
-        self.api.client()
-    }
-}
-
-fn role(ns: &str, name: &str, reference: &str) -> AWSIAMRole {
-    let mut r = AWSIAMRole::new(
-        name,
-        AWSIAMRoleSpec {
-            role_reference: reference.into(),
-            role_session_duration: None,
-        },
+/// Runs the binary to completion (at most a minute) and asserts its exit code and that no
+/// seeded credential is in its output.
+async fn run_expecting(env: &Env, args: &[&str], code: i32) -> Output {
+    let out = env.run(args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{args:?}: stderr:\n{}",
+        text(&out.stderr)
     );
-    r.metadata.namespace = Some(ns.into());
-    r
-}
-
-fn observed(role: &AWSIAMRole, uid: &str, generation: i64) -> ObservedRole {
-    let mut v = serde_json::to_value(role).unwrap();
-    v["metadata"]["uid"] = json!(uid);
-    v["metadata"]["generation"] = json!(generation);
-    ObservedRole::from_value(&v, "").unwrap()
-}
-
-fn seeded_credentials(tag: &str, expiration: Timestamp) -> Credentials {
-    Credentials {
-        access_key_id: format!("ASIA{SEEDED}"),
-        secret_access_key: format!("{SEEDED}-secret-{tag}"),
-        session_token: format!("{SEEDED}-token-{tag}"),
-        expiration,
-    }
-}
-
-/// A managed Secret as an earlier controller wrote it, with no owner (so owned by nobody the
-/// API knows: refreshed or deleted, depending on its AWSIAMRole).
-fn unowned_managed_secret(role: &AWSIAMRole, issued: Timestamp) -> Secret {
-    let r = observed(role, "", 1);
-    let arn = format!("{BASE}{}", role.spec.role_reference);
-    let creds = seeded_credentials(&r.name, issued + SignedDuration::from_secs(3600));
-    let mut s = secret::build(&r, &arn, &creds, issued);
-    s.metadata.owner_references = None;
-    s
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !all.contains(SEEDED),
+        "{args:?}: seeded credential in output"
+    );
+    out
 }
 
 /// Every action kind: create, refresh, update-status, delete, skip, blocked (three ways).
 fn mixed_state() -> ApiServerBuilder {
-    let now = Timestamp::now();
-    let expiring = role("team-a", "expiring", "app-expiring");
-    let gone = role("team-a", "orphan", "app-orphan");
-    let foreign = Secret {
-        metadata: ObjectMeta {
-            name: Some("taken".into()),
-            namespace: Some("team-b".into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(
-            "token".to_string(),
-            ByteString(format!("{SEEDED}-foreign").into_bytes()),
-        )])),
-        ..Secret::default()
-    };
-    let mut invalid = role("team-b", "invalid", "app-invalid");
-    invalid.spec.role_session_duration = Some(899);
-    ApiServer::builder()
-        .object(role("team-a", "new", "app-new"))
-        .object(expiring.clone())
-        .object(unowned_managed_secret(
-            &expiring,
-            now - SignedDuration::from_mins(55),
-        ))
-        .object(unowned_managed_secret(
-            &gone,
-            now - SignedDuration::from_mins(10),
-        ))
-        .object(role("team-b", "taken", "app-taken"))
-        .object(foreign)
-        .object(invalid)
-        .json(json!({
-            "apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
-            "metadata": {"name": "wrong-types", "namespace": "team-b"},
-            "spec": {"roleReference": ["app"], "roleSessionDuration": "3600"}
-        }))
+    marked_mixed_state(SEEDED)
         .object(role("team-c", "fresh", "app-fresh"))
         .object(role("team-c", "stale", "app-stale"))
 }
@@ -808,13 +690,13 @@ async fn serve_team_c(client: &Client) {
     let secrets = Api::<Secret>::namespaced(client.clone(), "team-c");
     for name in ["fresh", "stale"] {
         let r = roles.get(name).await.unwrap();
-        let o = observed(
+        let o = observed_at(
             &r,
             r.metadata.uid.as_deref().unwrap(),
             r.metadata.generation.unwrap_or(1),
         );
         let arn = format!("{BASE}{}", r.spec.role_reference);
-        let creds = seeded_credentials(name, now + SignedDuration::from_secs(3600));
+        let creds = marked_credentials(SEEDED, name, now + SignedDuration::from_secs(3600));
         secrets
             .create(
                 &PostParams::default(),
@@ -846,47 +728,6 @@ fn namespace(name: &str, allowed: Option<&str>) -> Namespace {
         },
         ..Namespace::default()
     }
-}
-
-/// A free loopback port for the health server (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn http_status(port: u16, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.ok()?;
-    String::from_utf8_lossy(&response)
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Polls `check` every 50 ms until it holds or `deadline` passes.
-async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 /// The action kinds of a JSON plan.
@@ -921,9 +762,12 @@ async fn record_every_mode() -> Usage {
     // 1. Every action kind, planned (dry) first, then applied.
     let env = Env::start("ship-rbac-mixed", mixed_state()).await;
     serve_team_c(&env.client()).await;
-    let out = env
-        .run(&["plan", "--base-role-arn", BASE, "--output", "json"], 0)
-        .await;
+    let out = run_expecting(
+        &env,
+        &["plan", "--base-role-arn", BASE, "--output", "json"],
+        0,
+    )
+    .await;
     let planned = planned_kinds(&out.stdout);
     let expected: BTreeMap<String, String> = [
         ("team-a/expiring", "refresh OwnerChanged"),
@@ -943,8 +787,7 @@ async fn record_every_mode() -> Usage {
         "the mixed state covers every action kind"
     );
     let plan_reads = usage.collect(&env.api, "plan");
-    env.run(&["once", "--dry-run", "--base-role-arn", BASE], 0)
-        .await;
+    run_expecting(&env, &["once", "--dry-run", "--base-role-arn", BASE], 0).await;
     let dry_reads = usage.collect(&env.api, "once --dry-run");
     for (scenario, seen) in [("plan", &plan_reads), ("once --dry-run", &dry_reads)] {
         assert!(
@@ -952,7 +795,7 @@ async fn record_every_mode() -> Usage {
             "{scenario} only reads: {seen:?}"
         );
     }
-    let out = env.run(&["once"], 0).await;
+    let out = run_expecting(&env, &["once"], 0).await;
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(
@@ -980,7 +823,7 @@ async fn record_every_mode() -> Usage {
         .spawn()
         .unwrap();
     let ready = eventually(Duration::from_secs(20), || async {
-        http_status(port, "/readyz").await == Some(200)
+        http_get(port, "/readyz").await.map(|(code, _)| code) == Some(200)
     })
     .await;
     assert!(ready, "/readyz never became ready");
@@ -1034,31 +877,34 @@ async fn record_every_mode() -> Usage {
             .object(role("open", "ok", "app-ok"))
             .object(role("closed", "refused", "app-refused"))
             .object(role("closed", "revoked", "app-revoked"))
-            .object(unowned_managed_secret(
+            .object(marked_managed_secret(
+                SEEDED,
                 &role("closed", "revoked", "app-revoked"),
+                "",
                 now,
+                3600,
             )),
     )
     .await;
-    let out = env
-        .run(
-            &[
-                "plan",
-                "--namespace-restrictions",
-                "--base-role-arn",
-                BASE,
-                "--output",
-                "json",
-            ],
-            0,
-        )
-        .await;
+    let out = run_expecting(
+        &env,
+        &[
+            "plan",
+            "--namespace-restrictions",
+            "--base-role-arn",
+            BASE,
+            "--output",
+            "json",
+        ],
+        0,
+    )
+    .await;
     let planned = planned_kinds(&out.stdout);
     assert_eq!(planned["open/ok"], "create Missing");
     assert_eq!(planned["closed/refused"], "blocked NotPermitted");
     assert_eq!(planned["closed/revoked"], "delete NotPermitted");
     usage.collect(&env.api, "plan --namespace-restrictions");
-    env.run(&["once", "--namespace-restrictions"], 0).await;
+    run_expecting(&env, &["once", "--namespace-restrictions"], 0).await;
     usage.collect(&env.api, "once --namespace-restrictions");
     assert!(
         Api::<Secret>::namespaced(env.client(), "closed")
@@ -1070,13 +916,14 @@ async fn record_every_mode() -> Usage {
     );
 
     // 4. One namespace, with and without restrictions (a GET of that Namespace).
-    env.run(
+    run_expecting(
+        &env,
         &["once", "--namespace", "open", "--namespace-restrictions"],
         0,
     )
     .await;
     usage.collect(&env.api, "once --namespace open --namespace-restrictions");
-    env.run(&["once", "--namespace", "closed"], 0).await;
+    run_expecting(&env, &["once", "--namespace", "closed"], 0).await;
     usage.collect(&env.api, "once --namespace closed");
     usage
 }

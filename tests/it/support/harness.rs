@@ -87,17 +87,27 @@ pub fn role(ns: &str, name: &str, reference: &str) -> AWSIAMRole {
 }
 
 pub fn observed(role: &AWSIAMRole, uid: &str) -> ObservedRole {
+    observed_at(role, uid, 1)
+}
+
+/// `role` as the controller observes it, with the given UID and generation.
+pub fn observed_at(role: &AWSIAMRole, uid: &str, generation: i64) -> ObservedRole {
     let mut v = serde_json::to_value(role).unwrap();
     v["metadata"]["uid"] = json!(uid);
-    v["metadata"]["generation"] = json!(1);
+    v["metadata"]["generation"] = json!(generation);
     ObservedRole::from_value(&v, "").unwrap()
 }
 
 pub fn seeded_credentials(tag: &str, expiration: Timestamp) -> Credentials {
+    marked_credentials(SEEDED, tag, expiration)
+}
+
+/// Seeded credentials carrying `marker` (a test file's own [`SEEDED`]) in every value.
+pub fn marked_credentials(marker: &str, tag: &str, expiration: Timestamp) -> Credentials {
     Credentials {
-        access_key_id: format!("ASIA{SEEDED}"),
-        secret_access_key: format!("{SEEDED}-secret-{tag}"),
-        session_token: format!("{SEEDED}-token-{tag}"),
+        access_key_id: format!("ASIA{marker}"),
+        secret_access_key: format!("{marker}-secret-{tag}"),
+        session_token: format!("{marker}-token-{tag}"),
         expiration,
     }
 }
@@ -105,9 +115,24 @@ pub fn seeded_credentials(tag: &str, expiration: Timestamp) -> Credentials {
 /// A managed Secret as the controller would have written it for `role` (owner UID unknown
 /// until the fake assigns one, so it is owned by name only when `uid` is empty).
 pub fn managed_secret(role: &AWSIAMRole, uid: &str, issued: Timestamp, lifetime: i64) -> Secret {
+    marked_managed_secret(SEEDED, role, uid, issued, lifetime)
+}
+
+/// [`managed_secret`] with credentials carrying `marker`.
+pub fn marked_managed_secret(
+    marker: &str,
+    role: &AWSIAMRole,
+    uid: &str,
+    issued: Timestamp,
+    lifetime: i64,
+) -> Secret {
     let r = observed(role, uid);
     let arn = format!("{BASE}{}", role.spec.role_reference);
-    let creds = seeded_credentials(&r.name, issued + SignedDuration::from_secs(lifetime));
+    let creds = marked_credentials(
+        marker,
+        &r.name,
+        issued + SignedDuration::from_secs(lifetime),
+    );
     let mut s = secret::build(&r, &arn, &creds, issued);
     s.metadata.owner_references = None;
     s
@@ -145,6 +170,11 @@ pub fn assert_no_leak(out: &Output, values: &[String]) {
 
 /// The mixed state of the issue: new, expiring, orphaned, conflicting and invalid roles.
 pub fn mixed_state() -> ApiServerBuilder {
+    marked_mixed_state(SEEDED)
+}
+
+/// [`mixed_state`] with seeded credentials (and the foreign Secret's data) carrying `marker`.
+pub fn marked_mixed_state(marker: &str) -> ApiServerBuilder {
     let now = Timestamp::now();
     let expiring = role("team-a", "expiring", "app-expiring");
     let orphan_owner = role("team-a", "orphan", "app-orphan");
@@ -159,20 +189,22 @@ pub fn mixed_state() -> ApiServerBuilder {
     };
     foreign.data = Some(BTreeMap::from([(
         "token".to_string(),
-        ByteString(format!("{SEEDED}-foreign").into_bytes()),
+        ByteString(format!("{marker}-foreign").into_bytes()),
     )]));
     let mut invalid = role("team-b", "invalid", "app-invalid");
     invalid.spec.role_session_duration = Some(899);
     ApiServer::builder()
         .object(role("team-a", "new", "app-new"))
         .object(expiring.clone())
-        .object(managed_secret(
+        .object(marked_managed_secret(
+            marker,
             &expiring,
             "",
             now - SignedDuration::from_mins(55),
             3600,
         ))
-        .object(managed_secret(
+        .object(marked_managed_secret(
+            marker,
             &orphan_owner,
             "",
             now - SignedDuration::from_mins(10),
