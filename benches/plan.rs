@@ -59,7 +59,12 @@ fn main() {
         "{:>8} {:>10} {:>12} {:>8} {:>8} {:>8}",
         "roles", "plan ms", "ns per role", "create", "update", "skip"
     );
-    for n in [1_000, 10_000, 100_000] {
+    // PLAN_BENCH_SIZES=20000 picks sizes (e.g. for a profiler run).
+    let sizes: Vec<usize> = std::env::var("PLAN_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
+    for n in sizes {
         let observed = state(n, now);
         let mut best = f64::MAX;
         let mut summary = None;

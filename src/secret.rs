@@ -78,7 +78,7 @@ impl fmt::Debug for Credentials {
 }
 
 /// The credential_process document; field order is part of the format.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct ProcessJson {
     version: i64,
@@ -86,6 +86,21 @@ struct ProcessJson {
     secret_access_key: String,
     session_token: String,
     expiration: String,
+}
+
+/// [`ProcessJson`] as read back: borrowed, so checking a Secret copies no credential.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessJsonRef<'a> {
+    version: i64,
+    #[serde(borrow)]
+    access_key_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    secret_access_key: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    session_token: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    expiration: std::borrow::Cow<'a, str>,
 }
 
 /// The six data keys for credentials issued for `role_arn` at AWSIAMRole `generation`.
@@ -169,7 +184,7 @@ pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
             "data key {KEY_PROCESS:?} does not hold the expected credential_process profile"
         ));
     }
-    let json: ProcessJson = serde_json::from_str(text(KEY_JSON)?)
+    let json: ProcessJsonRef<'_> = serde_json::from_str(text(KEY_JSON)?)
         .map_err(|_| format!("data key {KEY_JSON:?} is not a credential_process document"))?;
     if json.version != 1
         || json.access_key_id.is_empty()
