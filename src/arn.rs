@@ -50,16 +50,27 @@ impl fmt::Display for RoleArn {
 impl std::str::FromStr for RoleArn {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (partition, account, resource) = split_iam_arn(s)?;
-        let (path, name) = split_path_name(resource)?;
-        validate_name(name)?;
+        let (partition, account, path, name) = role_arn_parts(s)?;
         Ok(RoleArn {
             partition: partition.into(),
             account: account.into(),
-            path,
+            path: path.into(),
             name: name.into(),
         })
     }
+}
+
+/// Checks that `s` is an IAM role ARN without building one (for hot paths).
+pub fn validate_role_arn(s: &str) -> Result<(), String> {
+    role_arn_parts(s).map(|_| ())
+}
+
+/// (partition, account, path, name) of a valid role ARN, borrowed from `s`.
+fn role_arn_parts(s: &str) -> Result<(&str, &str, &str, &str), String> {
+    let (partition, account, resource) = split_iam_arn(s)?;
+    let (path, name) = split_path_name(resource)?;
+    validate_name(name)?;
+    Ok((partition, account, path, name))
 }
 
 /// The prefix bare role names are appended to: `arn:<partition>:iam::<account>:role/[path/]`.
@@ -279,12 +290,12 @@ fn split_iam_arn(s: &str) -> Result<(&str, &str, &str), String> {
 }
 
 /// `role/a/b/name` → (`/a/b/`, `name`).
-fn split_path_name(resource: &str) -> Result<(String, &str), String> {
+fn split_path_name(resource: &str) -> Result<(&str, &str), String> {
     let rest = &resource["role".len()..];
     let cut = rest.rfind('/').unwrap_or(0);
     let (path, name) = rest.split_at(cut + 1);
     validate_path(path)?;
-    Ok((path.into(), name))
+    Ok((path, name))
 }
 
 /// `aws`, `aws-cn`, `aws-us-gov`, `aws-iso-b`, …

@@ -173,8 +173,7 @@ pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
         .parse()
         .map_err(|_| format!("data key {KEY_EXPIRE:?} is not an RFC 3339 time"))?;
     let role_arn = text(KEY_ROLE_ARN)?;
-    role_arn
-        .parse::<RoleArn>()
+    crate::arn::validate_role_arn(role_arn)
         .map_err(|_| format!("data key {KEY_ROLE_ARN:?} is not an IAM role ARN"))?;
     let generation: i64 = text(KEY_GENERATION)?
         .parse()
@@ -195,7 +194,8 @@ pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
             "data key {KEY_JSON:?} lacks Version 1 or a credential field"
         ));
     }
-    if json.expiration.parse::<Timestamp>().ok() != Some(expire) {
+    let expire_text = text(KEY_EXPIRE)?;
+    if json.expiration != expire_text && json.expiration.parse::<Timestamp>().ok() != Some(expire) {
         return Err(format!(
             "data key {KEY_JSON:?} has an Expiration other than {KEY_EXPIRE:?}"
         ));

@@ -333,7 +333,8 @@ fn plan_role<'a>(
             );
         }
     };
-    action.role_arn = Some(arn.to_string());
+    let arn_text = arn.to_string();
+    action.role_arn = Some(arn_text.clone());
     if let Err(why) =
         config
             .policy
@@ -372,13 +373,7 @@ fn plan_role<'a>(
         action.kind = kind;
         action.reason = reason;
         action.message = message;
-        action.status = Some(ready_status(
-            role,
-            &arn.to_string(),
-            planned_expiry,
-            None,
-            now,
-        ));
+        action.status = Some(ready_status(role, &arn_text, planned_expiry, None, now));
         action.request = Some(request());
         action
     };
@@ -423,7 +418,6 @@ fn plan_role<'a>(
             ),
         );
     }
-    let arn_text = arn.to_string();
     if content.role_arn != arn_text {
         return refresh(
             action,

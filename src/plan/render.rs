@@ -154,8 +154,8 @@ fn status_view(status: Option<&AWSIAMRoleStatus>) -> String {
         let _ = writeln!(
             out,
             "  condition {}: {} ({}) {}",
-            c.type_,
-            c.status,
+            clean(&c.type_),
+            clean(&c.status),
             clean(&c.reason),
             clean(&c.message)
         );
