@@ -56,24 +56,20 @@ pub async fn observe(client: &Client, options: &ObserveOptions) -> Result<Observ
         Some(ns) => format!("/api/v1/namespaces/{ns}/secrets"),
         None => "/api/v1/secrets".to_string(),
     };
-    let mut roles = Vec::new();
-    for item in list_all(client, &roles_path, None, page).await? {
-        match ObservedRole::from_value(&item, "") {
-            Ok(role) => roles.push(role),
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring an AWSIAMRole that cannot be identified")
-            }
-        }
-    }
-    let mut secrets = Vec::new();
-    for item in list_all(client, &secrets_path, Some(&managed_selector()), page).await? {
-        match ObservedSecret::from_value(&item, "") {
-            Ok(secret) => secrets.push(secret),
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring a managed Secret that cannot be decoded")
-            }
-        }
-    }
+    let roles = list_all(client, &roles_path, None, page, |item| {
+        ObservedRole::from_value(&item, "")
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "ignoring an AWSIAMRole that cannot be identified"),
+            )
+            .ok()
+    })
+    .await?;
+    let mut secrets = list_all(client, &secrets_path, Some(&managed_selector()), page, |item| {
+        ObservedSecret::from_value(&item, "")
+            .inspect_err(|e| tracing::warn!(error = %e, "ignoring a managed Secret that cannot be decoded"))
+            .ok()
+    })
+    .await?;
     let namespaces = if options.namespaces {
         namespace_annotations(client, ns, page).await?
     } else {
@@ -94,13 +90,16 @@ pub async fn observe(client: &Client, options: &ObserveOptions) -> Result<Observ
     Ok(Observed::new(roles, secrets, namespaces))
 }
 
-/// Lists a collection page by page, restarting when the continue token expired.
-async fn list_all(
+/// Lists a collection page by page, restarting when the continue token expired. Each page is
+/// decoded as it arrives (`decode` drops what it cannot use), so the raw JSON of at most one
+/// page is held at a time.
+async fn list_all<T>(
     client: &Client,
     path: &str,
     selector: Option<&str>,
     page: u32,
-) -> Result<Vec<Value>> {
+    mut decode: impl FnMut(Value) -> Option<T>,
+) -> Result<Vec<T>> {
     let mut restarts = 0;
     'restart: loop {
         let mut items = Vec::new();
@@ -122,7 +121,7 @@ async fn list_all(
                     })?;
             match client.request::<ObjectList<Value>>(request).await {
                 Ok(list) => {
-                    items.extend(list.items);
+                    items.extend(list.items.into_iter().filter_map(&mut decode));
                     match list.metadata.continue_ {
                         Some(t) if !t.is_empty() => token = Some(t),
                         _ => return Ok(items),
@@ -173,7 +172,7 @@ async fn namespace_annotations(
                 }
             }
         }
-        None => list_all(client, "/api/v1/namespaces", None, page).await?,
+        None => list_all(client, "/api/v1/namespaces", None, page, Some).await?,
     };
     Ok(items
         .iter()
