@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::arn::{BaseArn, RoleArn, excerpt, glob_match};
+use crate::arn::{BaseArn, excerpt, glob_match};
 
 /// JSON array of globs, each a role name or ARN pattern (kube2iam's annotation).
 pub const ALLOWED_ROLES_ANNOTATION: &str = "iam.amazonaws.com/allowed-roles";
@@ -57,30 +57,33 @@ pub fn namespace_rules(
 }
 
 impl Policy {
-    /// `Ok` when `namespace` may obtain `arn`; otherwise why not. `rules` is only consulted
-    /// with namespace restrictions on.
+    /// `Ok` when `namespace` may obtain `arn`; otherwise why not. `rules` (the namespace's, from
+    /// [`namespace_rules`]) is only consulted with namespace restrictions on.
     pub fn check(
         &self,
         namespace: &str,
-        arn: &RoleArn,
-        rules: impl FnOnce() -> NamespaceRules,
+        arn: &str,
+        rules: Option<&NamespaceRules>,
         base: Option<&BaseArn>,
     ) -> Result<(), String> {
-        let arn = arn.to_string();
         if !self.allowed_role_patterns.is_empty()
             && !self
                 .allowed_role_patterns
                 .iter()
                 .filter_map(|p| resolve_pattern(p, base))
-                .any(|p| glob_match(&p, &arn))
+                .any(|p| glob_match(&p, arn))
         {
             return Err(format!(
                 "{arn} matches no --allowed-role-pattern of this controller"
             ));
         }
         if self.namespace_restrictions {
-            let patterns = rules()?;
-            if !patterns.iter().any(|p| glob_match(p, &arn)) {
+            let patterns = match rules {
+                Some(Ok(patterns)) => patterns,
+                Some(Err(why)) => return Err(why.clone()),
+                None => return Err(format!("namespace {namespace:?} was not observed")),
+            };
+            if !patterns.iter().any(|p| glob_match(p, arn)) {
                 return Err(format!(
                     "{arn} is not allowed in namespace {namespace:?} (annotation {ALLOWED_ROLES_ANNOTATION})"
                 ));
@@ -93,6 +96,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arn::RoleArn;
 
     #[test]
     fn namespace_annotation_rules() {
@@ -106,12 +110,8 @@ mod tests {
             .unwrap();
         let ann = |v: &str| BTreeMap::from([(ALLOWED_ROLES_ANNOTATION.to_string(), v.to_string())]);
         let check = |a: Option<BTreeMap<String, String>>| {
-            policy.check(
-                "ns",
-                &arn,
-                || namespace_rules("ns", a.as_ref(), Some(&base)),
-                Some(&base),
-            )
+            let rules = namespace_rules("ns", a.as_ref(), Some(&base));
+            policy.check("ns", &arn.to_string(), Some(&rules), Some(&base))
         };
         assert!(check(Some(ann(r#"["team-a/*"]"#))).is_ok());
         assert!(
@@ -142,7 +142,7 @@ mod tests {
         };
         let ok: RoleArn = "arn:aws:iam::123456789012:role/x".parse().unwrap();
         let other: RoleArn = "arn:aws:iam::999999999999:role/x".parse().unwrap();
-        assert!(policy.check("ns", &ok, || unreachable!(), None).is_ok());
-        assert!(policy.check("ns", &other, || unreachable!(), None).is_err());
+        assert!(policy.check("ns", &ok.to_string(), None, None).is_ok());
+        assert!(policy.check("ns", &other.to_string(), None, None).is_err());
     }
 }

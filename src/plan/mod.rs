@@ -246,7 +246,19 @@ pub fn plan<'a>(observed: &'a Observed, now: Timestamp, config: &PlanConfig) -> 
         .iter()
         .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
         .collect();
-    let mut rules_cache: HashMap<&str, NamespaceRules> = HashMap::new();
+    // Each namespace's allowed roles, read once per plan (only with restrictions on).
+    let mut rules: HashMap<&str, NamespaceRules> = HashMap::new();
+    if config.policy.namespace_restrictions {
+        for role in &observed.roles {
+            rules.entry(role.namespace.as_str()).or_insert_with(|| {
+                policy::namespace_rules(
+                    &role.namespace,
+                    observed.namespaces.get(&role.namespace),
+                    config.base_role_arn.as_ref(),
+                )
+            });
+        }
+    }
     let mut actions = Vec::with_capacity(observed.roles.len() + secrets.len());
     for role in &observed.roles {
         let secret = secrets.remove(&(role.namespace.as_str(), role.name.as_str()));
@@ -255,19 +267,8 @@ pub fn plan<'a>(observed: &'a Observed, now: Timestamp, config: &PlanConfig) -> 
             && observed
                 .conflicts
                 .contains(&(role.namespace.clone(), role.name.clone()));
-        let mut rules = || {
-            rules_cache
-                .entry(role.namespace.as_str())
-                .or_insert_with(|| {
-                    policy::namespace_rules(
-                        &role.namespace,
-                        observed.namespaces.get(&role.namespace),
-                        config.base_role_arn.as_ref(),
-                    )
-                })
-                .clone()
-        };
-        actions.push(plan_role(role, secret, conflict, &mut rules, now, config));
+        let rules = rules.get(role.namespace.as_str());
+        actions.push(plan_role(role, secret, conflict, rules, now, config));
     }
     for secret in secrets.into_values() {
         let role_arn = secret::role_arn_of(secret);
@@ -292,7 +293,7 @@ fn plan_role<'a>(
     role: &'a ObservedRole,
     secret: Option<&'a ObservedSecret>,
     conflict: bool,
-    rules: &mut dyn FnMut() -> NamespaceRules,
+    rules: Option<&NamespaceRules>,
     now: Timestamp,
     config: &PlanConfig,
 ) -> Action<'a> {
@@ -335,11 +336,12 @@ fn plan_role<'a>(
     };
     let arn_text = arn.to_string();
     action.role_arn = Some(arn_text.clone());
-    if let Err(why) =
-        config
-            .policy
-            .check(&role.namespace, &arn, rules, config.base_role_arn.as_ref())
-    {
+    if let Err(why) = config.policy.check(
+        &role.namespace,
+        &arn_text,
+        rules,
+        config.base_role_arn.as_ref(),
+    ) {
         if secret.is_some() {
             let desired = not_ready_status(role, Reason::NotPermitted, &why, None, now);
             action.kind = ActionKind::Delete;
