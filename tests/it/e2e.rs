@@ -5,15 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::plan::ready_status;
 use kube_aws_iam_controller::secret;
-use serde_json::json;
 
 use crate::support::apiserver::ApiServer;
 use crate::support::harness::*;
@@ -255,31 +253,8 @@ async fn lists_are_paged_and_a_steady_state_writes_nothing() {
     let client = env.client();
     // Secrets and statuses as the controller writes them, for the UIDs the API assigned.
     let roles = Api::<AWSIAMRole>::namespaced(client.clone(), "bulk");
-    let secrets = Api::<Secret>::namespaced(client.clone(), "bulk");
     for r in roles.list(&ListParams::default()).await.unwrap().items {
-        let uid = r.metadata.uid.clone().unwrap();
-        let generation = r.metadata.generation.unwrap_or(1);
-        let mut o = observed(&r, &uid);
-        o.generation = generation;
-        let arn = format!("{BASE}{}", r.spec.role_reference);
-        let creds = seeded_credentials(&o.name, now + SignedDuration::from_secs(3600));
-        secrets
-            .create(
-                &PostParams::default(),
-                &secret::build(&o, &arn, &creds, now),
-            )
-            .await
-            .unwrap();
-        let status = ready_status(&o, &arn, creds.expiration, None, now);
-        let patch = json!({"status": status});
-        roles
-            .patch_status(
-                &o.name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-            .unwrap();
+        serve_as_controller(&client, &r, SEEDED, now, true).await;
     }
     env.api.clear_requests();
     let writes = env.api.write_count();

@@ -12,25 +12,24 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ObjectMeta};
 use kube::{Api, Client};
 use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::plan::ready_status;
 use kube_aws_iam_controller::plan::refresh;
 use kube_aws_iam_controller::policy::ALLOWED_ROLES_ANNOTATION;
 use kube_aws_iam_controller::secret;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder, RecordedRequest};
 use crate::support::harness::{
-    BASE, Env, eventually, free_port, http_get, marked_credentials, marked_managed_secret,
-    marked_mixed_state, observed_at, role, text,
+    BASE, Env, eventually, free_port, http_get, marked_managed_secret, marked_mixed_state, role,
+    serve_as_controller, text,
 };
 use crate::support::moto::ScratchDir;
 use crate::support::repo_root;
@@ -687,34 +686,9 @@ fn mixed_state() -> ApiServerBuilder {
 async fn serve_team_c(client: &Client) {
     let now = Timestamp::now();
     let roles = Api::<AWSIAMRole>::namespaced(client.clone(), "team-c");
-    let secrets = Api::<Secret>::namespaced(client.clone(), "team-c");
     for name in ["fresh", "stale"] {
         let r = roles.get(name).await.unwrap();
-        let o = observed_at(
-            &r,
-            r.metadata.uid.as_deref().unwrap(),
-            r.metadata.generation.unwrap_or(1),
-        );
-        let arn = format!("{BASE}{}", r.spec.role_reference);
-        let creds = marked_credentials(SEEDED, name, now + SignedDuration::from_secs(3600));
-        secrets
-            .create(
-                &PostParams::default(),
-                &secret::build(&o, &arn, &creds, now),
-            )
-            .await
-            .unwrap();
-        if name == "fresh" {
-            let status = ready_status(&o, &arn, creds.expiration, None, now);
-            roles
-                .patch_status(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({ "status": status })),
-                )
-                .await
-                .unwrap();
-        }
+        serve_as_controller(client, &r, SEEDED, now, name == "fresh").await;
     }
 }
 

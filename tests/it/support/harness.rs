@@ -10,9 +10,10 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, ObjectMeta};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
 use kube_aws_iam_controller::model::ObservedRole;
+use kube_aws_iam_controller::plan::ready_status;
 use kube_aws_iam_controller::secret::{self, Credentials};
 use serde_json::json;
 
@@ -98,8 +99,42 @@ pub fn observed_at(role: &AWSIAMRole, uid: &str, generation: i64) -> ObservedRol
     ObservedRole::from_value(&v, "").unwrap()
 }
 
-pub fn seeded_credentials(tag: &str, expiration: Timestamp) -> Credentials {
-    marked_credentials(SEEDED, tag, expiration)
+/// Serves `role` (as stored by the API, with its UID and generation) the way the controller
+/// would have: an owned Secret with credentials issued `now` for an hour, and, with
+/// `with_status`, the matching Ready status, so a pass finds it up to date.
+pub async fn serve_as_controller(
+    client: &Client,
+    role: &AWSIAMRole,
+    marker: &str,
+    now: Timestamp,
+    with_status: bool,
+) {
+    let ns = role.metadata.namespace.as_deref().unwrap();
+    let o = observed_at(
+        role,
+        role.metadata.uid.as_deref().unwrap(),
+        role.metadata.generation.unwrap_or(1),
+    );
+    let arn = format!("{BASE}{}", role.spec.role_reference);
+    let creds = marked_credentials(marker, &o.name, now + SignedDuration::from_secs(3600));
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &secret::build(&o, &arn, &creds, now),
+        )
+        .await
+        .unwrap();
+    if with_status {
+        let status = ready_status(&o, &arn, creds.expiration, None, now);
+        Api::<AWSIAMRole>::namespaced(client.clone(), ns)
+            .patch_status(
+                &o.name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "status": status })),
+            )
+            .await
+            .unwrap();
+    }
 }
 
 /// Seeded credentials carrying `marker` (a test file's own [`SEEDED`]) in every value.
