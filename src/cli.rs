@@ -38,6 +38,12 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the AWSIAMRole CustomResourceDefinition YAML.
     Crd,
+    /// Add credentials delivery to labelled pod templates in YAML manifests (offline).
+    Inject(crate::delivery::inject::InjectArgs),
+    /// Serve the pod mutation as a mutating admission webhook over TLS.
+    Webhook(crate::delivery::webhook::WebhookArgs),
+    /// Serve a mounted credentials.json as a container-credentials endpoint (pod sidecar).
+    CredentialsServer(crate::delivery::credentials_server::CredentialsServerArgs),
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ pub mod arn;
 pub mod cli;
 pub mod commands;
 pub mod crd;
+pub mod delivery;
 pub mod metrics;
 pub mod model;
 pub mod observe;

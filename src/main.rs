@@ -6,12 +6,15 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use kube_aws_iam_controller::cli::{Cli, Command};
-use kube_aws_iam_controller::{commands, telemetry};
+use kube_aws_iam_controller::{commands, delivery, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Crd) => commands::crd(),
+        Some(Command::Inject(args)) => delivery::inject::run(args),
+        // The sidecar builds its own small runtime and keeps logging minimal.
+        Some(Command::CredentialsServer(args)) => delivery::credentials_server::main(args),
         command => {
             telemetry::init(cli.options.debug, cli.options.log_format);
             match tokio::runtime::Builder::new_multi_thread()
@@ -22,6 +25,9 @@ fn main() -> ExitCode {
                     match command {
                         Some(Command::Plan(args)) => commands::plan(&cli.options, args).await,
                         Some(Command::Once) => commands::once(&cli.options).await,
+                        Some(Command::Webhook(args)) => {
+                            delivery::webhook::run(&cli.options, args).await
+                        }
                         _ => commands::run(&cli.options).await,
                     }
                 }),

@@ -2,7 +2,10 @@
 
 mod apiserver_smoke;
 mod cli;
+mod credentials_server;
 mod crd;
+mod delivery_inject;
+mod delivery_webhook;
 mod e2e;
 mod executor;
 mod fixtures;
@@ -11,5 +14,6 @@ mod hostile;
 mod invariants;
 mod leaks;
 mod moto_smoke;
+mod sdk_matrix;
 mod ship;
 mod support;

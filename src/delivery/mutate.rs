@@ -1,0 +1,1 @@
+//! The pure pod mutation: pod template + options → mutated pod template. No I/O.
