@@ -14,5 +14,7 @@ pub struct CredentialsServerArgs {}
 
 /// Runs the server until SIGTERM/SIGINT; builds its own runtime.
 pub fn main(_args: &CredentialsServerArgs) -> Result<CommandOutput> {
-    Err(Error::Unsupported("credentials-server is not built yet".into()))
+    Err(Error::Unsupported(
+        "credentials-server is not built yet".into(),
+    ))
 }

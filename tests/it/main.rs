@@ -2,8 +2,8 @@
 
 mod apiserver_smoke;
 mod cli;
-mod credentials_server;
 mod crd;
+mod credentials_server;
 mod delivery_inject;
 mod delivery_webhook;
 mod e2e;
