@@ -59,12 +59,16 @@ pub fn plan_offline(options: &Options, args: &PlanArgs) -> Result<CommandOutput>
     };
     let plan = plan::plan(&observed, now, &config);
     let mut notes: Vec<String> = loaded.notes.iter().map(ToString::to_string).collect();
-    if config.base_role_arn.is_none()
-        && plan
-            .actions
-            .iter()
-            .any(|a| a.message.contains("needs a base role ARN"))
-    {
+    let needs_base = |a: &plan::Action<'_>| {
+        matches!(
+            a.op,
+            plan::Op::Blocked {
+                reason: plan::BlockReason::NeedsBaseArn,
+                ..
+            }
+        )
+    };
+    if plan.actions.iter().any(needs_base) {
         notes.push(
             "some roles use bare names: pass --base-role-arn (e.g. arn:aws:iam::123456789012:role/) to resolve them"
                 .into(),

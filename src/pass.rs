@@ -146,8 +146,8 @@ impl Controller {
                         .map(|a| crate::apply::ActionReport {
                             namespace: a.namespace.to_string(),
                             name: a.name.to_string(),
-                            kind: a.kind,
-                            reason: a.reason,
+                            kind: a.kind(),
+                            reason: a.reason(),
                             outcome: crate::apply::Outcome::NotStarted,
                         })
                         .collect(),
