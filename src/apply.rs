@@ -25,6 +25,7 @@ use crate::model::{ObservedRole, ObservedSecret};
 use crate::plan::{self, Action, ActionKind, Issue, Op, Plan, status_matches};
 use crate::secret::{self, Credentials, format_time};
 use crate::sts::{CredentialSource, StsError, StsErrorKind};
+use crate::text::{kube_message, truncate};
 
 /// Event reasons (the original's three plus this project's).
 pub mod reasons {
@@ -297,8 +298,8 @@ impl Executor {
         existing: Option<&ObservedSecret>,
     ) -> Done {
         let role = issue.role;
-        let issued = match self.source.assume(&issue.request).await {
-            Ok(issued) => issued,
+        let credentials = match self.source.assume(&issue.request).await {
+            Ok(credentials) => credentials,
             Err(e) => return self.assume_failed(issue, existing, e).await,
         };
         let done = Done {
@@ -306,7 +307,7 @@ impl Executor {
             ..Done::default()
         };
         let issued_at = Timestamp::now();
-        let credentials = &issued.credentials;
+        let credentials = &credentials;
         let arn = issue.request.role_arn.to_string();
         if let Err(message) = self
             .write_secret(role, existing, &arn, credentials, issued_at)
@@ -561,23 +562,4 @@ impl Executor {
             tracing::debug!(reason, error = %kube_message(&e), "could not publish event");
         }
     }
-}
-
-/// A short, credential-free description of a kube error (API status message or transport).
-pub fn kube_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} {} ({})", s.code, s.reason, s.message),
-        other => other.to_string(),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }

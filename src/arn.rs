@@ -5,6 +5,8 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::text::excerpt;
+
 /// Longest IAM role name.
 pub const MAX_ROLE_NAME: usize = 64;
 /// Longest IAM path (including its leading and trailing `/`).
@@ -230,24 +232,6 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == '*')
-}
-
-/// A short, printable rendering of untrusted input for error messages: quoted, control
-/// characters escaped and long values cut, so a 1 MB reference cannot flood a status or a log.
-pub fn excerpt(s: &str) -> String {
-    format!("\"{}\"", shorten(s))
-}
-
-/// As [`excerpt`], unquoted: for values shown in plan renderings.
-pub fn shorten(s: &str) -> String {
-    const MAX: usize = 80;
-    let escaped: String = s.chars().take(MAX).flat_map(char::escape_debug).collect();
-    let total = s.chars().count();
-    if total > MAX {
-        format!("{escaped}… ({total} characters)")
-    } else {
-        escaped
-    }
 }
 
 /// Splits `arn:<partition>:iam::<account>:<resource>` and checks the parts every role ARN
@@ -487,15 +471,5 @@ mod tests {
         ));
         assert!(glob_match("*", ""));
         assert!(glob_match("*", "*x") && glob_match("a*", "a*b"));
-    }
-
-    #[test]
-    fn excerpt_cuts_and_escapes() {
-        let e = excerpt(&"x".repeat(1_000_000));
-        assert!(
-            e.len() < 200 && e.ends_with("… (1000000 characters)\""),
-            "{e}"
-        );
-        assert_eq!(excerpt("a\nb"), "\"a\\nb\"");
     }
 }

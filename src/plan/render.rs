@@ -13,7 +13,7 @@ use crate::model::ObservedSecret;
 use crate::secret::{self, Credentials};
 
 /// `--output`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OutputFormat {
     #[default]
     Text,

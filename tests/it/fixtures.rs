@@ -56,7 +56,7 @@ fn fixtures_render_as_snapshotted() {
 }
 
 /// Each fixture states its expected plan in `# expect: ns/name action Reason [roleArn]`
-/// comment lines, written from SPEC §3 independently of the code; the plan must match them
+/// comment lines, written from `docs/design.md` independently of the code; the plan must match them
 /// exactly (one line per action, nothing more, nothing less).
 #[test]
 fn fixtures_match_their_expect_lines() {
@@ -158,7 +158,7 @@ fn fixtures_converge_after_one_apply() {
     }
 }
 
-/// Together the fixtures exercise every action with every reason SPEC §3 names.
+/// Together the fixtures exercise every action with every reason `docs/design.md` names.
 #[test]
 fn fixtures_cover_every_action_and_reason() {
     use ActionKind::*;

@@ -1,4 +1,4 @@
-//! Property tests of the planner's invariants over generated states (SPEC §3): planning is
+//! Property tests of the planner's invariants over generated states (`docs/design.md`): planning is
 //! deterministic and independent of list order; every object appears exactly once; re-planning
 //! after applying converges; unmanaged Secrets are never touched; no rendering shows a
 //! credential.
