@@ -357,7 +357,7 @@ impl Executor {
         };
         tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "could not get credentials");
         let current = existing.and_then(|s| secret::decode(s).ok());
-        let status = plan::not_ready_status_with(
+        let status = plan::not_ready_status(
             role,
             reasons::GET_CREDENTIALS_FAILED,
             &message,
