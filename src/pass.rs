@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kube::Client;
+use tokio::sync::watch;
 
 use crate::apply::{Executor, PassReport};
 use crate::cli::Options;
@@ -15,6 +16,8 @@ use crate::observe::{ObserveOptions, observe};
 use crate::plan::render::{OutputFormat, render};
 use crate::plan::{PlanConfig, plan};
 use crate::server::{self, Health};
+use crate::lease::LeaderElector;
+use crate::seed::SeedCredentials;
 use crate::sts::{self, AwsOptions, CredentialSource};
 use crate::{Error, Result};
 
@@ -31,6 +34,11 @@ pub struct Controller {
     output: OutputFormat,
     verbose: bool,
     pub metrics: Arc<Metrics>,
+    /// Seed credentials the STS client signs with, when the controller runs on its own
+    /// AWSIAMRole's Secret.
+    seed: Option<Arc<SeedCredentials>>,
+    /// Leader election (`None` when off or in a dry run, which writes nothing).
+    elector: Option<Arc<LeaderElector>>,
 }
 
 /// What a pass produced.
@@ -70,26 +78,38 @@ impl Controller {
     pub async fn connect(options: &Options, dry_run: bool) -> Result<Controller> {
         let mut config = options.plan_config()?;
         let client = kube_client(options.apiserver.as_deref()).await?;
+        let mut seed = None;
         let executor = if dry_run {
             None
         } else {
+            seed = crate::seed::detect()?.map(Arc::new);
+            if let Some(seed) = &seed {
+                tracing::info!(file = %seed.path().display(), "signing with seed credentials (re-read when the file changes)");
+            }
             let (source, base) = sts::connect(&AwsOptions {
                 region: options.region.clone(),
                 base_role_arn: config.base_role_arn.clone(),
                 assume_role: options.assume_role.clone(),
                 rate: Some(options.sts_rate),
                 burst: Some(options.sts_burst),
+                seed: seed.clone(),
             })
             .await?;
             tracing::info!(base_role_arn = %base, "connected to STS");
             config.base_role_arn = Some(base);
-            Some(Executor::new(
-                client.clone(),
-                Arc::new(source),
-                options.concurrency.get(),
-            ))
+            Some(
+                Executor::new(client.clone(), Arc::new(source), options.concurrency.get())
+                    .run_first(options.self_role(seed.is_some())?),
+            )
         };
-        Ok(Self::new(client, executor, options, config))
+        let elector = match options.lease_config()? {
+            Some(lease) if !dry_run => Some(Arc::new(LeaderElector::new(client.clone(), lease))),
+            _ => None,
+        };
+        let mut controller = Self::new(client, executor, options, config);
+        controller.seed = seed;
+        controller.elector = elector;
+        Ok(controller)
     }
 
     /// A controller from parts (tests inject their own credential source).
@@ -121,6 +141,8 @@ impl Controller {
             output: options.output,
             verbose: options.verbose,
             metrics: Arc::new(Metrics::new()),
+            seed: None,
+            elector: None,
         }
     }
 
@@ -158,6 +180,9 @@ impl Controller {
         };
         report.duration = start.elapsed();
         self.metrics.record_pass(&report, Timestamp::now());
+        if let Some(expiry) = self.seed.as_ref().and_then(|s| s.expiration().ok()) {
+            self.metrics.set_own_expiry(expiry);
+        }
         if self.executor.is_some() {
             tracing::info!("{report}");
         } else {
@@ -172,26 +197,99 @@ impl Controller {
 
     /// `once`: exit code 0 (all actions done), 1 (some failed), 2 (the pass could not run).
     pub async fn once(&self) -> Result<(u8, Option<String>)> {
-        let outcome = self.pass().await?;
+        let Some(elector) = &self.elector else {
+            let outcome = self.pass().await?;
+            let code = if outcome.report.failed() > 0 { 1 } else { 0 };
+            return Ok((code, outcome.rendered));
+        };
+        // The same Lease as `run`: a CronJob never passes beside a Deployment or another Job.
+        elector.acquire_within(elector.config().wait).await?;
+        let (leading_tx, mut leading) = watch::channel(true);
+        let (contact_tx, _) = watch::channel(Instant::now());
+        let renew = {
+            let elector = elector.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(elector.config().retry_period).await;
+                elector.campaign(leading_tx, contact_tx).await
+            })
+        };
+        let pass = self.pass();
+        tokio::pin!(pass);
+        let outcome = tokio::select! {
+            outcome = &mut pass => outcome,
+            _ = leading.wait_for(|l| !*l) => {
+                tracing::error!("lost the leader lease during the pass; starting no further actions");
+                if let Some(ex) = &self.executor {
+                    ex.stop_flag().store(true, Ordering::SeqCst);
+                }
+                pass.await
+            }
+        };
+        renew.abort();
+        elector.release().await;
+        let outcome = outcome?;
         let code = if outcome.report.failed() > 0 { 1 } else { 0 };
         Ok((code, outcome.rendered))
     }
 
     /// `run`: a pass every `interval` until SIGTERM/SIGINT. On a signal it stops starting new
-    /// actions, lets in-flight ones finish (bounded), and returns.
+    /// actions, lets in-flight ones finish (bounded), and returns. With leader election it
+    /// passes only while it holds the Lease, and stands by (alive and ready, passing nothing)
+    /// while another replica does.
     pub async fn run(&self, interval: Duration, health_addr: &str) -> Result<()> {
         let addr = server::parse_addr(health_addr)
             .map_err(|e| Error::Config(format!("--health-addr {e}")))?;
-        let health = Arc::new(Health::new(interval, self.metrics.clone()));
+        let health =
+            Arc::new(Health::new(interval, self.metrics.clone()).with_seed(self.seed.clone()));
         let (bound, server) = server::start(addr, health.clone()).await?;
         tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
+        let (leading_tx, mut leading) = watch::channel(self.elector.is_none());
+        let (contact_tx, mut contact) = watch::channel(Instant::now());
+        let (campaign, _senders) = match self.elector.clone() {
+            Some(elector) => (
+                Some(tokio::spawn(async move {
+                    elector.campaign(leading_tx, contact_tx).await
+                })),
+                None,
+            ),
+            None => (None, Some((leading_tx, contact_tx))),
+        };
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
-        let result = loop {
+        let result = 'passes: loop {
+            if !*leading.borrow() {
+                self.metrics.set_leader(false);
+                tracing::info!("standing by until this replica holds the leader lease");
+                loop {
+                    tokio::select! {
+                        changed = leading.changed() => {
+                            if changed.is_err() || *leading.borrow() {
+                                break;
+                            }
+                        }
+                        _ = contact.changed() => health.standby_ok(),
+                        _ = &mut shutdown => break 'passes Ok(()),
+                    }
+                }
+            }
+            self.metrics.set_leader(true);
             let pass = self.pass();
             tokio::pin!(pass);
             let outcome = tokio::select! {
                 outcome = &mut pass => outcome,
+                _ = leading.wait_for(|l| !*l) => {
+                    tracing::error!("lost the leader lease during a pass: starting no further actions");
+                    if let Some(ex) = &self.executor {
+                        ex.stop_flag().store(true, Ordering::SeqCst);
+                    }
+                    if tokio::time::timeout(SHUTDOWN_GRACE, &mut pass).await.is_err() {
+                        tracing::warn!("in-flight work did not finish in time");
+                    }
+                    if let Some(ex) = &self.executor {
+                        ex.stop_flag().store(false, Ordering::SeqCst);
+                    }
+                    continue;
+                }
                 _ = &mut shutdown => {
                     tracing::info!("shutting down: finishing in-flight work");
                     if let Some(ex) = &self.executor {
@@ -214,9 +312,16 @@ impl Controller {
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
+                _ = leading.wait_for(|l| !*l) => {}
                 _ = &mut shutdown => break Ok(()),
             }
         };
+        if let Some(campaign) = campaign {
+            campaign.abort();
+        }
+        if let Some(elector) = &self.elector {
+            elector.release().await;
+        }
         server.abort();
         tracing::info!("stopped");
         result
