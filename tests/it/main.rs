@@ -15,5 +15,6 @@ mod invariants;
 mod leaks;
 mod moto_smoke;
 mod sdk_matrix;
+mod seed;
 mod ship;
 mod support;
