@@ -99,6 +99,10 @@ impl Metrics {
             "1 while this process holds the leader Lease (or runs without leader election)",
             leader.clone(),
         );
+        // Zero samples from the start, so a standby replica shows that it never passed.
+        for result in ["ok", "failed"] {
+            passes.get_or_create(&ResultLabel { result }).inc_by(0);
+        }
         for result in ["ok", "throttled", "denied", "error"] {
             sts_calls.get_or_create(&ResultLabel { result }).inc_by(0);
         }

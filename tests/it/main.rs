@@ -12,6 +12,7 @@ mod fixtures;
 mod fuzz;
 mod hostile;
 mod invariants;
+mod leader;
 mod leaks;
 mod moto_smoke;
 mod sdk_matrix;
