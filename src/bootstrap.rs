@@ -57,9 +57,11 @@ pub async fn run(options: &Options, args: &BootstrapArgs) -> Result<CommandOutpu
     }
     let config = options.plan_config()?;
     let client = crate::pass::kube_client(options.apiserver.as_deref()).await?;
-    let kube_err = |context: String| move |e: kube::Error| Error::Kube {
-        context,
-        source: Box::new(e),
+    let kube_err = |context: String| {
+        move |e: kube::Error| Error::Kube {
+            context,
+            source: Box::new(e),
+        }
     };
 
     // 1. The AWSIAMRole, created when absent; an existing one must name the same role.
@@ -154,7 +156,9 @@ pub async fn run(options: &Options, args: &BootstrapArgs) -> Result<CommandOutpu
         None => secrets.create(&PostParams::default(), &desired).await,
         Some(meta) => {
             desired.metadata.resource_version = meta.metadata.resource_version;
-            secrets.replace(&name, &PostParams::default(), &desired).await
+            secrets
+                .replace(&name, &PostParams::default(), &desired)
+                .await
         }
     }
     .map_err(kube_err(format!("writing Secret {namespace}/{name}")))?;
@@ -168,11 +172,8 @@ pub async fn run(options: &Options, args: &BootstrapArgs) -> Result<CommandOutpu
         shortened(Some(lifetime), request.duration),
         issued_at,
     );
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client,
-        &namespace,
-        &ApiResource::erase::<AWSIAMRole>(&()),
-    );
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client, &namespace, &ApiResource::erase::<AWSIAMRole>(&()));
     let status_note = match api
         .patch_status(
             &name,

@@ -275,7 +275,11 @@ impl Options {
             .lease_namespace
             .clone()
             .filter(|n| !n.is_empty())
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
             .unwrap_or_else(|| crate::lease::DEFAULT_LEASE_NAMESPACE.into());
         if self.lease_name.is_empty() {
             return Err(Error::Config("--lease-name must not be empty".into()));

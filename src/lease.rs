@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
 use crate::apply::kube_message;
@@ -217,7 +217,11 @@ impl LeaderElector {
             tracing::info!(previous = %holder, "the leader lease expired; taking it over");
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
-        let acquire = if mine { spec.acquire_time.clone() } else { None };
+        let acquire = if mine {
+            spec.acquire_time.clone()
+        } else {
+            None
+        };
         lease.spec = Some(self.spec(now, acquire, transitions));
         match self
             .api
@@ -250,7 +254,9 @@ impl LeaderElector {
             .await
         {
             Ok(_) => tracing::info!(lease = %self.config.name, "released the leader lease"),
-            Err(e) => tracing::warn!(error = %kube_message(&e), "could not release the leader lease"),
+            Err(e) => {
+                tracing::warn!(error = %kube_message(&e), "could not release the leader lease")
+            }
         }
     }
 
@@ -294,9 +300,6 @@ impl LeaderElector {
         let mut last_renew = leading.borrow().then(Instant::now);
         loop {
             let attempt = self.try_acquire_or_renew().await;
-            if attempt.is_ok() {
-                contact.send_replace(Instant::now());
-            }
             let was = *leading.borrow();
             let now_leading = match (&attempt, was) {
                 (Ok(Attempt::Leading), _) => {
@@ -308,8 +311,8 @@ impl LeaderElector {
                     false
                 }
                 (Err(e), true) => {
-                    let overdue = last_renew
-                        .is_none_or(|t| t.elapsed() >= self.config.renew_deadline);
+                    let overdue =
+                        last_renew.is_none_or(|t| t.elapsed() >= self.config.renew_deadline);
                     if overdue {
                         tracing::error!(error = %e, "could not renew the leader lease within the renew deadline; stepping down");
                         false
@@ -329,6 +332,10 @@ impl LeaderElector {
                     tracing::info!(identity = %self.config.identity, "became the leader");
                 }
                 leading.send_replace(now_leading);
+            }
+            // After `leading`, so a receiver that sees the contact also sees who leads.
+            if attempt.is_ok() {
+                contact.send_replace(Instant::now());
             }
             tokio::time::sleep(self.config.retry_period).await;
         }

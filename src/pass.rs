@@ -11,13 +11,13 @@ use tokio::sync::watch;
 
 use crate::apply::{Executor, PassReport};
 use crate::cli::Options;
+use crate::lease::LeaderElector;
 use crate::metrics::Metrics;
 use crate::observe::{ObserveOptions, observe};
 use crate::plan::render::{OutputFormat, render};
 use crate::plan::{PlanConfig, plan};
-use crate::server::{self, Health};
-use crate::lease::LeaderElector;
 use crate::seed::SeedCredentials;
+use crate::server::{self, Health};
 use crate::sts::{self, AwsOptions, CredentialSource};
 use crate::{Error, Result};
 
@@ -267,7 +267,14 @@ impl Controller {
                                 break;
                             }
                         }
-                        _ = contact.changed() => health.standby_ok(),
+                        _ = contact.changed() => {
+                            // Ready as a standby; a replica about to lead becomes ready by
+                            // passing, like one without leader election.
+                            if *leading.borrow() {
+                                break;
+                            }
+                            health.standby_ok();
+                        }
                         _ = &mut shutdown => break 'passes Ok(()),
                     }
                 }

@@ -33,7 +33,9 @@ const PROVIDER_NAME: &str = "SeedCredentialsFile";
 pub enum SeedError {
     #[error("cannot read the controller's credentials file {path}: {message}")]
     Unreadable { path: String, message: String },
-    #[error("the controller's credentials file {path} has no usable profile [{profile}]: {message}")]
+    #[error(
+        "the controller's credentials file {path} has no usable profile [{profile}]: {message}"
+    )]
     Malformed {
         path: String,
         profile: String,
@@ -207,8 +209,7 @@ impl ProvideCredentials for SeedCredentials {
         Self: 'a,
     {
         provider::future::ProvideCredentials::ready(
-            self.credentials()
-                .map_err(CredentialsError::provider_error),
+            self.credentials().map_err(CredentialsError::provider_error),
         )
     }
 }
@@ -328,7 +329,10 @@ mod tests {
         assert!(matches!(e, SeedError::Expired { .. }), "{text}");
         assert!(text.contains(&file.display().to_string()), "{text}");
         assert!(text.contains("2020-01-01T00:00:00Z"), "{text}");
-        assert!(!text.contains("AKIDOLD") && !text.contains("s3cr3t"), "{text}");
+        assert!(
+            !text.contains("AKIDOLD") && !text.contains("s3cr3t"),
+            "{text}"
+        );
         assert_eq!(
             seed.expiration().unwrap().to_string(),
             "2020-01-01T00:00:00Z"
@@ -341,7 +345,9 @@ mod tests {
         let text = "[default]\naws_access_key_id = AKIDX\naws_secret_access_key = s3cr3t\naws_expiration = tomorrow\n";
         let e = parse(text, "default").err().unwrap();
         assert_eq!(e, "aws_expiration is not an RFC 3339 time");
-        let e = parse("[other]\naws_access_key_id = A\n", "default").err().unwrap();
+        let e = parse("[other]\naws_access_key_id = A\n", "default")
+            .err()
+            .unwrap();
         assert!(e.contains("aws_access_key_id"), "{e}");
         let ok = parse(&profile("AKIDP", "2030-01-01T00:00:00Z"), "default").unwrap();
         assert_eq!(ok.credentials.session_token(), Some("t0ken-AKIDP"));

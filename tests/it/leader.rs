@@ -99,7 +99,13 @@ async fn lease_holder(client: &kube::Client) -> Option<String> {
 async fn all_served(client: &kube::Client, n: usize) -> bool {
     let api = Api::<Secret>::namespaced(client.clone(), "team-a");
     for i in 0..n {
-        if api.get_opt(&format!("app-{i}")).await.ok().flatten().is_none() {
+        if api
+            .get_opt(&format!("app-{i}"))
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
             return false;
         }
     }
@@ -131,13 +137,28 @@ async fn two_replicas_pass_as_one_and_the_standby_takes_over_with_default_timing
     .await;
     assert!(leader_passes);
     let (a_leads, b_leads) = (a.leading().await, b.leading().await);
-    assert!(a_leads ^ b_leads, "exactly one leader (a: {a_leads}, b: {b_leads})");
+    assert!(
+        a_leads ^ b_leads,
+        "exactly one leader (a: {a_leads}, b: {b_leads})"
+    );
     let (leader, standby) = if a_leads { (a, b) } else { (b, a) };
-    assert_eq!(standby.metric(PASSES_OK).await, Some(0.0), "the standby never passed");
-    assert_eq!(standby.metric(STS_OK).await, Some(0.0), "the standby never called STS");
+    assert_eq!(
+        standby.metric(PASSES_OK).await,
+        Some(0.0),
+        "the standby never passed"
+    );
+    assert_eq!(
+        standby.metric(STS_OK).await,
+        Some(0.0),
+        "the standby never called STS"
+    );
     assert_eq!(leader.metric(STS_OK).await, Some(3.0));
     assert_eq!(env.moto.calls("AssumeRole"), 3, "each role assumed once");
-    assert_eq!(env.api.write_count_for("secrets"), 3, "each Secret written once");
+    assert_eq!(
+        env.api.write_count_for("secrets"),
+        3,
+        "each Secret written once"
+    );
     let holder = lease_holder(&client).await.expect("a holder");
     assert!(
         holder.ends_with(&format!("_{}", leader.child.id().unwrap())),

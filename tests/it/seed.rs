@@ -86,7 +86,10 @@ async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
     assert_eq!(Some(&owner.uid), role.metadata.uid.as_ref());
     assert_eq!(owner.controller, Some(true));
     let (status, reason, _) = condition(&client, SELF_NS, SELF_NAME).await;
-    assert_eq!((status.as_str(), reason.as_str()), ("True", "CredentialsReady"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "CredentialsReady")
+    );
 
     // Exactly one AssumeRole, for the role, signed with the operator's key.
     let calls = env.moto.signed_calls();
@@ -110,12 +113,20 @@ async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
     // Again: the role exists, the Secret is replaced with a new session.
     let out = env.run(&["bootstrap", "--role-arn", SELF_ARN]).await;
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("exists"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("exists"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_ne!(access_key(&self_secret(&client).await), access_key(&s));
 
     // A different ARN for the existing role, or a foreign Secret of that name: refused (2).
     let out = env
-        .run(&["bootstrap", "--role-arn", "arn:aws:iam::123456789012:role/other"])
+        .run(&[
+            "bootstrap",
+            "--role-arn",
+            "arn:aws:iam::123456789012:role/other",
+        ])
         .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not arn:aws:iam::123456789012:role/other"));
@@ -154,7 +165,10 @@ async fn recreated(client: &kube::Client, ns: &str, name: &str, old: Option<Stri
         {
             return s;
         }
-        assert!(Instant::now() < deadline, "{ns}/{name} was not (re-)created");
+        assert!(
+            Instant::now() < deadline,
+            "{ns}/{name} was not (re-)created"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

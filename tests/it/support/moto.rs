@@ -558,7 +558,13 @@ impl Proxy {
                     .enable_all()
                     .build()
                     .expect("proxy runtime");
-                runtime.block_on(serve(listener, upstream, thread_counts, thread_signed, stop));
+                runtime.block_on(serve(
+                    listener,
+                    upstream,
+                    thread_counts,
+                    thread_signed,
+                    stop,
+                ));
             })
             .expect("spawn the proxy thread");
         Proxy {
@@ -602,7 +608,13 @@ async fn serve(
         let signed = signed.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                forward(req, client.clone(), upstream, counts.clone(), signed.clone())
+                forward(
+                    req,
+                    client.clone(),
+                    upstream,
+                    counts.clone(),
+                    signed.clone(),
+                )
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -700,7 +712,11 @@ fn action_of(parts: &http::request::Parts, body: &[u8]) -> Option<String> {
 
 /// The access key ID in a SigV4 `Authorization` header.
 fn signing_key(parts: &http::request::Parts) -> Option<String> {
-    let auth = parts.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let auth = parts
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let credential = auth.split("Credential=").nth(1)?;
     credential.split('/').next().map(str::to_string)
 }
