@@ -1,4 +1,4 @@
-//! Cost of a live pass (SPEC §8). Run with `cargo bench --bench pass`; it prints figures and
+//! Cost of a live pass (the performance targets of `docs/design.md`). Run with `cargo bench --bench pass`; it prints figures and
 //! checks no timing, but exits 1 when a steady-state pass writes or calls STS (a correctness bug).
 //!
 //! - steady state: `PASS_BENCH_ROLES` (default 10,000) AWSIAMRoles, each with a valid managed
@@ -16,7 +16,7 @@
 //! every list makes the fake clone and serialise every stored object of that kind (Secrets are
 //! filtered by label only afterwards), then the server sorts, pages and serialises again, and
 //! everything goes through loopback HTTP and JSON. Absolute times are therefore the fake's;
-//! the ratio pass / list is what §8 is about. Each phase runs in a child process so that its
+//! the ratio pass / list is what the targets are about. Each phase runs in a child process so that its
 //! peak RSS (`VmHWM`) is its own; the peak includes the fake's store and the server.
 
 use std::collections::BTreeMap;
@@ -28,16 +28,14 @@ use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
 use aws_sdk_sts::primitives::DateTime;
 use aws_sdk_sts::types::Credentials as StsCredentials;
 use aws_smithy_mocks::{MockResponse, Rule, RuleMode, mock, mock_client};
-use clap::Parser as _;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use kube_aws_iam_controller::cli::Cli;
 use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
 use kube_aws_iam_controller::model::ObservedRole;
 use kube_aws_iam_controller::observe::{self, ObserveOptions, PAGE_SIZE};
-use kube_aws_iam_controller::pass::Controller;
+use kube_aws_iam_controller::pass::{Controller, ControllerConfig};
 use kube_aws_iam_controller::plan::{ActionKind, ready_status};
 use kube_aws_iam_controller::secret::{self, Credentials};
 use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
@@ -185,7 +183,7 @@ async fn steady(n: usize) -> Result<(), String> {
     .await?;
     // (b) full passes.
     let (sts, rule) = sts_mock(100);
-    let ctl = controller(&client, sts, &[]);
+    let ctl = controller(&client, sts);
     let mut problems = Vec::new();
     let mut last = None;
     let pass = best_of_3(async || {
@@ -267,8 +265,7 @@ async fn cold(n: usize) -> Result<(), String> {
         .await;
     let client = controller_client(&server);
     let (sts, rule) = sts_mock(rate);
-    let flags = ["--sts-rate", &rate.to_string(), "--concurrency", "8"].map(String::from);
-    let ctl = controller(&client, sts, &flags);
+    let ctl = controller(&client, sts);
     let start = Instant::now();
     let report = ctl.pass().await.map_err(|e| e.to_string())?.report;
     let took = start.elapsed().as_secs_f64();
@@ -330,14 +327,10 @@ fn controller_client(server: &ApiServer) -> Client {
     Client::try_from(kube::Config::new(url)).expect("kube client")
 }
 
-fn controller(client: &Client, sts: StsCredentialSource, flags: &[String]) -> Controller {
-    let argv = ["kube-aws-iam-controller", "once", "--base-role-arn", BASE]
-        .into_iter()
-        .map(String::from)
-        .chain(flags.iter().cloned());
-    let cli = Cli::try_parse_from(argv).expect("flags parse");
-    let config = cli.options.plan_config().expect("plan config");
-    Controller::with_source(client.clone(), Some(Arc::new(sts)), &cli.options, config)
+fn controller(client: &Client, sts: StsCredentialSource) -> Controller {
+    let mut config = ControllerConfig::default();
+    config.plan.base_role_arn = Some(BASE.parse().expect("base ARN"));
+    Controller::new(client.clone(), config, Arc::new(sts))
 }
 
 /// STS answering every AssumeRole at once; the rule counts the calls.

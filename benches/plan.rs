@@ -1,4 +1,4 @@
-//! Planning cost: prints figures for N roles + N Secrets (SPEC §8: 100,000 of each in well under
+//! Planning cost: prints figures for N roles + N Secrets (`docs/design.md`: 100,000 of each in well under
 //! a second, linear in N). Run with `cargo bench --bench plan`.
 
 use std::collections::BTreeMap;

@@ -17,14 +17,15 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::ApiResource;
 use kube::core::DynamicObject;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource as _};
 use serde_json::json;
 
 use crate::crd::{AWSIAMRole, AWSIAMRoleStatus};
-use crate::model::ObservedRole;
-use crate::plan::{self, Action, ActionKind, Plan, status_matches};
-use crate::secret::{self, format_time};
-use crate::sts::{CredentialSource, StsErrorKind};
+use crate::model::{ObservedRole, ObservedSecret};
+use crate::plan::{self, Action, ActionKind, Issue, Op, Plan, status_matches};
+use crate::secret::{self, Credentials, format_time};
+use crate::sts::{CredentialSource, StsError, StsErrorKind};
+use crate::text::{kube_message, truncate};
 
 /// Event reasons (the original's three plus this project's).
 pub mod reasons {
@@ -53,9 +54,10 @@ impl Stage {
 }
 
 /// The result of one action.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Outcome {
     /// Carried out (for `Skip` and unchanged `Blocked`: nothing needed).
+    #[default]
     Done,
     Failed {
         stage: Stage,
@@ -171,12 +173,23 @@ pub struct Executor {
 }
 
 /// What one action did, before it is named in the report.
+#[derive(Default)]
 struct Done {
     outcome: Outcome,
     sts: Option<&'static str>,
     writes: usize,
     /// Expiry of credentials this action issued.
     issued_expiry: Option<Timestamp>,
+}
+
+impl Done {
+    fn fail(self, stage: Stage, message: String) -> Done {
+        Done {
+            outcome: Outcome::Failed { stage, message },
+            issued_expiry: None,
+            ..self
+        }
+    }
 }
 
 impl Executor {
@@ -218,7 +231,7 @@ impl Executor {
         let (first, rest): (Vec<&Action<'_>>, Vec<&Action<'_>>) = plan
             .actions
             .iter()
-            .filter(|a| !is_noop(a))
+            .filter(|a| !a.changes_nothing())
             .partition(|a| is_first(a));
         let mut results = self.run_all(first).await;
         results.extend(self.run_all(rest).await);
@@ -231,16 +244,11 @@ impl Executor {
             outcomes.insert((a.namespace, a.name), done);
         }
         for a in &plan.actions {
-            let done = outcomes.remove(&(a.namespace, a.name));
-            let issued = done.as_ref().and_then(|d| d.issued_expiry);
-            let outcome = done.map(|d| d.outcome).unwrap_or(Outcome::Done);
+            let done = outcomes.remove(&(a.namespace, a.name)).unwrap_or_default();
             // What is served after the pass: fresh credentials, or the Secret that was fine.
-            let served = match (a.kind, &outcome) {
-                (ActionKind::Create | ActionKind::Refresh, Outcome::Done) => issued,
-                (ActionKind::Skip | ActionKind::UpdateStatus, _) => a
-                    .secret
-                    .and_then(|s| secret::decode(s).ok())
-                    .map(|c| c.expire),
+            let served = match (&a.op, &done.outcome) {
+                (Op::Create(_) | Op::Refresh { .. }, Outcome::Done) => done.issued_expiry,
+                (Op::Skip { expire, .. } | Op::UpdateStatus { expire, .. }, _) => Some(*expire),
                 _ => None,
             };
             if let Some(expiry) = served {
@@ -251,9 +259,9 @@ impl Executor {
             report.actions.push(ActionReport {
                 namespace: a.namespace.to_string(),
                 name: a.name.to_string(),
-                kind: a.kind,
-                reason: a.reason,
-                outcome,
+                kind: a.kind(),
+                reason: a.reason(),
+                outcome: done.outcome,
             });
         }
         report.duration = start.elapsed();
@@ -267,9 +275,7 @@ impl Executor {
                 if self.stopping.load(Ordering::SeqCst) {
                     let done = Done {
                         outcome: Outcome::NotStarted,
-                        sts: None,
-                        writes: 0,
-                        issued_expiry: None,
+                        ..Done::default()
                     };
                     return (a, done);
                 }
@@ -281,75 +287,137 @@ impl Executor {
     }
 
     async fn apply_one(&self, action: &Action<'_>) -> Done {
-        let result = match action.kind {
-            ActionKind::Create | ActionKind::Refresh => self.issue(action).await,
-            ActionKind::Delete => self.delete(action).await,
-            ActionKind::UpdateStatus | ActionKind::Blocked => self.status_only(action).await,
-            ActionKind::Skip => Ok(Done {
-                outcome: Outcome::Done,
-                sts: None,
-                writes: 0,
-                issued_expiry: None,
-            }),
-        };
-        match result {
-            Ok(done) => done,
-            Err(done) => done,
+        match &action.op {
+            Op::Create(issue) => self.issue(action, issue, None).await,
+            Op::Refresh { issue, secret, .. } => self.issue(action, issue, Some(secret)).await,
+            Op::Delete { secret, revoked } => self.delete(action, secret, revoked.as_ref()).await,
+            Op::UpdateStatus { role, status, .. } => self.write_status(role, status).await,
+            Op::Blocked {
+                role,
+                status: Some(status),
+                ..
+            } => {
+                let done = self.write_status(role, status).await;
+                if done.outcome == Outcome::Done {
+                    let reason = action.reason().as_str();
+                    self.event(
+                        role,
+                        EventType::Warning,
+                        reason,
+                        "Validate",
+                        &action.message,
+                    )
+                    .await;
+                }
+                done
+            }
+            Op::Skip { .. } | Op::Blocked { status: None, .. } => Done::default(),
         }
     }
 
-    /// Create or Refresh: assume the role, write the Secret, then the status and an Event.
-    async fn issue(&self, action: &Action<'_>) -> Result<Done, Done> {
-        let (Some(role), Some(request)) = (action.role, action.request.as_ref()) else {
-            return Err(failed(
-                Stage::Sts,
-                "action carries no role or request".into(),
-                None,
-                0,
-            ));
+    /// Create or Refresh: assume the role, write the Secret, then an Event and the status.
+    async fn issue(
+        &self,
+        action: &Action<'_>,
+        issue: &Issue<'_>,
+        existing: Option<&ObservedSecret>,
+    ) -> Done {
+        let role = issue.role;
+        let credentials = match self.source.assume(&issue.request).await {
+            Ok(credentials) => credentials,
+            Err(e) => return self.assume_failed(issue, existing, e).await,
         };
-        let issued = match self.source.assume(request).await {
-            Ok(issued) => issued,
-            Err(e) => {
-                let label = e.kind.metric_label();
-                let message = match e.kind {
-                    StsErrorKind::Denied => format!("AssumeRole {} denied: {e}", request.role_arn),
-                    StsErrorKind::Throttled => {
-                        format!("AssumeRole {} throttled: {e}", request.role_arn)
-                    }
-                    _ => format!("AssumeRole {} failed: {e}", request.role_arn),
-                };
-                tracing::warn!(namespace = action.namespace, name = action.name, error = %message, "could not get credentials");
-                let current = action.secret.and_then(|s| secret::decode(s).ok());
-                let status = plan::not_ready_status_with(
-                    role,
-                    reasons::GET_CREDENTIALS_FAILED,
-                    &message,
-                    current.as_ref(),
-                    Timestamp::now(),
-                );
-                let mut writes = 0;
-                if !status_matches(role.status.as_ref(), &status)
-                    && self.patch_status(role, &status).await.is_ok()
-                {
-                    writes += 1;
-                }
-                self.event(
-                    role,
-                    EventType::Warning,
-                    reasons::GET_CREDENTIALS_FAILED,
-                    "AssumeRole",
-                    &message,
-                )
-                .await;
-                return Err(failed(Stage::Sts, message, Some(label), writes));
-            }
+        let done = Done {
+            sts: Some("ok"),
+            ..Done::default()
         };
         let issued_at = Timestamp::now();
-        let arn = request.role_arn.to_string();
-        let mut desired = secret::build(role, &arn, &issued.credentials, issued_at);
+        let credentials = &credentials;
+        let arn = issue.request.role_arn.to_string();
+        if let Err(message) = self
+            .write_secret(role, existing, &arn, credentials, issued_at)
+            .await
+        {
+            return done.fail(Stage::Secret, message);
+        }
+        let (reason, verb) = match existing {
+            None => (reasons::CREATE_CREDENTIALS, "created"),
+            Some(_) => (reasons::UPDATE_CREDENTIALS, "refreshed"),
+        };
+        let note = format!(
+            "credentials for {arn} {verb} ({}), valid until {}",
+            action.reason(),
+            format_time(credentials.expiration)
+        );
+        self.event(role, EventType::Normal, reason, "AssumeRole", &note)
+            .await;
+        tracing::info!(namespace = %role.namespace, name = %role.name, role_arn = %arn, reason = %action.reason(), "credentials {verb}");
+        let lifetime = credentials.expiration.as_second() - issued_at.as_second();
+        let granted = plan::shortened(Some(lifetime), issue.request.duration);
+        let status = plan::ready_status(role, &arn, credentials.expiration, granted, issued_at);
+        let done = Done { writes: 1, ..done };
+        if let Err(message) = self.patch_status(role, &status).await {
+            return done.fail(Stage::Status, message);
+        }
+        Done {
+            writes: 2,
+            issued_expiry: Some(credentials.expiration),
+            ..done
+        }
+    }
+
+    /// A failed AssumeRole: the role's status and a Warning Event say why; the Secret in place
+    /// (if any) is left for the next pass.
+    async fn assume_failed(
+        &self,
+        issue: &Issue<'_>,
+        existing: Option<&ObservedSecret>,
+        e: StsError,
+    ) -> Done {
+        let (role, arn) = (issue.role, &issue.request.role_arn);
+        let message = match e.kind {
+            StsErrorKind::Denied => format!("AssumeRole {arn} denied: {e}"),
+            StsErrorKind::Throttled => format!("AssumeRole {arn} throttled: {e}"),
+            _ => format!("AssumeRole {arn} failed: {e}"),
+        };
+        tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "could not get credentials");
+        let current = existing.and_then(|s| secret::decode(s).ok());
+        let status = plan::not_ready_status_with(
+            role,
+            reasons::GET_CREDENTIALS_FAILED,
+            &message,
+            current.as_ref(),
+            Timestamp::now(),
+        );
+        let mut writes = 0;
+        if !status_matches(role.status.as_ref(), &status)
+            && self.patch_status(role, &status).await.is_ok()
+        {
+            writes += 1;
+        }
+        let reason = reasons::GET_CREDENTIALS_FAILED;
+        self.event(role, EventType::Warning, reason, "AssumeRole", &message)
+            .await;
+        let done = Done {
+            sts: Some(e.kind.metric_label()),
+            writes,
+            ..Done::default()
+        };
+        done.fail(Stage::Sts, message)
+    }
+
+    /// Creates the Secret, or replaces the observed one (its resourceVersion guards the write).
+    async fn write_secret(
+        &self,
+        role: &ObservedRole,
+        existing: Option<&ObservedSecret>,
+        arn: &str,
+        credentials: &Credentials,
+        issued_at: Timestamp,
+    ) -> Result<(), String> {
+        let mut desired = secret::build(role, arn, credentials, issued_at);
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &role.namespace);
-        let written = match action.secret {
+        let written = match existing {
             None => api.create(&PostParams::default(), &desired).await,
             Some(existing) => {
                 desired.metadata.resource_version = existing.resource_version.clone();
@@ -357,60 +425,58 @@ impl Executor {
                     .await
             }
         };
-        if let Err(e) = written {
+        written.map(|_| ()).map_err(|e| {
             let message = format!(
                 "writing Secret {}/{}: {}",
                 role.namespace,
                 role.name,
                 kube_message(&e)
             );
-            tracing::warn!(namespace = action.namespace, name = action.name, error = %message, "write failed");
-            return Err(failed(Stage::Secret, message, Some("ok"), 0));
-        }
-        let lifetime = issued.credentials.expiration.as_second() - issued_at.as_second();
-        let granted = plan::shortened(Some(lifetime), request.duration);
-        let status = plan::ready_status(
-            role,
-            &arn,
-            issued.credentials.expiration,
-            granted,
-            issued_at,
-        );
-        let (reason, verb) = if action.secret.is_none() {
-            (reasons::CREATE_CREDENTIALS, "created")
-        } else {
-            (reasons::UPDATE_CREDENTIALS, "refreshed")
-        };
-        let note = format!(
-            "credentials for {arn} {verb} ({}), valid until {}",
-            action.reason,
-            format_time(issued.credentials.expiration)
-        );
-        self.event(role, EventType::Normal, reason, "AssumeRole", &note)
-            .await;
-        tracing::info!(namespace = action.namespace, name = action.name, role_arn = %arn, reason = %action.reason, "credentials {verb}");
-        if let Err(e) = self.patch_status(role, &status).await {
-            return Err(failed(Stage::Status, e, Some("ok"), 1));
-        }
-        Ok(Done {
-            outcome: Outcome::Done,
-            sts: Some("ok"),
-            writes: 2,
-            issued_expiry: Some(issued.credentials.expiration),
+            tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "write failed");
+            message
         })
     }
 
-    /// Delete with preconditions, so a Secret changed since it was listed is never deleted.
-    async fn delete(&self, action: &Action<'_>) -> Result<Done, Done> {
-        let Some(existing) = action.secret else {
-            return Err(failed(
-                Stage::Secret,
-                "delete without a Secret".into(),
-                None,
-                0,
-            ));
+    /// Delete with preconditions, so a Secret changed since it was listed is never deleted;
+    /// then tell the role (or, for an orphan, the Secret's Events) and write the role's status.
+    async fn delete(
+        &self,
+        action: &Action<'_>,
+        existing: &ObservedSecret,
+        revoked: Option<&(&ObservedRole, AWSIAMRoleStatus)>,
+    ) -> Done {
+        let done = Done::default();
+        if let Err(message) = self.delete_secret(existing).await {
+            return done.fail(Stage::Secret, message);
+        }
+        let reason = action.reason();
+        tracing::info!(namespace = %existing.namespace, name = %existing.name, reason = %reason, "Secret deleted");
+        let note = format!("Secret deleted ({reason}): {}", action.message);
+        let done = Done { writes: 1, ..done };
+        let (event, action) = (reasons::DELETE_CREDENTIALS, "DeleteSecret");
+        let Some((role, status)) = revoked else {
+            let reference = ObjectReference {
+                api_version: Some(Secret::api_version(&()).into()),
+                kind: Some(Secret::kind(&()).into()),
+                name: Some(existing.name.clone()),
+                namespace: Some(existing.namespace.clone()),
+                uid: Some(existing.uid.clone()).filter(|u| !u.is_empty()),
+                ..ObjectReference::default()
+            };
+            self.publish(&reference, EventType::Normal, event, action, &note)
+                .await;
+            return done;
         };
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), action.namespace);
+        self.event(role, EventType::Normal, event, action, &note)
+            .await;
+        if let Err(message) = self.patch_status(role, status).await {
+            return done.fail(Stage::Status, message);
+        }
+        Done { writes: 2, ..done }
+    }
+
+    async fn delete_secret(&self, existing: &ObservedSecret) -> Result<(), String> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &existing.namespace);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(existing.uid.clone()).filter(|u| !u.is_empty()),
@@ -418,97 +484,31 @@ impl Executor {
             }),
             ..DeleteParams::default()
         };
-        match api.delete(action.name, &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+        match api.delete(&existing.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
             Err(e) => {
                 let message = format!(
                     "deleting Secret {}/{}: {}",
-                    action.namespace,
-                    action.name,
+                    existing.namespace,
+                    existing.name,
                     kube_message(&e)
                 );
-                tracing::warn!(namespace = action.namespace, name = action.name, error = %message, "delete failed");
-                return Err(failed(Stage::Secret, message, None, 0));
+                tracing::warn!(namespace = %existing.namespace, name = %existing.name, error = %message, "delete failed");
+                Err(message)
             }
         }
-        tracing::info!(namespace = action.namespace, name = action.name, reason = %action.reason, "Secret deleted");
-        let note = format!("Secret deleted ({}): {}", action.reason, action.message);
-        let mut writes = 1;
-        match action.role {
-            Some(role) => {
-                self.event(
-                    role,
-                    EventType::Normal,
-                    reasons::DELETE_CREDENTIALS,
-                    "DeleteSecret",
-                    &note,
-                )
-                .await;
-                if let Some(status) = &action.status {
-                    if let Err(e) = self.patch_status(role, status).await {
-                        return Err(failed(Stage::Status, e, None, writes));
-                    }
-                    writes += 1;
-                }
-            }
-            None => {
-                let reference = ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Secret".into()),
-                    name: Some(existing.name.clone()),
-                    namespace: Some(existing.namespace.clone()),
-                    uid: Some(existing.uid.clone()).filter(|u| !u.is_empty()),
-                    ..ObjectReference::default()
-                };
-                self.publish(
-                    &reference,
-                    EventType::Normal,
-                    reasons::DELETE_CREDENTIALS,
-                    "DeleteSecret",
-                    &note,
-                )
-                .await;
-            }
-        }
-        Ok(Done {
-            outcome: Outcome::Done,
-            sts: None,
-            writes,
-            issued_expiry: None,
-        })
     }
 
-    /// UpdateStatus and Blocked: write the status the plan computed (and, for a newly blocked
-    /// role, say why in an Event).
-    async fn status_only(&self, action: &Action<'_>) -> Result<Done, Done> {
-        let (Some(role), Some(status)) = (action.role, action.status.as_ref()) else {
-            return Ok(Done {
-                outcome: Outcome::Done,
-                sts: None,
-                writes: 0,
-                issued_expiry: None,
-            });
-        };
-        if let Err(e) = self.patch_status(role, status).await {
-            return Err(failed(Stage::Status, e, None, 0));
+    /// UpdateStatus and newly Blocked: write the status the plan computed.
+    async fn write_status(&self, role: &ObservedRole, status: &AWSIAMRoleStatus) -> Done {
+        match self.patch_status(role, status).await {
+            Ok(()) => Done {
+                writes: 1,
+                ..Done::default()
+            },
+            Err(message) => Done::default().fail(Stage::Status, message),
         }
-        if action.kind == ActionKind::Blocked {
-            self.event(
-                role,
-                EventType::Warning,
-                action.reason.as_str(),
-                "Validate",
-                &action.message,
-            )
-            .await;
-        }
-        Ok(Done {
-            outcome: Outcome::Done,
-            sts: None,
-            writes: 1,
-            issued_expiry: None,
-        })
     }
 
     /// Merge-patches the status subresource. Absent fields are sent as `null` so stale values
@@ -557,8 +557,8 @@ impl Executor {
         note: &str,
     ) {
         let reference = ObjectReference {
-            api_version: Some("zalando.org/v1".into()),
-            kind: Some("AWSIAMRole".into()),
+            api_version: Some(AWSIAMRole::api_version(&()).into()),
+            kind: Some(AWSIAMRole::kind(&()).into()),
             name: Some(role.name.clone()),
             namespace: Some(role.namespace.clone()),
             uid: Some(role.uid.clone()).filter(|u| !u.is_empty()),
@@ -587,37 +587,4 @@ impl Executor {
             tracing::debug!(reason, error = %kube_message(&e), "could not publish event");
         }
     }
-}
-
-fn failed(stage: Stage, message: String, sts: Option<&'static str>, writes: usize) -> Done {
-    Done {
-        outcome: Outcome::Failed { stage, message },
-        sts,
-        writes,
-        issued_expiry: None,
-    }
-}
-
-/// Skips and blocked roles whose status already says why need no API call.
-fn is_noop(a: &Action<'_>) -> bool {
-    a.kind == ActionKind::Skip || (a.kind == ActionKind::Blocked && a.status.is_none())
-}
-
-/// A short, credential-free description of a kube error (API status message or transport).
-pub fn kube_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} {} ({})", s.code, s.reason, s.message),
-        other => other.to_string(),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }

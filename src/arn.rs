@@ -5,6 +5,8 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::text::excerpt;
+
 /// Longest IAM role name.
 pub const MAX_ROLE_NAME: usize = 64;
 /// Longest IAM path (including its leading and trailing `/`).
@@ -118,22 +120,35 @@ impl std::str::FromStr for BaseArn {
     }
 }
 
+/// Why a `roleReference` does not resolve.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// A bare role name and no base ARN to put in front of it.
+    #[error("{0} is a role name, which needs a base role ARN (--base-role-arn) to resolve")]
+    NeedsBase(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<String> for ResolveError {
+    fn from(message: String) -> Self {
+        ResolveError::Invalid(message)
+    }
+}
+
 /// Resolves a `roleReference` (role name, `path/to/name` or full ARN) to a role ARN.
 ///
 /// A bare name needs the base ARN; `None` means it is unknown (offline planning without
 /// `--base-role-arn`), which is an error for bare names only.
-pub fn resolve(reference: &str, base: Option<&BaseArn>) -> Result<RoleArn, String> {
+pub fn resolve(reference: &str, base: Option<&BaseArn>) -> Result<RoleArn, ResolveError> {
     if reference.is_empty() {
-        return Err("is empty".into());
+        return Err("is empty".to_string().into());
     }
     if reference.chars().count() < 3 {
-        return Err(format!(
-            "{} is shorter than 3 characters",
-            excerpt(reference)
-        ));
+        return Err(format!("{} is shorter than 3 characters", excerpt(reference)).into());
     }
     if reference.starts_with("arn:") {
-        return reference.parse();
+        return Ok(reference.parse()?);
     }
     if let Some(prefix) = reference
         .get(..4)
@@ -142,19 +157,18 @@ pub fn resolve(reference: &str, base: Option<&BaseArn>) -> Result<RoleArn, Strin
         return Err(format!(
             "{} starts with {prefix:?}; ARNs start with lower-case \"arn:\"",
             excerpt(reference)
-        ));
+        )
+        .into());
     }
     let Some(base) = base else {
-        return Err(format!(
-            "{} is a role name, which needs a base role ARN (--base-role-arn) to resolve",
-            excerpt(reference)
-        ));
+        return Err(ResolveError::NeedsBase(excerpt(reference)));
     };
     if reference.starts_with('/') {
         return Err(format!(
             "{} must not start with '/': write a role name, path/to/name, or a full ARN",
             excerpt(reference)
-        ));
+        )
+        .into());
     }
     let (sub_path, name) = match reference.rsplit_once('/') {
         Some((p, n)) => (format!("{p}/"), n),
@@ -218,24 +232,6 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == '*')
-}
-
-/// A short, printable rendering of untrusted input for error messages: quoted, control
-/// characters escaped and long values cut, so a 1 MB reference cannot flood a status or a log.
-pub fn excerpt(s: &str) -> String {
-    format!("\"{}\"", shorten(s))
-}
-
-/// As [`excerpt`], unquoted: for values shown in plan renderings.
-pub fn shorten(s: &str) -> String {
-    const MAX: usize = 80;
-    let escaped: String = s.chars().take(MAX).flat_map(char::escape_debug).collect();
-    let total = s.chars().count();
-    if total > MAX {
-        format!("{escaped}… ({total} characters)")
-    } else {
-        escaped
-    }
 }
 
 /// Splits `arn:<partition>:iam::<account>:<resource>` and checks the parts every role ARN
@@ -428,6 +424,7 @@ mod tests {
         assert!(
             resolve("app", None)
                 .unwrap_err()
+                .to_string()
                 .contains("--base-role-arn")
         );
     }
@@ -474,15 +471,5 @@ mod tests {
         ));
         assert!(glob_match("*", ""));
         assert!(glob_match("*", "*x") && glob_match("a*", "a*b"));
-    }
-
-    #[test]
-    fn excerpt_cuts_and_escapes() {
-        let e = excerpt(&"x".repeat(1_000_000));
-        assert!(
-            e.len() < 200 && e.ends_with("… (1000000 characters)\""),
-            "{e}"
-        );
-        assert_eq!(excerpt("a\nb"), "\"a\\nb\"");
     }
 }

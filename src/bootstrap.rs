@@ -55,7 +55,7 @@ pub async fn run(options: &Options, args: &BootstrapArgs) -> Result<CommandOutpu
     if name.is_empty() {
         return Err(Error::Config("--name must not be empty".into()));
     }
-    let config = options.plan_config()?;
+    let config = crate::commands::plan_config(options)?;
     let client = crate::pass::kube_client(options.apiserver.as_deref()).await?;
     let kube_err = |context: String| {
         move |e: kube::Error| Error::Kube {
@@ -151,7 +151,7 @@ pub async fn run(options: &Options, args: &BootstrapArgs) -> Result<CommandOutpu
     let issued_at = Timestamp::now();
 
     // 4. The complete managed Secret, owned by the role.
-    let mut desired = secret::build(&observed, &arn.to_string(), &issued.credentials, issued_at);
+    let mut desired = secret::build(&observed, &arn.to_string(), &issued, issued_at);
     match current {
         None => secrets.create(&PostParams::default(), &desired).await,
         Some(meta) => {
@@ -164,11 +164,11 @@ pub async fn run(options: &Options, args: &BootstrapArgs) -> Result<CommandOutpu
     .map_err(kube_err(format!("writing Secret {namespace}/{name}")))?;
 
     // 5. The status a pass would write, so the first pass has nothing to do.
-    let lifetime = issued.credentials.expiration.as_second() - issued_at.as_second();
+    let lifetime = issued.expiration.as_second() - issued_at.as_second();
     let status = ready_status(
         &observed,
         &arn.to_string(),
-        issued.credentials.expiration,
+        issued.expiration,
         shortened(Some(lifetime), request.duration),
         issued_at,
     );
@@ -185,14 +185,14 @@ pub async fn run(options: &Options, args: &BootstrapArgs) -> Result<CommandOutpu
         Ok(_) => String::new(),
         Err(e) => format!(
             " (its status was not updated: {}; the controller's first pass will)",
-            crate::apply::kube_message(&e)
+            crate::text::kube_message(&e)
         ),
     };
     Ok(CommandOutput {
         stdout: format!(
             "AWSIAMRole {namespace}/{name} {}\nSecret {namespace}/{name} written with credentials for {arn}, valid until {}{status_note}\n",
             if created { "created" } else { "exists" },
-            format_time(issued.credentials.expiration),
+            format_time(issued.expiration),
         ),
         notes: Vec::new(),
         exit_code: 0,

@@ -7,12 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::arn::BaseArn;
-use crate::plan::PlanConfig;
 use crate::plan::render::OutputFormat;
-use crate::policy::Policy;
-use crate::session::SessionOptions;
-use crate::{Error, Result};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -228,6 +223,21 @@ pub struct Options {
     pub log_format: LogFormat,
 }
 
+/// The renderer knows nothing of clap; its formats are named here.
+impl clap::ValueEnum for OutputFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[OutputFormat::Text, OutputFormat::Diff, OutputFormat::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            OutputFormat::Text => "text",
+            OutputFormat::Diff => "diff",
+            OutputFormat::Json => "json",
+        }))
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     #[default]
@@ -236,87 +246,6 @@ pub enum LogFormat {
 }
 
 impl Options {
-    /// The planner's configuration. `base` overrides `--base-role-arn` (live discovery).
-    pub fn plan_config(&self) -> Result<PlanConfig> {
-        let base_role_arn = self
-            .base_role_arn
-            .as_deref()
-            .map(|s| {
-                s.parse::<BaseArn>()
-                    .map_err(|e| Error::Config(format!("--base-role-arn: {e}")))
-            })
-            .transpose()?;
-        let refresh_limit = i64::try_from(self.refresh_limit.as_secs())
-            .map_err(|_| Error::Config("--refresh-limit is too large".into()))?;
-        let session = SessionOptions {
-            tags: self.session_tags,
-            source_identity: self.source_identity,
-            external_id_format: self.external_id_format.clone(),
-            cluster_name: self.cluster_name.clone(),
-        };
-        session.validate().map_err(Error::Config)?;
-        Ok(PlanConfig {
-            base_role_arn,
-            refresh_limit,
-            session,
-            policy: Policy {
-                namespace_restrictions: self.namespace_restrictions,
-                allowed_role_patterns: self.allowed_role_patterns.clone(),
-            },
-        })
-    }
-
-    /// The leader election settings, or `None` when it is off.
-    pub fn lease_config(&self) -> Result<Option<crate::lease::LeaseConfig>> {
-        if !self.leader_elect {
-            return Ok(None);
-        }
-        let namespace = self
-            .lease_namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .or_else(|| {
-                std::env::var("POD_NAMESPACE")
-                    .ok()
-                    .filter(|n| !n.is_empty())
-            })
-            .unwrap_or_else(|| crate::lease::DEFAULT_LEASE_NAMESPACE.into());
-        if self.lease_name.is_empty() {
-            return Err(Error::Config("--lease-name must not be empty".into()));
-        }
-        let config = crate::lease::LeaseConfig {
-            namespace,
-            name: self.lease_name.clone(),
-            identity: crate::lease::LeaseConfig::default_identity(),
-            duration: self.lease_duration,
-            renew_deadline: self.lease_renew_deadline,
-            retry_period: self.lease_retry_period,
-            wait: self.lease_wait,
-        };
-        config.validate().map_err(Error::Config)?;
-        Ok(Some(config))
-    }
-
-    /// `--self-role` as (namespace, name); with seed credentials it defaults to the role
-    /// `bootstrap` creates.
-    pub fn self_role(&self, seed: bool) -> Result<Option<(String, String)>> {
-        match self.self_role.as_deref().filter(|s| !s.is_empty()) {
-            Some(s) => match s.split_once('/') {
-                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                    Ok(Some((ns.to_string(), name.to_string())))
-                }
-                _ => Err(Error::Config(format!(
-                    "--self-role {s:?} is not NAMESPACE/NAME"
-                ))),
-            },
-            None if seed => Ok(Some((
-                crate::bootstrap::DEFAULT_NAMESPACE.into(),
-                crate::bootstrap::DEFAULT_NAME.into(),
-            ))),
-            None => Ok(None),
-        }
-    }
-
     /// `--namespace`, where an empty value means all namespaces (as in the original).
     pub fn namespace(&self) -> Option<&str> {
         self.namespace.as_deref().filter(|ns| !ns.is_empty())

@@ -1,12 +1,151 @@
 //! The subcommands as library functions returning what to print, so tests run them without a
 //! process and `main` stays a dispatcher.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 
+use crate::arn::BaseArn;
 use crate::cli::{Options, PlanArgs};
-use crate::pass::Controller;
+use crate::lease::LeaseConfig;
+use crate::observe::ObserveOptions;
+use crate::pass::{Controller, ControllerConfig, Rendering, kube_client};
+use crate::plan::PlanConfig;
 use crate::plan::render::render;
+use crate::policy::Policy;
+use crate::session::SessionOptions;
+use crate::sts::{self, AwsOptions};
 use crate::{Error, Result, crd, offline, plan};
+
+/// The planner's configuration from the command line.
+pub fn plan_config(options: &Options) -> Result<PlanConfig> {
+    let base_role_arn = options
+        .base_role_arn
+        .as_deref()
+        .map(|s| {
+            s.parse::<BaseArn>()
+                .map_err(|e| Error::Config(format!("--base-role-arn: {e}")))
+        })
+        .transpose()?;
+    let refresh_limit = i64::try_from(options.refresh_limit.as_secs())
+        .map_err(|_| Error::Config("--refresh-limit is too large".into()))?;
+    let session = SessionOptions {
+        tags: options.session_tags,
+        source_identity: options.source_identity,
+        external_id_format: options.external_id_format.clone(),
+        cluster_name: options.cluster_name.clone(),
+    };
+    session.validate().map_err(Error::Config)?;
+    Ok(PlanConfig {
+        base_role_arn,
+        refresh_limit,
+        session,
+        policy: Policy {
+            namespace_restrictions: options.namespace_restrictions,
+            allowed_role_patterns: options.allowed_role_patterns.clone(),
+        },
+    })
+}
+
+/// How passes run, from the command line.
+pub fn controller_config(options: &Options) -> Result<ControllerConfig> {
+    Ok(ControllerConfig {
+        plan: plan_config(options)?,
+        observe: ObserveOptions {
+            namespace: options.namespace().map(str::to_string),
+            namespaces: options.namespace_restrictions,
+            page_size: 0,
+        },
+        concurrency: options.concurrency.get(),
+        own_role: None,
+    })
+}
+
+/// Connects to Kubernetes and, unless this is a dry run, to STS (discovering the base role
+/// ARN when it is not given).
+async fn connect(options: &Options, dry_run: bool) -> Result<Controller> {
+    let mut config = controller_config(options)?;
+    let client = kube_client(options.apiserver.as_deref()).await?;
+    if dry_run {
+        let rendering = Rendering {
+            format: options.output,
+            verbose: options.verbose,
+        };
+        return Ok(Controller::dry_run(client, config, rendering));
+    }
+    let seed = crate::seed::detect()?.map(Arc::new);
+    if let Some(seed) = &seed {
+        tracing::info!(file = %seed.path().display(), "signing with seed credentials (re-read when the file changes)");
+    }
+    let (source, base) = sts::connect(&AwsOptions {
+        region: options.region.clone(),
+        base_role_arn: config.plan.base_role_arn.clone(),
+        assume_role: options.assume_role.clone(),
+        rate: Some(options.sts_rate),
+        burst: Some(options.sts_burst),
+        seed: seed.clone(),
+    })
+    .await?;
+    tracing::info!(base_role_arn = %base, "connected to STS");
+    config.plan.base_role_arn = Some(base);
+    config.own_role = self_role(options, seed.is_some())?;
+    let elector = lease_config(options)?
+        .map(|lease| Arc::new(crate::lease::LeaderElector::new(client.clone(), lease)));
+    Ok(Controller::new(client, config, Arc::new(source))
+        .with_seed(seed)
+        .with_leader_election(elector))
+}
+
+/// The leader election settings from the command line, or `None` when it is off.
+pub fn lease_config(options: &Options) -> Result<Option<LeaseConfig>> {
+    if !options.leader_elect {
+        return Ok(None);
+    }
+    let namespace = options
+        .lease_namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+        })
+        .unwrap_or_else(|| crate::lease::DEFAULT_LEASE_NAMESPACE.into());
+    if options.lease_name.is_empty() {
+        return Err(Error::Config("--lease-name must not be empty".into()));
+    }
+    let config = LeaseConfig {
+        namespace,
+        name: options.lease_name.clone(),
+        identity: LeaseConfig::default_identity(),
+        duration: options.lease_duration,
+        renew_deadline: options.lease_renew_deadline,
+        retry_period: options.lease_retry_period,
+        wait: options.lease_wait,
+    };
+    config.validate().map_err(Error::Config)?;
+    Ok(Some(config))
+}
+
+/// `--self-role` as (namespace, name); with seed credentials it defaults to the role
+/// `bootstrap` creates.
+pub fn self_role(options: &Options, seed: bool) -> Result<Option<(String, String)>> {
+    match options.self_role.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Some((ns.to_string(), name.to_string())))
+            }
+            _ => Err(Error::Config(format!(
+                "--self-role {s:?} is not NAMESPACE/NAME"
+            ))),
+        },
+        None if seed => Ok(Some((
+            crate::bootstrap::DEFAULT_NAMESPACE.into(),
+            crate::bootstrap::DEFAULT_NAME.into(),
+        ))),
+        None => Ok(None),
+    }
+}
 
 /// What a command produced: its standard output, warnings for standard error, its exit code.
 #[derive(Debug, Default)]
@@ -30,7 +169,7 @@ pub async fn plan(options: &Options, args: &PlanArgs) -> Result<CommandOutput> {
     match &args.from {
         Some(_) => plan_offline(options, args),
         None => {
-            let controller = Controller::connect(options, true).await?;
+            let controller = connect(options, true).await?;
             let (_, rendered) = controller.once().await?;
             Ok(CommandOutput {
                 stdout: rendered.unwrap_or_default(),
@@ -45,7 +184,7 @@ pub fn plan_offline(options: &Options, args: &PlanArgs) -> Result<CommandOutput>
     let Some(from) = &args.from else {
         return Err(Error::Config("plan_offline needs --from PATH".into()));
     };
-    let config = options.plan_config()?;
+    let config = plan_config(options)?;
     let now = match &args.now {
         Some(s) => s
             .parse::<Timestamp>()
@@ -59,12 +198,16 @@ pub fn plan_offline(options: &Options, args: &PlanArgs) -> Result<CommandOutput>
     };
     let plan = plan::plan(&observed, now, &config);
     let mut notes: Vec<String> = loaded.notes.iter().map(ToString::to_string).collect();
-    if config.base_role_arn.is_none()
-        && plan
-            .actions
-            .iter()
-            .any(|a| a.message.contains("needs a base role ARN"))
-    {
+    let needs_base = |a: &plan::Action<'_>| {
+        matches!(
+            a.op,
+            plan::Op::Blocked {
+                reason: plan::BlockReason::NeedsBaseArn,
+                ..
+            }
+        )
+    };
+    if plan.actions.iter().any(needs_base) {
         notes.push(
             "some roles use bare names: pass --base-role-arn (e.g. arn:aws:iam::123456789012:role/) to resolve them"
                 .into(),
@@ -79,7 +222,7 @@ pub fn plan_offline(options: &Options, args: &PlanArgs) -> Result<CommandOutput>
 
 /// `once`: one pass against the cluster (printing the plan with `--dry-run`).
 pub async fn once(options: &Options) -> Result<CommandOutput> {
-    let controller = Controller::connect(options, options.dry_run).await?;
+    let controller = connect(options, options.dry_run).await?;
     let (exit_code, rendered) = controller.once().await?;
     Ok(CommandOutput {
         stdout: rendered.unwrap_or_default(),
@@ -90,7 +233,7 @@ pub async fn once(options: &Options) -> Result<CommandOutput> {
 
 /// `run` (and the bare binary): the loop, until SIGTERM/SIGINT.
 pub async fn run(options: &Options) -> Result<CommandOutput> {
-    let controller = Controller::connect(options, options.dry_run).await?;
+    let controller = connect(options, options.dry_run).await?;
     controller
         .run(options.interval, &options.health_addr)
         .await?;

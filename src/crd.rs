@@ -8,6 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::text::type_name;
+
 /// Default `roleSessionDuration` (seconds) when the spec leaves it out.
 pub const DEFAULT_SESSION_DURATION: i64 = 3600;
 /// Smallest `DurationSeconds` STS accepts.
@@ -113,18 +115,6 @@ impl AWSIAMRoleSpec {
             role_reference,
             role_session_duration,
         })
-    }
-}
-
-/// JSON type name for error messages.
-pub(crate) fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 

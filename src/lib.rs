@@ -26,6 +26,7 @@ pub mod server;
 pub mod session;
 pub mod sts;
 pub mod telemetry;
+pub mod text;
 
 /// Errors that end a command (as opposed to per-object problems, which become plan actions).
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,8 @@ impl Error {
         }
     }
 
-    /// Process exit code per SPEC §4: every error here means the pass could not run.
+    /// Process exit code: every error here means the pass could not run (1 is for passes whose
+    /// actions failed; see `docs/design.md`).
     pub fn exit_code(&self) -> u8 {
         2
     }

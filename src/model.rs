@@ -13,9 +13,19 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::Value;
 
-use crate::arn::excerpt;
-use crate::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus, type_name};
-use crate::secret;
+use crate::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus};
+use crate::text::{excerpt, type_name, without_values};
+
+/// The labels that make a Secret the controller's.
+pub const HERITAGE_LABEL: &str = "heritage";
+pub const HERITAGE_VALUE: &str = "kube-aws-iam-controller";
+pub const TYPE_LABEL: &str = "type";
+pub const TYPE_VALUE: &str = "awsiamrole";
+/// A Secret is the controller's iff it carries both labels; nothing else is ever touched.
+pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(HERITAGE_LABEL).map(String::as_str) == Some(HERITAGE_VALUE)
+        && labels.get(TYPE_LABEL).map(String::as_str) == Some(TYPE_VALUE)
+}
 
 /// `(namespace, name)`: how roles and their Secrets are paired.
 pub type ObjectKey = (String, String);
@@ -103,7 +113,7 @@ impl Observed {
         let mut conflicts = BTreeSet::new();
         let mut managed = Vec::new();
         for s in secrets {
-            if secret::is_managed(&s.labels) {
+            if is_managed(&s.labels) {
                 managed.push(s);
             } else if wanted.contains(&(s.namespace.as_str(), s.name.as_str())) {
                 conflicts.insert((s.namespace, s.name));
@@ -171,29 +181,6 @@ fn object_meta(v: &Value) -> Result<ObjectMeta, String> {
             without_values(&e.to_string())
         )
     })
-}
-
-/// A decoder's message with the input values it quotes removed and its length bounded: the
-/// values are untrusted (and could be anything pasted into the wrong field).
-pub fn without_values(message: &str) -> String {
-    let mut out = String::new();
-    let mut quote: Option<char> = None;
-    for c in message.chars() {
-        match quote {
-            Some(q) if c == q => {
-                out.push('…');
-                out.push(c);
-                quote = None;
-            }
-            Some(_) => {}
-            None if c == '"' || c == '`' => {
-                out.push(c);
-                quote = Some(c);
-            }
-            None => out.push(c),
-        }
-    }
-    crate::arn::shorten(&out)
 }
 
 impl ObservedRole {

@@ -8,14 +8,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{ListParams, ObjectList};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use serde_json::Value;
 
-use crate::apply::kube_message;
+use crate::crd::AWSIAMRole;
+use crate::model::{HERITAGE_LABEL, HERITAGE_VALUE, TYPE_LABEL, TYPE_VALUE};
 use crate::model::{Observed, ObservedRole, ObservedSecret};
-use crate::secret::{HERITAGE_LABEL, HERITAGE_VALUE, TYPE_LABEL, TYPE_VALUE};
 use crate::{Error, Result};
 
 /// Page size of every list.
@@ -48,14 +49,8 @@ pub async fn observe(client: &Client, options: &ObserveOptions) -> Result<Observ
         options.page_size
     };
     let ns = options.namespace.as_deref();
-    let roles_path = match ns {
-        Some(ns) => format!("/apis/zalando.org/v1/namespaces/{ns}/awsiamroles"),
-        None => "/apis/zalando.org/v1/awsiamroles".to_string(),
-    };
-    let secrets_path = match ns {
-        Some(ns) => format!("/api/v1/namespaces/{ns}/secrets"),
-        None => "/api/v1/secrets".to_string(),
-    };
+    let roles_path = collection::<AWSIAMRole>(client, ns);
+    let secrets_path = collection::<Secret>(client, ns);
     let roles = list_all(client, &roles_path, None, page, |item| {
         ObservedRole::from_value(&item, "")
             .inspect_err(
@@ -146,45 +141,42 @@ async fn list_all<T>(
     }
 }
 
+/// The URL of `K`'s collection, in one namespace or all of them. Lists go through
+/// [`list_all`] untyped, so one undecodable object cannot fail a whole list.
+fn collection<K>(client: &Client, namespace: Option<&str>) -> String
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    api.resource_url().to_string()
+}
+
 /// `iam.amazonaws.com/allowed-roles` and friends, per namespace.
 async fn namespace_annotations(
     client: &Client,
     only: Option<&str>,
     page: u32,
 ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
-    let items = match only {
-        Some(ns) => {
-            let path = format!("/api/v1/namespaces/{ns}");
-            let request = http::Request::get(&path)
-                .body(Vec::new())
-                .map_err(|e| Error::Kube {
-                    context: format!("building GET {path}"),
-                    source: Box::new(kube::Error::HttpError(e)),
-                })?;
-            match client.request::<Value>(request).await {
-                Ok(v) => vec![v],
-                Err(kube::Error::Api(s)) if s.is_not_found() => vec![],
-                Err(e) => {
-                    return Err(Error::Kube {
-                        context: format!("reading namespace {ns}"),
-                        source: Box::new(e),
-                    });
-                }
-            }
-        }
-        None => list_all(client, "/api/v1/namespaces", None, page, Some).await?,
+    let api: Api<Namespace> = Api::all(client.clone());
+    let annotations = |ns: Namespace| {
+        let meta = ns.metadata;
+        Some((meta.name?, meta.annotations.unwrap_or_default()))
     };
-    Ok(items
-        .iter()
-        .filter_map(|v| {
-            let name = v.pointer("/metadata/name")?.as_str()?.to_string();
-            let annotations = v
-                .pointer("/metadata/annotations")
-                .and_then(|a| serde_json::from_value(a.clone()).ok())
-                .unwrap_or_default();
-            Some((name, annotations))
-        })
-        .collect())
+    let Some(ns) = only else {
+        let decode = |v| serde_json::from_value(v).ok().and_then(annotations);
+        let all = list_all(client, api.resource_url(), None, page, decode).await?;
+        return Ok(all.into_iter().collect());
+    };
+    match api.get_opt(ns).await {
+        Ok(found) => Ok(found.and_then(annotations).into_iter().collect()),
+        Err(e) => Err(Error::Kube {
+            context: format!("reading namespace {ns}"),
+            source: Box::new(e),
+        }),
+    }
 }
 
 /// Metadata of Secrets holding names that AWSIAMRoles without a managed Secret need. Only
@@ -210,7 +202,7 @@ async fn find_conflicts(
                 })),
                 Ok(None) => Ok(None),
                 Err(e) => Err(Error::Kube {
-                    context: format!("reading Secret {ns}/{name}: {}", kube_message(&e)),
+                    context: format!("reading Secret {ns}/{name}"),
                     source: Box::new(e),
                 }),
             }

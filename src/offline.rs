@@ -9,10 +9,13 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use kube::Resource as _;
 use serde_json::Value;
 
-use crate::arn::shorten;
+use crate::crd::AWSIAMRole;
+
 use crate::model::{Observed, ObservedRole, ObservedSecret};
+use crate::text::shorten;
 use crate::{Error, Result};
 
 /// Namespace of objects that do not name one, as `kubectl apply` would use.
@@ -172,6 +175,12 @@ fn insert_first<T>(
     }
 }
 
+/// Any version of the controller's group: old manifests name older versions.
+fn is_awsiamrole(kind: &str, api_version: &str) -> bool {
+    kind == AWSIAMRole::kind(&())
+        && api_version.split_once('/').map(|(group, _)| group) == Some(&AWSIAMRole::group(&()))
+}
+
 #[derive(Default)]
 struct Collector {
     roles: BTreeMap<(String, String), ObservedRole>,
@@ -241,7 +250,7 @@ impl Collector {
                     format!("{} without items; skipped", shorten(kind)),
                 ),
             },
-            ("AWSIAMRole", _) if api_version.starts_with("zalando.org/") => {
+            _ if is_awsiamrole(kind, api_version) => {
                 let role = ObservedRole::from_value(v, DEFAULT_NAMESPACE)
                     .map(|r| ((r.namespace.clone(), r.name.clone()), r));
                 let note = insert_first(&mut self.roles, role, "AWSIAMRole");

@@ -10,29 +10,63 @@ use kube::Client;
 use tokio::sync::watch;
 
 use crate::apply::{Executor, PassReport};
-use crate::cli::Options;
 use crate::lease::LeaderElector;
 use crate::metrics::Metrics;
 use crate::observe::{ObserveOptions, observe};
-use crate::plan::render::{OutputFormat, render};
+use crate::plan::render::{OutputFormat, render, summary_line};
 use crate::plan::{PlanConfig, plan};
 use crate::seed::SeedCredentials;
 use crate::server::{self, Health};
-use crate::sts::{self, AwsOptions, CredentialSource};
+use crate::sts::CredentialSource;
 use crate::{Error, Result};
 
 /// How long in-flight work may take after SIGTERM/SIGINT before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
+/// How passes run. `commands` builds it from the command line; tests and benchmarks build it
+/// directly.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub plan: PlanConfig,
+    pub observe: ObserveOptions,
+    /// Actions (STS call and writes) in flight at once.
+    pub concurrency: usize,
+    /// The controller's own AWSIAMRole (namespace, name), applied before any other action.
+    pub own_role: Option<(String, String)>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            plan: PlanConfig::default(),
+            observe: ObserveOptions::default(),
+            concurrency: 8,
+            own_role: None,
+        }
+    }
+}
+
+/// How a dry run prints its plan.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rendering {
+    pub format: OutputFormat,
+    /// Also list up-to-date roles.
+    pub verbose: bool,
+}
+
+/// What a pass does with its plan, decided once when the controller is built.
+enum Mode {
+    Apply(Executor),
+    /// No STS calls and no writes: the plan is rendered instead.
+    DryRun(Rendering),
+}
+
 /// Everything a pass needs, built once.
 pub struct Controller {
     client: Client,
-    /// `None` in dry-run: no STS calls, no writes.
-    executor: Option<Executor>,
+    mode: Mode,
     observe: ObserveOptions,
     config: PlanConfig,
-    output: OutputFormat,
-    verbose: bool,
     pub metrics: Arc<Metrics>,
     /// Seed credentials the STS client signs with, when the controller runs on its own
     /// AWSIAMRole's Secret.
@@ -74,72 +108,40 @@ pub async fn kube_client(apiserver: Option<&str>) -> Result<Client> {
 }
 
 impl Controller {
-    /// Connects to Kubernetes and (unless `dry_run`) to STS, resolving the base role ARN.
-    pub async fn connect(options: &Options, dry_run: bool) -> Result<Controller> {
-        let mut config = options.plan_config()?;
-        let client = kube_client(options.apiserver.as_deref()).await?;
-        let mut seed = None;
-        let executor = if dry_run {
-            None
-        } else {
-            seed = crate::seed::detect()?.map(Arc::new);
-            if let Some(seed) = &seed {
-                tracing::info!(file = %seed.path().display(), "signing with seed credentials (re-read when the file changes)");
-            }
-            let (source, base) = sts::connect(&AwsOptions {
-                region: options.region.clone(),
-                base_role_arn: config.base_role_arn.clone(),
-                assume_role: options.assume_role.clone(),
-                rate: Some(options.sts_rate),
-                burst: Some(options.sts_burst),
-                seed: seed.clone(),
-            })
-            .await?;
-            tracing::info!(base_role_arn = %base, "connected to STS");
-            config.base_role_arn = Some(base);
-            Some(
-                Executor::new(client.clone(), Arc::new(source), options.concurrency.get())
-                    .run_first(options.self_role(seed.is_some())?),
-            )
-        };
-        let elector = match options.lease_config()? {
-            Some(lease) if !dry_run => Some(Arc::new(LeaderElector::new(client.clone(), lease))),
-            _ => None,
-        };
-        let mut controller = Self::new(client, executor, options, config);
-        controller.seed = seed;
-        controller.elector = elector;
-        Ok(controller)
+    /// A controller that applies its plans, getting credentials from `source`.
+    pub fn new(
+        client: Client,
+        config: ControllerConfig,
+        source: Arc<dyn CredentialSource>,
+    ) -> Self {
+        let executor = Executor::new(client.clone(), source, config.concurrency)
+            .run_first(config.own_role.clone());
+        Self::with_mode(client, config, Mode::Apply(executor))
     }
 
-    /// A controller from parts (tests inject their own credential source).
-    pub fn with_source(
-        client: Client,
-        source: Option<Arc<dyn CredentialSource>>,
-        options: &Options,
-        config: PlanConfig,
-    ) -> Self {
-        let executor = source.map(|s| Executor::new(client.clone(), s, options.concurrency.get()));
-        Self::new(client, executor, options, config)
+    /// Signs with seed credentials: their expiry is exported and fails `/healthz`.
+    pub fn with_seed(mut self, seed: Option<Arc<SeedCredentials>>) -> Self {
+        self.seed = seed;
+        self
     }
 
-    fn new(
-        client: Client,
-        executor: Option<Executor>,
-        options: &Options,
-        config: PlanConfig,
-    ) -> Self {
+    /// Passes only while holding the leader Lease.
+    pub fn with_leader_election(mut self, elector: Option<Arc<LeaderElector>>) -> Self {
+        self.elector = elector;
+        self
+    }
+
+    /// A controller that only renders its plans.
+    pub fn dry_run(client: Client, config: ControllerConfig, rendering: Rendering) -> Self {
+        Self::with_mode(client, config, Mode::DryRun(rendering))
+    }
+
+    fn with_mode(client: Client, config: ControllerConfig, mode: Mode) -> Self {
         Controller {
             client,
-            executor,
-            observe: ObserveOptions {
-                namespace: options.namespace().map(str::to_string),
-                namespaces: options.namespace_restrictions,
-                page_size: 0,
-            },
-            config,
-            output: options.output,
-            verbose: options.verbose,
+            mode,
+            observe: config.observe,
+            config: config.plan,
             metrics: Arc::new(Metrics::new()),
             seed: None,
             elector: None,
@@ -156,41 +158,26 @@ impl Controller {
                 return Err(e);
             }
         };
-        let now = Timestamp::now();
-        let plan = plan(&observed, now, &self.config);
-        let (mut report, rendered) = match &self.executor {
-            Some(executor) => (executor.apply(&plan).await, None),
-            None => {
-                let report = PassReport {
-                    actions: plan
-                        .actions
-                        .iter()
-                        .map(|a| crate::apply::ActionReport {
-                            namespace: a.namespace.to_string(),
-                            name: a.name.to_string(),
-                            kind: a.kind,
-                            reason: a.reason,
-                            outcome: crate::apply::Outcome::NotStarted,
-                        })
-                        .collect(),
-                    ..PassReport::default()
-                };
-                (report, Some(render(&plan, self.output, self.verbose)))
-            }
+        let plan = plan(&observed, Timestamp::now(), &self.config);
+        let (mut report, rendered) = match &self.mode {
+            Mode::Apply(executor) => (executor.apply(&plan).await, None),
+            Mode::DryRun(r) => (
+                PassReport::default(),
+                Some(render(&plan, r.format, r.verbose)),
+            ),
         };
         report.duration = start.elapsed();
         self.metrics.record_pass(&report, Timestamp::now());
         if let Some(expiry) = self.seed.as_ref().and_then(|s| s.expiration().ok()) {
             self.metrics.set_own_expiry(expiry);
         }
-        if self.executor.is_some() {
-            tracing::info!("{report}");
-        } else {
-            tracing::info!(
+        match &self.mode {
+            Mode::Apply(_) => tracing::info!("{report}"),
+            Mode::DryRun(_) => tracing::info!(
                 "dry run, nothing applied: {} took {:.3}s",
-                crate::plan::render::summary_line(&plan.summary()),
+                summary_line(&plan.summary()),
                 report.duration.as_secs_f64()
-            );
+            ),
         }
         Ok(PassOutcome { report, rendered })
     }
@@ -219,7 +206,7 @@ impl Controller {
             outcome = &mut pass => outcome,
             _ = leading.wait_for(|l| !*l) => {
                 tracing::error!("lost the leader lease during the pass; starting no further actions");
-                if let Some(ex) = &self.executor {
+                if let Mode::Apply(ex) = &self.mode {
                     ex.stop_flag().store(true, Ordering::SeqCst);
                 }
                 pass.await
@@ -286,21 +273,21 @@ impl Controller {
                 outcome = &mut pass => outcome,
                 _ = leading.wait_for(|l| !*l) => {
                     tracing::error!("lost the leader lease during a pass: starting no further actions");
-                    if let Some(ex) = &self.executor {
+                    if let Mode::Apply(ex) = &self.mode {
                         ex.stop_flag().store(true, Ordering::SeqCst);
                     }
                     if tokio::time::timeout(SHUTDOWN_GRACE, &mut pass).await.is_err() {
                         tracing::warn!("in-flight work did not finish in time");
                     }
-                    if let Some(ex) = &self.executor {
+                    if let Mode::Apply(ex) = &self.mode {
                         ex.stop_flag().store(false, Ordering::SeqCst);
                     }
                     continue;
                 }
                 _ = &mut shutdown => {
                     tracing::info!("shutting down: finishing in-flight work");
-                    if let Some(ex) = &self.executor {
-                        ex.stop_flag().store(true, Ordering::SeqCst);
+                    if let Mode::Apply(executor) = &self.mode {
+                        executor.stop_flag().store(true, Ordering::SeqCst);
                     }
                     if tokio::time::timeout(SHUTDOWN_GRACE, &mut pass).await.is_err() {
                         tracing::warn!("in-flight work did not finish in time");

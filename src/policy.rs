@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::arn::{BaseArn, excerpt, glob_match};
+use crate::arn::{BaseArn, glob_match};
+use crate::text::excerpt;
 
 /// JSON array of globs, each a role name or ARN pattern (kube2iam's annotation).
 pub const ALLOWED_ROLES_ANNOTATION: &str = "iam.amazonaws.com/allowed-roles";

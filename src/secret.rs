@@ -9,15 +9,14 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource as _;
 use serde::{Deserialize, Serialize};
 
 use crate::arn::RoleArn;
+use crate::crd::AWSIAMRole;
+pub use crate::model::{HERITAGE_LABEL, HERITAGE_VALUE, TYPE_LABEL, TYPE_VALUE, is_managed};
 use crate::model::{ObservedRole, ObservedSecret};
 
-pub const HERITAGE_LABEL: &str = "heritage";
-pub const HERITAGE_VALUE: &str = "kube-aws-iam-controller";
-pub const TYPE_LABEL: &str = "type";
-pub const TYPE_VALUE: &str = "awsiamrole";
 /// When the credentials in the Secret were issued; gives their lifetime for the refresh policy.
 pub const ISSUED_AT_ANNOTATION: &str = "kube-aws-iam-controller/issued-at";
 
@@ -43,12 +42,6 @@ pub const SECRET_KEYS: [&str; 2] = [KEY_CREDENTIALS, KEY_JSON];
 /// document mounted beside it.
 pub const PROCESS_FILE: &str =
     "[default]\ncredential_process = cat /meta/aws-iam/credentials.json\n";
-
-/// A Secret is the controller's iff it carries both labels; nothing else is ever touched.
-pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
-    labels.get(HERITAGE_LABEL).map(String::as_str) == Some(HERITAGE_VALUE)
-        && labels.get(TYPE_LABEL).map(String::as_str) == Some(TYPE_VALUE)
-}
 
 /// RFC 3339, UTC, whole seconds: `2026-11-26T23:00:00Z`.
 pub fn format_time(t: Timestamp) -> String {
@@ -237,8 +230,8 @@ pub fn role_arn_of(s: &ObservedSecret) -> Option<String> {
 /// The owner reference a managed Secret carries for its AWSIAMRole.
 pub fn owner_reference(role: &ObservedRole) -> OwnerReference {
     OwnerReference {
-        api_version: "zalando.org/v1".into(),
-        kind: "AWSIAMRole".into(),
+        api_version: AWSIAMRole::api_version(&()).into(),
+        kind: AWSIAMRole::kind(&()).into(),
         name: role.name.clone(),
         uid: role.uid.clone(),
         controller: Some(true),
@@ -250,8 +243,8 @@ pub fn owner_reference(role: &ObservedRole) -> OwnerReference {
 /// input) the name alone decides.
 pub fn owned_by(s: &ObservedSecret, role: &ObservedRole) -> bool {
     s.owner_references.iter().any(|o| {
-        o.kind == "AWSIAMRole"
-            && o.api_version.split('/').next() == Some("zalando.org")
+        o.kind == AWSIAMRole::kind(&())
+            && o.api_version.split('/').next() == Some(&AWSIAMRole::group(&()))
             && o.name == role.name
             && (role.uid.is_empty() || o.uid == role.uid)
     })
@@ -297,8 +290,8 @@ pub fn view(s: &ObservedSecret) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
         "Secret {}/{}\n",
-        crate::arn::shorten(&s.namespace),
-        crate::arn::shorten(&s.name)
+        crate::text::shorten(&s.namespace),
+        crate::text::shorten(&s.name)
     );
     let map = |out: &mut String, title: &str, m: &BTreeMap<String, String>| {
         if !m.is_empty() {
@@ -307,8 +300,8 @@ pub fn view(s: &ObservedSecret) -> String {
                 let _ = writeln!(
                     out,
                     "    {}: {}",
-                    crate::arn::shorten(k),
-                    crate::arn::shorten(v)
+                    crate::text::shorten(k),
+                    crate::text::shorten(v)
                 );
             }
         }
@@ -321,19 +314,19 @@ pub fn view(s: &ObservedSecret) -> String {
             let _ = writeln!(
                 out,
                 "    {} {} {} (uid {})",
-                crate::arn::shorten(&o.api_version),
-                crate::arn::shorten(&o.kind),
-                crate::arn::shorten(&o.name),
-                crate::arn::shorten(&o.uid)
+                crate::text::shorten(&o.api_version),
+                crate::text::shorten(&o.kind),
+                crate::text::shorten(&o.name),
+                crate::text::shorten(&o.uid)
             );
         }
     }
     out.push_str("  data:\n");
     for (k, v) in &s.data {
-        let _ = writeln!(out, "    {}: {}", crate::arn::shorten(k), view_value(k, v));
+        let _ = writeln!(out, "    {}: {}", crate::text::shorten(k), view_value(k, v));
     }
     for k in &s.undecodable_keys {
-        let _ = writeln!(out, "    {}: <not base64>", crate::arn::shorten(k));
+        let _ = writeln!(out, "    {}: <not base64>", crate::text::shorten(k));
     }
     out
 }

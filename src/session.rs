@@ -126,7 +126,7 @@ impl SessionOptions {
                 if value.chars().count() > TAG_VALUE_MAX || value.chars().any(|c| !is_tag_char(c)) {
                     return Err(format!(
                         "session tag {key} cannot hold {}",
-                        crate::arn::excerpt(value)
+                        crate::text::excerpt(value)
                     ));
                 }
             }
@@ -148,7 +148,7 @@ impl SessionOptions {
             {
                 return Err(format!(
                     "external ID {} breaks STS's rules ({EXTERNAL_ID_MIN} to {EXTERNAL_ID_MAX} characters of letters, digits and _+=,.@:/-)",
-                    crate::arn::excerpt(&id)
+                    crate::text::excerpt(&id)
                 ));
             }
             extras.external_id = Some(id);

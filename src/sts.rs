@@ -57,23 +57,13 @@ impl fmt::Display for StsError {
 
 impl std::error::Error for StsError {}
 
-/// Credentials an AssumeRole call produced.
-#[derive(Clone, Debug)]
-pub struct Issued {
-    pub credentials: Credentials,
-    /// The duration granted (3600 after a role-chaining retry).
-    pub duration: i64,
-    /// STS rejected the requested duration and the call was retried at one hour.
-    pub shortened: bool,
-}
-
 /// Where the executor gets credentials from. Implementations must be cheap to share.
 pub trait CredentialSource: Send + Sync {
     /// Assumes `request.role_arn`. Implementations apply their own rate limit.
     fn assume<'a>(
         &'a self,
         request: &'a CredentialRequest,
-    ) -> BoxFuture<'a, Result<Issued, StsError>>;
+    ) -> BoxFuture<'a, Result<Credentials, StsError>>;
 }
 
 /// `CredentialSource` on aws-sdk-sts, rate limited by a token bucket shared by all calls.
@@ -174,27 +164,18 @@ impl CredentialSource for StsCredentialSource {
     fn assume<'a>(
         &'a self,
         request: &'a CredentialRequest,
-    ) -> BoxFuture<'a, Result<Issued, StsError>> {
+    ) -> BoxFuture<'a, Result<Credentials, StsError>> {
         Box::pin(async move {
             match self.call(request, request.duration).await {
-                Ok(credentials) => Ok(Issued {
-                    credentials,
-                    duration: request.duration,
-                    shortened: false,
-                }),
-                // Role chaining caps sessions at one hour: retry once at 3600 s.
+                // Role chaining caps sessions at one hour: retry once at 3600 s. The status
+                // later reports the shorter lifetime from the expiration.
                 Err(e)
                     if e.kind == StsErrorKind::DurationTooLong
                         && request.duration > DEFAULT_SESSION_DURATION =>
                 {
-                    let credentials = self.call(request, DEFAULT_SESSION_DURATION).await?;
-                    Ok(Issued {
-                        credentials,
-                        duration: DEFAULT_SESSION_DURATION,
-                        shortened: true,
-                    })
+                    self.call(request, DEFAULT_SESSION_DURATION).await
                 }
-                Err(e) => Err(e),
+                result => result,
             }
         })
     }

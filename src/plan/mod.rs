@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::Serialize;
 
-use crate::arn::{self, BaseArn, RoleArn};
+use crate::arn::{self, BaseArn, ResolveError, RoleArn};
 use crate::crd::AWSIAMRoleStatus;
 use crate::model::{Observed, ObservedRole, ObservedSecret};
 use crate::policy::{self, NamespaceRules, Policy};
@@ -104,7 +104,7 @@ impl fmt::Display for ActionKind {
     }
 }
 
-/// Why an action was chosen (SPEC §3); also the Event and condition reason where one applies.
+/// Why an action was chosen, as renderings, Events and conditions name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
     Missing,
@@ -146,6 +146,49 @@ impl fmt::Display for Reason {
     }
 }
 
+/// Why credentials are issued again over an existing managed Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefreshReason {
+    Unreadable,
+    OwnerChanged,
+    RoleChanged,
+    SpecChanged,
+    Expiring,
+}
+
+/// Why an AWSIAMRole is not served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockReason {
+    InvalidSpec,
+    /// A bare role name and no base role ARN to resolve it with (offline planning only);
+    /// reported as `InvalidSpec`, kept apart so `plan` can suggest `--base-role-arn`.
+    NeedsBaseArn,
+    NotPermitted,
+    SecretConflict,
+}
+
+impl From<RefreshReason> for Reason {
+    fn from(r: RefreshReason) -> Reason {
+        match r {
+            RefreshReason::Unreadable => Reason::Unreadable,
+            RefreshReason::OwnerChanged => Reason::OwnerChanged,
+            RefreshReason::RoleChanged => Reason::RoleChanged,
+            RefreshReason::SpecChanged => Reason::SpecChanged,
+            RefreshReason::Expiring => Reason::Expiring,
+        }
+    }
+}
+
+impl From<BlockReason> for Reason {
+    fn from(r: BlockReason) -> Reason {
+        match r {
+            BlockReason::InvalidSpec | BlockReason::NeedsBaseArn => Reason::InvalidSpec,
+            BlockReason::NotPermitted => Reason::NotPermitted,
+            BlockReason::SecretConflict => Reason::SecretConflict,
+        }
+    }
+}
+
 /// The STS call a `Create` or `Refresh` needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialRequest {
@@ -157,25 +200,140 @@ pub struct CredentialRequest {
     pub extras: SessionExtras,
 }
 
+/// New credentials for an AWSIAMRole and the status they will give it. The status carries the
+/// planned expiration; the executor replaces it with the one STS granted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Issue<'a> {
+    pub role: &'a ObservedRole,
+    pub request: CredentialRequest,
+    pub status: AWSIAMRoleStatus,
+}
+
+/// What applying an action does. Each kind carries exactly what it needs, so the executor,
+/// the renderers and the simulator never meet a half-filled action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op<'a> {
+    /// No managed Secret yet: assume the role and create it.
+    Create(Issue<'a>),
+    /// Assume the role again and replace the managed Secret in place.
+    Refresh {
+        issue: Issue<'a>,
+        secret: &'a ObservedSecret,
+        reason: RefreshReason,
+    },
+    /// The Secret is current (valid until `expire`); only the status says otherwise.
+    UpdateStatus {
+        role: &'a ObservedRole,
+        secret: &'a ObservedSecret,
+        expire: Timestamp,
+        status: AWSIAMRoleStatus,
+    },
+    /// Delete a managed Secret. `revoked` holds its AWSIAMRole and that role's new status when
+    /// the role may no longer be used; `None` means the AWSIAMRole is gone.
+    Delete {
+        secret: &'a ObservedSecret,
+        revoked: Option<(&'a ObservedRole, AWSIAMRoleStatus)>,
+    },
+    /// Nothing to do: the Secret is valid until `expire` and the status says so.
+    Skip {
+        role: &'a ObservedRole,
+        secret: &'a ObservedSecret,
+        expire: Timestamp,
+    },
+    /// Not served. `status` is the one to write when the current one does not say why yet;
+    /// a Secret already in place is left alone.
+    Blocked {
+        role: &'a ObservedRole,
+        secret: Option<&'a ObservedSecret>,
+        reason: BlockReason,
+        status: Option<AWSIAMRoleStatus>,
+    },
+}
+
 /// One entry of the plan: an AWSIAMRole (with its Secret, if any) or an orphaned Secret.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Action<'a> {
-    pub kind: ActionKind,
-    pub reason: Reason,
     pub namespace: &'a str,
     pub name: &'a str,
     /// The role the credentials are (or would be) for, when known.
     pub role_arn: Option<String>,
     /// Human explanation; never contains credential material.
     pub message: String,
-    pub role: Option<&'a ObservedRole>,
-    /// The existing managed Secret this action replaces or deletes.
-    pub secret: Option<&'a ObservedSecret>,
-    /// Set for `Create` and `Refresh`.
-    pub request: Option<CredentialRequest>,
-    /// The status to write, when it differs from the observed one. For `Create`/`Refresh` the
-    /// expiration is the planned one; the executor rewrites it with what STS returned.
-    pub status: Option<AWSIAMRoleStatus>,
+    pub op: Op<'a>,
+}
+
+impl<'a> Action<'a> {
+    pub fn kind(&self) -> ActionKind {
+        match self.op {
+            Op::Create(_) => ActionKind::Create,
+            Op::Refresh { .. } => ActionKind::Refresh,
+            Op::UpdateStatus { .. } => ActionKind::UpdateStatus,
+            Op::Delete { .. } => ActionKind::Delete,
+            Op::Skip { .. } => ActionKind::Skip,
+            Op::Blocked { .. } => ActionKind::Blocked,
+        }
+    }
+
+    pub fn reason(&self) -> Reason {
+        match &self.op {
+            Op::Create(_) => Reason::Missing,
+            Op::Refresh { reason, .. } => (*reason).into(),
+            Op::UpdateStatus { .. } => Reason::StatusStale,
+            Op::Delete { revoked: None, .. } => Reason::OwnerGone,
+            Op::Delete {
+                revoked: Some(_), ..
+            } => Reason::NotPermitted,
+            Op::Skip { .. } => Reason::UpToDate,
+            Op::Blocked { reason, .. } => (*reason).into(),
+        }
+    }
+
+    /// The AWSIAMRole, unless the action is for an orphaned Secret.
+    pub fn role(&self) -> Option<&'a ObservedRole> {
+        match &self.op {
+            Op::Create(issue) | Op::Refresh { issue, .. } => Some(issue.role),
+            Op::UpdateStatus { role, .. } | Op::Skip { role, .. } | Op::Blocked { role, .. } => {
+                Some(role)
+            }
+            Op::Delete { revoked, .. } => revoked.as_ref().map(|(role, _)| *role),
+        }
+    }
+
+    /// The managed Secret as observed.
+    pub fn secret(&self) -> Option<&'a ObservedSecret> {
+        match &self.op {
+            Op::Create(_) => None,
+            Op::Refresh { secret, .. }
+            | Op::UpdateStatus { secret, .. }
+            | Op::Delete { secret, .. }
+            | Op::Skip { secret, .. } => Some(secret),
+            Op::Blocked { secret, .. } => *secret,
+        }
+    }
+
+    /// New credentials, for `Create` and `Refresh`.
+    pub fn issue(&self) -> Option<&Issue<'a>> {
+        match &self.op {
+            Op::Create(issue) | Op::Refresh { issue, .. } => Some(issue),
+            _ => None,
+        }
+    }
+
+    /// The status to write, when there is one.
+    pub fn status(&self) -> Option<&AWSIAMRoleStatus> {
+        match &self.op {
+            Op::Create(issue) | Op::Refresh { issue, .. } => Some(&issue.status),
+            Op::UpdateStatus { status, .. } => Some(status),
+            Op::Delete { revoked, .. } => revoked.as_ref().map(|(_, status)| status),
+            Op::Blocked { status, .. } => status.as_ref(),
+            Op::Skip { .. } => None,
+        }
+    }
+
+    /// Applying it needs no API call: a skip, or a block whose status already says why.
+    pub fn changes_nothing(&self) -> bool {
+        matches!(self.op, Op::Skip { .. } | Op::Blocked { status: None, .. })
+    }
 }
 
 /// Counts per action kind (the `summary` of the JSON rendering).
@@ -226,16 +384,14 @@ impl Plan<'_> {
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
         for a in &self.actions {
-            s.add(a.kind);
+            s.add(a.kind());
         }
         s
     }
 
-    /// True when applying the plan would change nothing (only skips and unchanged blocks).
+    /// True when applying the plan would change nothing.
     pub fn is_converged(&self) -> bool {
-        self.actions.iter().all(|a| {
-            a.kind == ActionKind::Skip || (a.kind == ActionKind::Blocked && a.status.is_none())
-        })
+        self.actions.iter().all(Action::changes_nothing)
     }
 }
 
@@ -268,184 +424,293 @@ pub fn plan<'a>(observed: &'a Observed, now: Timestamp, config: &PlanConfig) -> 
                 .conflicts
                 .contains(&(role.namespace.clone(), role.name.clone()));
         let rules = rules.get(role.namespace.as_str());
-        actions.push(plan_role(role, secret, conflict, rules, now, config));
+        let step = RolePlanner { role, now, config };
+        actions.push(step.plan(secret, conflict, rules));
     }
     for secret in secrets.into_values() {
-        let role_arn = secret::role_arn_of(secret);
         actions.push(Action {
-            kind: ActionKind::Delete,
-            reason: Reason::OwnerGone,
             namespace: &secret.namespace,
             name: &secret.name,
-            role_arn,
+            role_arn: secret::role_arn_of(secret),
             message: format!("AWSIAMRole {:?} no longer exists", secret.name),
-            role: None,
-            secret: Some(secret),
-            request: None,
-            status: None,
+            op: Op::Delete {
+                secret,
+                revoked: None,
+            },
         });
     }
     actions.sort_by(|a, b| (a.namespace, a.name).cmp(&(b.namespace, b.name)));
     Plan { now, actions }
 }
 
-fn plan_role<'a>(
-    role: &'a ObservedRole,
-    secret: Option<&'a ObservedSecret>,
-    conflict: bool,
-    rules: Option<&NamespaceRules>,
-    now: Timestamp,
-    config: &PlanConfig,
-) -> Action<'a> {
-    let content = secret.map(secret::decode);
-    let readable = content.as_ref().and_then(|c| c.as_ref().ok());
-    let mut action = Action {
-        kind: ActionKind::Skip,
-        reason: Reason::UpToDate,
-        namespace: &role.namespace,
-        name: &role.name,
-        role_arn: None,
-        message: String::new(),
-        role: Some(role),
-        secret,
-        request: None,
-        status: None,
-    };
-    let blocked = |mut action: Action<'a>, reason: Reason, message: String| {
-        let desired = not_ready_status(role, reason, &message, readable, now);
-        action.kind = ActionKind::Blocked;
-        action.reason = reason;
-        action.status = (!status_matches(role.status.as_ref(), &desired)).then_some(desired);
-        action.message = message;
-        action
-    };
+/// What a usable spec asks for: the resolved role and the STS call that serves it.
+struct Target {
+    arn: String,
+    request: CredentialRequest,
+}
 
-    let spec = match &role.spec {
-        Ok(spec) => spec,
-        Err(e) => return blocked(action, Reason::InvalidSpec, e.clone()),
-    };
-    let arn = match arn::resolve(&spec.role_reference, config.base_role_arn.as_ref()) {
-        Ok(arn) => arn,
-        Err(e) => {
-            return blocked(
-                action,
-                Reason::InvalidSpec,
-                format!("spec.roleReference: {e}"),
-            );
-        }
-    };
-    let arn_text = arn.to_string();
-    action.role_arn = Some(arn_text.clone());
-    if let Err(why) = config.policy.check(
-        &role.namespace,
-        &arn_text,
-        rules,
-        config.base_role_arn.as_ref(),
-    ) {
-        if secret.is_some() {
-            let desired = not_ready_status(role, Reason::NotPermitted, &why, None, now);
-            action.kind = ActionKind::Delete;
-            action.reason = Reason::NotPermitted;
-            action.message = format!("{why}; its Secret is deleted");
-            action.status = Some(desired);
-            return action;
-        }
-        return blocked(action, Reason::NotPermitted, why);
-    }
-    let duration = spec.duration();
-    let session_name = arn::session_name(&role.namespace, &role.name);
-    let extras = match config
-        .session
-        .extras(&role.namespace, &role.name, &session_name)
-    {
-        Ok(extras) => extras,
-        Err(e) => return blocked(action, Reason::InvalidSpec, e),
-    };
-    let request = || CredentialRequest {
-        role_arn: arn.clone(),
-        duration,
-        session_name: session_name.clone(),
-        extras: extras.clone(),
-    };
-    let planned_expiry = now
-        .checked_add(jiff::SignedDuration::from_secs(duration))
-        .unwrap_or(now);
-    // Create and Refresh: new credentials, with the status they will give.
-    let issue = |mut action: Action<'a>, kind: ActionKind, reason: Reason, message: String| {
-        action.kind = kind;
-        action.reason = reason;
-        action.message = message;
-        action.status = Some(ready_status(role, &arn_text, planned_expiry, None, now));
-        action.request = Some(request());
-        action
-    };
-    let Some(secret) = secret else {
-        if conflict {
-            return blocked(
-                action,
-                Reason::SecretConflict,
-                format!(
+/// Why a spec cannot be served as it stands.
+struct Refusal {
+    reason: BlockReason,
+    message: String,
+    /// The resolved role, when resolution got that far.
+    role_arn: Option<String>,
+}
+
+/// How long the Secret's credentials have left before they are due.
+struct Remaining {
+    /// Refresh once no more than this many seconds remain.
+    margin: i64,
+    /// The lifetime the issued-at annotation shows, when plausible.
+    lifetime: Option<i64>,
+}
+
+/// Plans one AWSIAMRole in named steps: validate the spec and policy, then the Secret's
+/// ownership and content, its expiry, and last the status.
+struct RolePlanner<'a, 'c> {
+    role: &'a ObservedRole,
+    now: Timestamp,
+    config: &'c PlanConfig,
+}
+
+impl<'a> RolePlanner<'a, '_> {
+    fn plan(
+        &self,
+        secret: Option<&'a ObservedSecret>,
+        conflict: bool,
+        rules: Option<&NamespaceRules>,
+    ) -> Action<'a> {
+        let held = secret.map(|s| (s, secret::decode(s)));
+        let target = match self.target(rules) {
+            Ok(target) => target,
+            Err(refusal) => {
+                let readable = held.as_ref().and_then(|(_, c)| c.as_ref().ok());
+                return self.refuse(secret, readable, refusal);
+            }
+        };
+        let Some((secret, content)) = held else {
+            if conflict {
+                let message = format!(
                     "a Secret named {:?} without the controller's labels exists; it is left alone",
-                    role.name
+                    self.role.name
+                );
+                let refusal = Refusal {
+                    reason: BlockReason::SecretConflict,
+                    message,
+                    role_arn: Some(target.arn),
+                };
+                return self.refuse(None, None, refusal);
+            }
+            let message = format!(
+                "assume {} for {}",
+                target.arn,
+                human(target.request.duration)
+            );
+            return self.action(&target, message, Op::Create(self.issue(&target)));
+        };
+        let checked = content
+            .map_err(|why| {
+                (
+                    RefreshReason::Unreadable,
+                    format!("Secret is unreadable: {why}"),
+                )
+            })
+            .and_then(|content| {
+                self.check_secret(secret, &content, &target)?;
+                let remaining = self.check_expiry(secret, &content, &target)?;
+                Ok((content, remaining))
+            });
+        match checked {
+            Ok((content, remaining)) => self.settle_status(secret, &content, &target, remaining),
+            Err((reason, message)) => {
+                let issue = self.issue(&target);
+                let op = Op::Refresh {
+                    issue,
+                    secret,
+                    reason,
+                };
+                self.action(&target, message, op)
+            }
+        }
+    }
+
+    fn action(&self, target: &Target, message: String, op: Op<'a>) -> Action<'a> {
+        Action {
+            namespace: &self.role.namespace,
+            name: &self.role.name,
+            role_arn: Some(target.arn.clone()),
+            message,
+            op,
+        }
+    }
+
+    /// Step 1: the spec decodes, its role resolves, the policy allows it and the session
+    /// options fit it.
+    fn target(&self, rules: Option<&NamespaceRules>) -> Result<Target, Refusal> {
+        let (role, config) = (self.role, self.config);
+        let refuse = |reason, message, role_arn| Refusal {
+            reason,
+            message,
+            role_arn,
+        };
+        let spec = role
+            .spec
+            .as_ref()
+            .map_err(|e| refuse(BlockReason::InvalidSpec, e.clone(), None))?;
+        let arn =
+            arn::resolve(&spec.role_reference, config.base_role_arn.as_ref()).map_err(|e| {
+                let reason = match e {
+                    ResolveError::NeedsBase(_) => BlockReason::NeedsBaseArn,
+                    ResolveError::Invalid(_) => BlockReason::InvalidSpec,
+                };
+                refuse(reason, format!("spec.roleReference: {e}"), None)
+            })?;
+        let arn_text = arn.to_string();
+        if let Err(why) = config.policy.check(
+            &role.namespace,
+            &arn_text,
+            rules,
+            config.base_role_arn.as_ref(),
+        ) {
+            return Err(refuse(BlockReason::NotPermitted, why, Some(arn_text)));
+        }
+        let session_name = arn::session_name(&role.namespace, &role.name);
+        let extras = match config
+            .session
+            .extras(&role.namespace, &role.name, &session_name)
+        {
+            Ok(extras) => extras,
+            Err(e) => return Err(refuse(BlockReason::InvalidSpec, e, Some(arn_text))),
+        };
+        Ok(Target {
+            arn: arn_text,
+            request: CredentialRequest {
+                role_arn: arn,
+                duration: spec.duration(),
+                session_name,
+                extras,
+            },
+        })
+    }
+
+    /// A refused role is blocked, except that a Secret for a role it may no longer use is
+    /// deleted.
+    fn refuse(
+        &self,
+        secret: Option<&'a ObservedSecret>,
+        readable: Option<&SecretContent>,
+        refusal: Refusal,
+    ) -> Action<'a> {
+        let (role, now) = (self.role, self.now);
+        let Refusal {
+            reason,
+            message,
+            role_arn,
+        } = refusal;
+        let (message, op) = match secret {
+            Some(secret) if reason == BlockReason::NotPermitted => {
+                let status = not_ready_status(role, Reason::NotPermitted, &message, None, now);
+                let op = Op::Delete {
+                    secret,
+                    revoked: Some((role, status)),
+                };
+                (format!("{message}; its Secret is deleted"), op)
+            }
+            _ => {
+                let desired = not_ready_status(role, reason.into(), &message, readable, now);
+                let status = (!status_matches(role.status.as_ref(), &desired)).then_some(desired);
+                let op = Op::Blocked {
+                    role,
+                    secret,
+                    reason,
+                    status,
+                };
+                (message, op)
+            }
+        };
+        Action {
+            namespace: &role.namespace,
+            name: &role.name,
+            role_arn,
+            message,
+            op,
+        }
+    }
+
+    /// New credentials, with the status they will give.
+    fn issue(&self, target: &Target) -> Issue<'a> {
+        let expiry = self
+            .now
+            .checked_add(jiff::SignedDuration::from_secs(target.request.duration))
+            .unwrap_or(self.now);
+        Issue {
+            role: self.role,
+            request: target.request.clone(),
+            status: ready_status(self.role, &target.arn, expiry, None, self.now),
+        }
+    }
+
+    /// Step 2: the Secret belongs to this AWSIAMRole and holds credentials for what its spec
+    /// asks now.
+    fn check_secret(
+        &self,
+        secret: &ObservedSecret,
+        content: &SecretContent,
+        target: &Target,
+    ) -> Result<(), (RefreshReason, String)> {
+        let role = self.role;
+        if !secret::owned_by(secret, role) {
+            return Err((
+                RefreshReason::OwnerChanged,
+                format!(
+                    "Secret is not owned by this AWSIAMRole (uid {}); re-issue and re-own it in place",
+                    display_uid(&role.uid)
                 ),
-            );
+            ));
         }
-        let message = format!("assume {arn} for {}", human(duration));
-        return issue(action, ActionKind::Create, Reason::Missing, message);
-    };
-    let refresh = |action: Action<'a>, reason: Reason, message: String| {
-        issue(action, ActionKind::Refresh, reason, message)
-    };
-    let content = match readable {
-        Some(c) => c,
-        None => {
-            let why = match content {
-                Some(Err(e)) => e,
-                _ => String::from("unknown"),
-            };
-            return refresh(
-                action,
-                Reason::Unreadable,
-                format!("Secret is unreadable: {why}"),
-            );
+        if content.role_arn != target.arn {
+            return Err((
+                RefreshReason::RoleChanged,
+                format!(
+                    "Secret holds credentials for {}, the AWSIAMRole resolves to {}",
+                    content.role_arn, target.arn
+                ),
+            ));
         }
-    };
-    if !secret::owned_by(secret, role) {
-        return refresh(
-            action,
-            Reason::OwnerChanged,
-            format!(
-                "Secret is not owned by this AWSIAMRole (uid {}); re-issue and re-own it in place",
-                display_uid(&role.uid)
-            ),
-        );
+        if content.generation != role.generation {
+            return Err((
+                RefreshReason::SpecChanged,
+                format!(
+                    "Secret was issued for generation {}, the AWSIAMRole is at generation {}",
+                    content.generation, role.generation
+                ),
+            ));
+        }
+        Ok(())
     }
-    if content.role_arn != arn_text {
-        return refresh(
-            action,
-            Reason::RoleChanged,
-            format!(
-                "Secret holds credentials for {}, the AWSIAMRole resolves to {arn_text}",
-                content.role_arn
-            ),
+
+    /// Step 3: the credentials are not yet within their refresh margin (see
+    /// [`refresh::margin`]).
+    fn check_expiry(
+        &self,
+        secret: &ObservedSecret,
+        content: &SecretContent,
+        target: &Target,
+    ) -> Result<Remaining, (RefreshReason, String)> {
+        let known = lifetime(secret, content);
+        let margin = refresh::margin(
+            known.unwrap_or(target.request.duration),
+            self.config.refresh_limit,
+            jitter_key(self.role),
         );
-    }
-    if content.generation != role.generation {
-        return refresh(
-            action,
-            Reason::SpecChanged,
-            format!(
-                "Secret was issued for generation {}, the AWSIAMRole is at generation {}",
-                content.generation, role.generation
-            ),
-        );
-    }
-    let known_lifetime = lifetime(secret, content);
-    let lifetime = known_lifetime.unwrap_or(duration);
-    let margin = refresh::margin(lifetime, config.refresh_limit, jitter_key(role));
-    let remaining = content.expire.as_second() - now.as_second();
-    let expire = format_time(content.expire);
-    if remaining <= margin {
+        let remaining = content.expire.as_second() - self.now.as_second();
+        if remaining > margin {
+            return Ok(Remaining {
+                margin,
+                lifetime: known,
+            });
+        }
+        let expire = format_time(content.expire);
         let message = if remaining <= 0 {
             format!("credentials expired at {expire}")
         } else {
@@ -455,25 +720,48 @@ fn plan_role<'a>(
                 human(margin)
             )
         };
-        return refresh(action, Reason::Expiring, message);
+        Err((RefreshReason::Expiring, message))
     }
-    let due = format_time(
-        jiff::Timestamp::from_second(content.expire.as_second() - margin).unwrap_or(content.expire),
-    );
-    let granted = shortened(known_lifetime, duration);
-    let desired = ready_status(role, &content.role_arn, content.expire, granted, now);
-    if status_matches(role.status.as_ref(), &desired) {
-        action.message = format!("credentials valid until {expire}, refresh due at {due}");
-        return action;
+
+    /// Step 4: the Secret is fine; the status says so already (skip) or is rewritten.
+    fn settle_status(
+        &self,
+        secret: &'a ObservedSecret,
+        content: &SecretContent,
+        target: &Target,
+        remaining: Remaining,
+    ) -> Action<'a> {
+        let (role, now) = (self.role, self.now);
+        let expire = format_time(content.expire);
+        let granted = shortened(remaining.lifetime, target.request.duration);
+        let desired = ready_status(role, &content.role_arn, content.expire, granted, now);
+        let stale = stale_fields(role.status.as_ref(), &desired);
+        if stale.is_empty() {
+            let due = jiff::Timestamp::from_second(content.expire.as_second() - remaining.margin)
+                .unwrap_or(content.expire);
+            let message = format!(
+                "credentials valid until {expire}, refresh due at {}",
+                format_time(due)
+            );
+            let op = Op::Skip {
+                role,
+                secret,
+                expire: content.expire,
+            };
+            return self.action(target, message, op);
+        }
+        let message = format!(
+            "credentials valid until {expire}; status differs in {}",
+            stale.join(", ")
+        );
+        let op = Op::UpdateStatus {
+            role,
+            secret,
+            expire: content.expire,
+            status: desired,
+        };
+        self.action(target, message, op)
     }
-    action.kind = ActionKind::UpdateStatus;
-    action.reason = Reason::StatusStale;
-    action.message = format!(
-        "credentials valid until {expire}; status differs in {}",
-        stale_fields(role.status.as_ref(), &desired).join(", ")
-    );
-    action.status = Some(desired);
-    action
 }
 
 /// Lifetime of the Secret's credentials from the issued-at annotation, when it is plausible.

@@ -1,4 +1,4 @@
-//! When credentials are refreshed (SPEC §3 "Refresh policy").
+//! When credentials are refreshed (the refresh policy of `docs/design.md`).
 //!
 //! `margin = min(max(refresh_limit, L/2) + jitter, L − 5 min)`, where `L` is the lifetime of
 //! the current credentials and `jitter` a fraction of up to `L/10` derived from the

@@ -7,13 +7,13 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use similar::TextDiff;
 
-use super::{Action, ActionKind, Plan, READY, Summary};
+use super::{Action, ActionKind, Op, Plan, READY, Summary};
 use crate::crd::AWSIAMRoleStatus;
 use crate::model::ObservedSecret;
 use crate::secret::{self, Credentials};
 
 /// `--output`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OutputFormat {
     #[default]
     Text,
@@ -32,7 +32,7 @@ pub fn render(plan: &Plan<'_>, format: OutputFormat, verbose: bool) -> String {
 }
 
 fn shown(action: &Action<'_>, verbose: bool) -> bool {
-    verbose || action.kind != ActionKind::Skip
+    verbose || action.kind() != ActionKind::Skip
 }
 
 /// Control characters escaped, so hostile names cannot forge plan lines.
@@ -45,13 +45,14 @@ fn clean(s: &str) -> String {
 }
 
 fn line(a: &Action<'_>) -> String {
+    let kind = a.kind();
     format!(
         "{} {:<13} {}/{} ({}): {}",
-        a.kind.symbol(),
-        a.kind.as_str(),
+        kind.symbol(),
+        kind.as_str(),
         clean(a.namespace),
         clean(a.name),
-        a.reason,
+        a.reason(),
         clean(&a.message)
     )
 }
@@ -106,32 +107,33 @@ pub fn diff(plan: &Plan<'_>, verbose: bool) -> String {
 }
 
 fn before(a: &Action<'_>) -> String {
-    let mut out = a.secret.map(secret::view).unwrap_or_default();
-    if let Some(role) = a.role {
+    let mut out = a.secret().map(secret::view).unwrap_or_default();
+    if let Some(role) = a.role() {
         out.push_str(&status_view(role.status.as_ref()));
     }
     out
 }
 
 fn after(a: &Action<'_>, now: jiff::Timestamp) -> String {
-    let mut out = match (a.kind, a.role, &a.request) {
-        (ActionKind::Delete, _, _) => String::new(),
-        (ActionKind::Create | ActionKind::Refresh, Some(role), Some(req)) => {
+    let mut out = match &a.op {
+        Op::Delete { .. } => String::new(),
+        Op::Create(issue) | Op::Refresh { issue, .. } => {
             let placeholder = Credentials {
                 access_key_id: "<redacted>".into(),
                 secret_access_key: "<redacted>".into(),
                 session_token: "<redacted>".into(),
                 expiration: now
-                    .checked_add(jiff::SignedDuration::from_secs(req.duration))
+                    .checked_add(jiff::SignedDuration::from_secs(issue.request.duration))
                     .unwrap_or(now),
             };
-            let built = secret::build(role, &req.role_arn.to_string(), &placeholder, now);
+            let arn = issue.request.role_arn.to_string();
+            let built = secret::build(issue.role, &arn, &placeholder, now);
             secret::view(&ObservedSecret::from_secret(&built))
         }
-        _ => a.secret.map(secret::view).unwrap_or_default(),
+        _ => a.secret().map(secret::view).unwrap_or_default(),
     };
-    if let Some(role) = a.role {
-        out.push_str(&status_view(a.status.as_ref().or(role.status.as_ref())));
+    if let Some(role) = a.role() {
+        out.push_str(&status_view(a.status().or(role.status.as_ref())));
     }
     out
 }
@@ -187,10 +189,10 @@ pub fn json(plan: &Plan<'_>) -> String {
             .actions
             .iter()
             .map(|a| JsonAction {
-                action: a.kind.as_str(),
+                action: a.kind().as_str(),
                 namespace: a.namespace,
                 name: a.name,
-                reason: a.reason.as_str(),
+                reason: a.reason().as_str(),
                 role_arn: a.role_arn.as_deref(),
                 message: &a.message,
             })

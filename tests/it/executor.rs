@@ -21,10 +21,10 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use kube_aws_iam_controller::apply::{Outcome, Stage};
 use kube_aws_iam_controller::cli::Cli;
+use kube_aws_iam_controller::commands;
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::model::ObservedRole;
-use kube_aws_iam_controller::pass::Controller;
-use kube_aws_iam_controller::plan::PlanConfig;
+use kube_aws_iam_controller::pass::{Controller, ControllerConfig};
 use kube_aws_iam_controller::secret::{self, Credentials};
 use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
 use kube_fake_client::{ClientBuilder, Error as FakeError, interceptor};
@@ -198,12 +198,9 @@ fn sts_source(faults: Arc<Faults>, calls: Arc<AtomicUsize>) -> StsCredentialSour
 }
 
 fn controller(client: Client, source: StsCredentialSource) -> Controller {
-    let cli = Cli::try_parse_from(["kube-aws-iam-controller", "once"]).unwrap();
-    let config = PlanConfig {
-        base_role_arn: Some("arn:aws:iam::123456789012:role/".parse().unwrap()),
-        ..PlanConfig::default()
-    };
-    Controller::with_source(client, Some(Arc::new(source)), &cli.options, config)
+    let mut config = ControllerConfig::default();
+    config.plan.base_role_arn = Some("arn:aws:iam::123456789012:role/".parse().unwrap());
+    Controller::new(client, config, Arc::new(source))
 }
 
 fn outcome<'a>(report: &'a kube_aws_iam_controller::apply::PassReport, name: &str) -> &'a Outcome {
@@ -461,8 +458,8 @@ async fn session_tags_source_identity_and_external_id_are_sent() {
         "{cluster}/{namespace}",
     ])
     .unwrap();
-    let config = cli.options.plan_config().unwrap();
-    let ctl = Controller::with_source(client, Some(Arc::new(source)), &cli.options, config);
+    let config = commands::controller_config(&cli.options).unwrap();
+    let ctl = Controller::new(client, config, Arc::new(source));
     let report = ctl.pass().await.unwrap().report;
     assert_eq!(report.failed(), 0, "{report}");
     let seen = seen.lock().unwrap();

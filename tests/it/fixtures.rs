@@ -56,7 +56,7 @@ fn fixtures_render_as_snapshotted() {
 }
 
 /// Each fixture states its expected plan in `# expect: ns/name action Reason [roleArn]`
-/// comment lines, written from SPEC §3 independently of the code; the plan must match them
+/// comment lines, written from `docs/design.md` independently of the code; the plan must match them
 /// exactly (one line per action, nothing more, nothing less).
 #[test]
 fn fixtures_match_their_expect_lines() {
@@ -75,8 +75,8 @@ fn fixtures_match_their_expect_lines() {
         for a in &p.actions {
             actual.push(vec![
                 format!("{}/{}", a.namespace, a.name),
-                a.kind.to_string(),
-                a.reason.to_string(),
+                a.kind().to_string(),
+                a.reason().to_string(),
             ]);
         }
         actual.sort();
@@ -116,13 +116,15 @@ fn fixtures_converge_after_one_apply() {
         let not_converged: Vec<String> = second
             .actions
             .iter()
-            .filter(|a| {
-                !(a.kind == ActionKind::Skip || a.kind == ActionKind::Blocked && a.status.is_none())
-            })
+            .filter(|a| !a.changes_nothing())
             .map(|a| {
                 format!(
                     "{}/{} {} {}: {}",
-                    a.namespace, a.name, a.kind, a.reason, a.message
+                    a.namespace,
+                    a.name,
+                    a.kind(),
+                    a.reason(),
+                    a.message
                 )
             })
             .collect();
@@ -134,8 +136,8 @@ fn fixtures_converge_after_one_apply() {
             |p: &kube_aws_iam_controller::plan::Plan<'_>| -> BTreeSet<(String, String, Reason)> {
                 p.actions
                     .iter()
-                    .filter(|a| a.kind == ActionKind::Blocked)
-                    .map(|a| (a.namespace.to_string(), a.name.to_string(), a.reason))
+                    .filter(|a| a.kind() == ActionKind::Blocked)
+                    .map(|a| (a.namespace.to_string(), a.name.to_string(), a.reason()))
                     .collect()
             };
         let newly_blocked: BTreeSet<_> = blocked(&second)
@@ -149,14 +151,14 @@ fn fixtures_converge_after_one_apply() {
                     && first
                         .actions
                         .iter()
-                        .any(|a| a.namespace == ns && a.name == n && a.kind == ActionKind::Delete)
+                        .any(|a| a.namespace == ns && a.name == n && a.kind() == ActionKind::Delete)
             }),
             "{name}: newly blocked {newly_blocked:?}"
         );
     }
 }
 
-/// Together the fixtures exercise every action with every reason SPEC §3 names.
+/// Together the fixtures exercise every action with every reason `docs/design.md` names.
 #[test]
 fn fixtures_cover_every_action_and_reason() {
     use ActionKind::*;
@@ -182,7 +184,7 @@ fn fixtures_cover_every_action_and_reason() {
         let case = Case::load(&name);
         let (observed, config) = case.state();
         let p = plan(&observed, case.now, &config);
-        seen.extend(p.actions.iter().map(|a| (a.kind, a.reason)));
+        seen.extend(p.actions.iter().map(|a| (a.kind(), a.reason())));
     }
     let missing: Vec<_> = wanted.difference(&seen).collect();
     assert!(missing.is_empty(), "no fixture covers {missing:?}");

@@ -93,22 +93,25 @@ fn fixture_messages_name_the_field_and_well_formed_roles_are_served() {
             "{who}: raw control character in {:?}",
             a.message
         );
-        match a.kind {
+        match a.kind() {
             ActionKind::Blocked | ActionKind::Refresh => {
                 let field = expected_field(a.namespace, a.name)
-                    .or((a.reason == Reason::OwnerChanged)
+                    .or((a.reason() == Reason::OwnerChanged)
                         .then_some("not owned by this AWSIAMRole"))
                     .unwrap_or_else(|| panic!("{who}: no expected field listed"));
                 assert!(
                     a.message.contains(field),
                     "{who} ({}): message does not name {field}: {}",
-                    a.reason,
+                    a.reason(),
                     a.message
                 );
                 checked += 1;
             }
             ActionKind::Create => {
-                let req = a.request.as_ref().expect("create carries a request");
+                let req = a
+                    .issue()
+                    .map(|i| &i.request)
+                    .expect("create carries a request");
                 let session = &req.session_name;
                 assert!(
                     session.len() <= MAX_SESSION_NAME && session.chars().all(arn::is_iam_char),
@@ -126,8 +129,8 @@ fn fixture_messages_name_the_field_and_well_formed_roles_are_served() {
         .iter()
         .find(|a| a.name.len() == 253)
         .expect("the 253-character role is planned");
-    assert_eq!(long.kind, ActionKind::Create);
-    let session = &long.request.as_ref().unwrap().session_name;
+    assert_eq!(long.kind(), ActionKind::Create);
+    let session = &long.issue().map(|i| &i.request).unwrap().session_name;
     assert_eq!(session.len(), MAX_SESSION_NAME, "{session}");
     assert!(session.starts_with("hostile.r253-abcdefghij"), "{session}");
     let (_, hash) = session.rsplit_once('-').unwrap();
@@ -142,7 +145,7 @@ fn fixture_messages_name_the_field_and_well_formed_roles_are_served() {
         .find(|a| a.name.starts_with('ü'))
         .expect("the Unicode-named role is planned");
     assert_eq!(
-        unicode.request.as_ref().unwrap().session_name,
+        unicode.issue().map(|i| &i.request).unwrap().session_name,
         "hostile.-n-c-d--n-me"
     );
 
@@ -153,7 +156,7 @@ fn fixture_messages_name_the_field_and_well_formed_roles_are_served() {
             .find(|a| a.namespace == NS && a.name == name)
             .unwrap_or_else(|| panic!("{name} is planned"));
         assert_eq!(
-            (a.kind, a.reason),
+            (a.kind(), a.reason()),
             (ActionKind::Create, Reason::Missing),
             "{name}"
         );

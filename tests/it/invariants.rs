@@ -1,4 +1,4 @@
-//! Property tests of the planner's invariants over generated states (SPEC §3): planning is
+//! Property tests of the planner's invariants over generated states (`docs/design.md`): planning is
 //! deterministic and independent of list order; every object appears exactly once; re-planning
 //! after applying converges; unmanaged Secrets are never touched; no rendering shows a
 //! credential.
@@ -367,8 +367,8 @@ proptest! {
         let second = plan(&after, now(), &config);
         for a in &second.actions {
             prop_assert!(
-                a.kind == ActionKind::Skip || (a.kind == ActionKind::Blocked && a.status.is_none()),
-                "{}/{} {} {}: {}", a.namespace, a.name, a.kind, a.reason, a.message
+                a.changes_nothing(),
+                "{}/{} {} {}: {}", a.namespace, a.name, a.kind(), a.reason(), a.message
             );
         }
     }
@@ -378,14 +378,14 @@ proptest! {
         let (observed, config) = build(&s);
         let p = plan(&observed, now(), &config);
         for a in &p.actions {
-            if let Some(sec) = a.secret {
+            if let Some(sec) = a.secret() {
                 prop_assert!(secret::is_managed(&sec.labels));
             }
             let conflict = observed.conflicts.contains(&(a.namespace.to_string(), a.name.to_string()));
             if conflict {
                 prop_assert!(
-                    a.kind == ActionKind::Blocked,
-                    "{}/{} holds an unmanaged Secret but is {}", a.namespace, a.name, a.kind
+                    a.kind() == ActionKind::Blocked,
+                    "{}/{} holds an unmanaged Secret but is {}", a.namespace, a.name, a.kind()
                 );
             }
         }
@@ -420,7 +420,7 @@ fn generated_states_reach_every_action() {
             plan(&observed, now(), &config)
                 .actions
                 .iter()
-                .map(|a| (a.kind, a.reason)),
+                .map(|a| (a.kind(), a.reason())),
         );
     }
     let kinds: BTreeSet<ActionKind> = seen.iter().map(|(k, _)| *k).collect();

@@ -1,4 +1,4 @@
-//! The one integration-test binary (one link step for every test; see DESIGN.md).
+//! The one integration-test binary: one link step for every test.
 
 mod apiserver_smoke;
 mod cli;

@@ -21,7 +21,7 @@ use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
 use kube_aws_iam_controller::plan::{CredentialRequest, PlanConfig, plan};
 use kube_aws_iam_controller::secret::{self, Credentials};
-use kube_aws_iam_controller::sts::{CredentialSource, Issued, StsError};
+use kube_aws_iam_controller::sts::{CredentialSource, StsError};
 
 use crate::support::apiserver::ApiServer;
 use crate::support::harness::*;
@@ -363,7 +363,7 @@ impl CredentialSource for Recording {
     fn assume<'a>(
         &'a self,
         request: &'a CredentialRequest,
-    ) -> BoxFuture<'a, Result<Issued, StsError>> {
+    ) -> BoxFuture<'a, Result<Credentials, StsError>> {
         Box::pin(async move {
             // Slow for the own role: the others would finish before it if it were merely
             // started first rather than completed first.
@@ -374,15 +374,11 @@ impl CredentialSource for Recording {
                 .lock()
                 .unwrap()
                 .push(request.role_arn.name().to_string());
-            Ok(Issued {
-                credentials: marked_credentials(
-                    SEEDED,
-                    request.role_arn.name(),
-                    Timestamp::now() + SignedDuration::from_hours(1),
-                ),
-                duration: request.duration,
-                shortened: false,
-            })
+            Ok(marked_credentials(
+                SEEDED,
+                request.role_arn.name(),
+                Timestamp::now() + SignedDuration::from_hours(1),
+            ))
         })
     }
 }

@@ -12,8 +12,8 @@ use clap::Parser as _;
 use jiff::Timestamp;
 use kube_aws_iam_controller::cli::{Cli, Command, Options, PlanArgs};
 use kube_aws_iam_controller::model::Observed;
-use kube_aws_iam_controller::offline;
 use kube_aws_iam_controller::plan::PlanConfig;
+use kube_aws_iam_controller::{commands, offline};
 
 /// Base ARN the fixtures are planned with unless their `args` name another.
 pub const DEFAULT_BASE_ARN: &str = "arn:aws:iam::123456789012:role/";
@@ -101,7 +101,7 @@ impl Case {
         };
         (
             observed,
-            options.plan_config().expect("fixture args are valid"),
+            commands::plan_config(&options).expect("fixture args are valid"),
         )
     }
 }

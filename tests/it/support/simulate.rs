@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use kube_aws_iam_controller::model::{Observed, ObservedSecret};
-use kube_aws_iam_controller::plan::{ActionKind, Plan, ready_status};
+use kube_aws_iam_controller::plan::{Op, Plan, ready_status};
 use kube_aws_iam_controller::secret::{self, Credentials};
 
 /// Marker in every fake credential this module issues; tests assert it is never rendered.
@@ -36,37 +36,29 @@ pub fn apply(observed: &Observed, plan: &Plan<'_>) -> Observed {
         let role = roles
             .iter_mut()
             .find(|r| r.namespace == action.namespace && r.name == action.name);
-        match action.kind {
-            ActionKind::Create | ActionKind::Refresh => {
-                let role = role.expect("create/refresh is for a role");
-                let req = action
-                    .request
-                    .as_ref()
-                    .expect("create/refresh carries a request");
+        match (&action.op, role) {
+            (Op::Create(issue) | Op::Refresh { issue, .. }, Some(role)) => {
+                let req = &issue.request;
                 let creds = fake_credentials(&req.session_name, now, req.duration);
                 let arn = req.role_arn.to_string();
                 let built = secret::build(role, &arn, &creds, now);
                 let mut written = ObservedSecret::from_secret(&built);
                 // Replacing keeps the object's identity; creating gets a new one.
                 written.uid = action
-                    .secret
+                    .secret()
                     .map(|s| s.uid.clone())
                     .unwrap_or_else(|| format!("uid-secret-{}-{}", key.0, key.1));
                 secrets.insert(key, written);
                 role.status = Some(ready_status(role, &arn, creds.expiration, None, now));
             }
-            ActionKind::Delete => {
-                secrets.remove(&key);
-                if let (Some(role), Some(status)) = (role, &action.status) {
+            (op, role) => {
+                if matches!(op, Op::Delete { .. }) {
+                    secrets.remove(&key);
+                }
+                if let (Some(role), Some(status)) = (role, action.status()) {
                     role.status = Some(status.clone());
                 }
             }
-            ActionKind::UpdateStatus | ActionKind::Blocked => {
-                if let (Some(role), Some(status)) = (role, &action.status) {
-                    role.status = Some(status.clone());
-                }
-            }
-            ActionKind::Skip => {}
         }
     }
     Observed {
