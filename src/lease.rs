@@ -341,3 +341,37 @@ impl LeaderElector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(duration: u64, deadline: u64, retry: u64) -> LeaseConfig {
+        LeaseConfig {
+            namespace: "kube-system".into(),
+            name: DEFAULT_LEASE_NAME.into(),
+            identity: "a_1".into(),
+            duration: Duration::from_secs(duration),
+            renew_deadline: Duration::from_secs(deadline),
+            retry_period: Duration::from_secs(retry),
+            wait: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn a_holder_gives_up_before_a_follower_may_take_over() {
+        assert_eq!(config(15, 10, 2).validate(), Ok(()));
+        let e = config(10, 10, 2).validate().unwrap_err();
+        assert!(e.contains("--lease-renew-deadline"), "{e}");
+        let e = config(15, 10, 6).validate().unwrap_err();
+        assert!(e.contains("--lease-retry-period"), "{e}");
+        let e = config(0, 0, 0).validate().unwrap_err();
+        assert!(e.contains("--lease-duration"), "{e}");
+    }
+
+    #[test]
+    fn identities_of_two_processes_differ_by_pid() {
+        let id = LeaseConfig::default_identity();
+        assert!(id.ends_with(&format!("_{}", std::process::id())), "{id}");
+    }
+}

@@ -413,3 +413,45 @@ async fn the_controllers_own_role_is_refreshed_before_any_other() {
     assert_eq!(order[0], "kube-aws-iam-controller", "{order:?}");
     assert!(start.elapsed() >= Duration::from_millis(300));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_seed_at_start_up_reaches_no_sts_and_exits_2() {
+    let env = Env::start(
+        "seed-expired-start",
+        ApiServer::builder().object(role("team-a", "app", "app-one")),
+    )
+    .await;
+    let volume = Volume::new(&env.dir.path().join("meta-aws-iam"));
+    let stale = Credentials {
+        access_key_id: "ASIAEXPIREDATSTART".into(),
+        secret_access_key: format!("{SEEDED}-expired-secret"),
+        session_token: format!("{SEEDED}-expired-token"),
+        expiration: "2026-01-01T00:00:00Z".parse().unwrap(),
+    };
+    volume.write(&secret::encode(&stale, SELF_ARN, 1));
+    let child = env
+        .command(&["once"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", volume.path("credentials"))
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("finishes")
+        .expect("starts");
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{} expired at 2026-01-01T00:00:00Z",
+            volume.path("credentials").display()
+        )),
+        "{stderr}"
+    );
+    assert_no_leak(&out, &[]);
+    assert_eq!(
+        env.moto.signed_calls(),
+        Vec::<SignedCall>::new(),
+        "nothing reached STS"
+    );
+}
