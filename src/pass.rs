@@ -56,7 +56,7 @@ pub struct Rendering {
 
 /// What a pass does with its plan, decided once when the controller is built.
 enum Mode {
-    Apply(Executor),
+    Apply(Box<Executor>),
     /// No STS calls and no writes: the plan is rendered instead.
     DryRun(Rendering),
 }
@@ -116,7 +116,7 @@ impl Controller {
     ) -> Self {
         let executor = Executor::new(client.clone(), source, config.concurrency)
             .run_first(config.own_role.clone());
-        Self::with_mode(client, config, Mode::Apply(executor))
+        Self::with_mode(client, config, Mode::Apply(Box::new(executor)))
     }
 
     /// Signs with seed credentials: their expiry is exported and fails `/healthz`.
