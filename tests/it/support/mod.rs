@@ -4,6 +4,7 @@ pub mod apiserver;
 pub mod harness;
 pub mod moto;
 pub mod simulate;
+pub mod volume;
 
 use std::path::{Path, PathBuf};
 
