@@ -26,7 +26,7 @@ use kube_aws_iam_controller::sts::{CredentialSource, StsError};
 use crate::support::apiserver::ApiServer;
 use crate::support::harness::*;
 use crate::support::moto::SignedCall;
-use crate::support::volume::Volume;
+use crate::support::volume::SecretVolume;
 
 const SELF_NS: &str = "kube-system";
 const SELF_NAME: &str = "kube-aws-iam-controller-iam-role";
@@ -195,9 +195,8 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
     let mut secrets_seen = credential_values(&seed_secret);
 
     // The controller's pod: its own Secret mounted at a kubelet-style volume, no static keys.
-    let volume = Volume::new(&env.dir.path().join("meta-aws-iam"));
-    volume.write_secret(&seed_secret);
-    assert!(volume.dir().join("..data").is_symlink());
+    let mut volume = SecretVolume::with("seed-run-volume", data_map(&seed_secret));
+    assert!(volume.path().join("..data").is_symlink());
     let port = free_port();
     let log_path = env.dir.path().join("run.log");
     let log = std::fs::File::create(&log_path).unwrap();
@@ -211,7 +210,7 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
         ])
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env("AWS_SHARED_CREDENTIALS_FILE", volume.path("credentials"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", volume.file("credentials"))
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
@@ -256,7 +255,7 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
         .expect("the own role was assumed");
     assert_eq!(own.access_key_id.as_deref(), Some(key1.as_str()));
     let mark = env.moto.signed_calls().len();
-    volume.write_secret(&refreshed);
+    volume.update(data_map(&refreshed));
     let old = delete_secret(&client, "team-a", "app").await;
     let app = recreated(&client, "team-a", "app", old).await;
     secrets_seen.extend(credential_values(&app));
@@ -283,7 +282,7 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
         expiration: expired_at,
     };
     let mark = env.moto.signed_calls().len();
-    volume.write(&secret::encode(&stale, SELF_ARN, 1));
+    volume.update(secret::encode(&stale, SELF_ARN, 1));
     let old = delete_secret(&client, "team-a", "app").await;
     let failed = eventually(Duration::from_secs(20), || async {
         let (status, reason, message) = condition(&client, "team-a", "app").await;
@@ -293,7 +292,7 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
     let (_, _, message) = condition(&client, "team-a", "app").await;
     assert!(failed, "team-a/app reports the expired seed: {message}");
     assert!(
-        message.contains(&volume.path("credentials").display().to_string())
+        message.contains(&volume.file("credentials").display().to_string())
             && message.contains(&secret::format_time(expired_at)),
         "the message names the file and the expiry: {message}"
     );
@@ -321,7 +320,7 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
     );
 
     // 4. kubelet projects a valid Secret again: healthy, served, no restart.
-    volume.write_secret(&refreshed);
+    volume.update(data_map(&refreshed));
     let app = recreated(&client, "team-a", "app", old).await;
     secrets_seen.extend(credential_values(&app));
     let healthy = eventually(Duration::from_secs(10), || async {
@@ -421,19 +420,18 @@ async fn an_expired_seed_at_start_up_reaches_no_sts_and_exits_2() {
         ApiServer::builder().object(role("team-a", "app", "app-one")),
     )
     .await;
-    let volume = Volume::new(&env.dir.path().join("meta-aws-iam"));
     let stale = Credentials {
         access_key_id: "ASIAEXPIREDATSTART".into(),
         secret_access_key: format!("{SEEDED}-expired-secret"),
         session_token: format!("{SEEDED}-expired-token"),
         expiration: "2026-01-01T00:00:00Z".parse().unwrap(),
     };
-    volume.write(&secret::encode(&stale, SELF_ARN, 1));
+    let volume = SecretVolume::with("seed-expired-volume", secret::encode(&stale, SELF_ARN, 1));
     let child = env
         .command(&["once"])
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env("AWS_SHARED_CREDENTIALS_FILE", volume.path("credentials"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", volume.file("credentials"))
         .output();
     let out = tokio::time::timeout(Duration::from_secs(60), child)
         .await
@@ -444,7 +442,7 @@ async fn an_expired_seed_at_start_up_reaches_no_sts_and_exits_2() {
     assert!(
         stderr.contains(&format!(
             "{} expired at 2026-01-01T00:00:00Z",
-            volume.path("credentials").display()
+            volume.file("credentials").display()
         )),
         "{stderr}"
     );
