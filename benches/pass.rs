@@ -1,5 +1,6 @@
-//! Cost of a live pass (the performance targets of `docs/design.md`). Run with `cargo bench --bench pass`; it prints figures and
-//! checks no timing, but exits 1 when a steady-state pass writes or calls STS (a correctness bug).
+//! Cost of a live pass (the performance targets of `docs/design.md`). Run with
+//! `cargo bench --bench pass`; it prints figures and checks no timing, but exits 1 when a
+//! steady-state pass writes or calls STS (a correctness bug).
 //!
 //! - steady state: `PASS_BENCH_ROLES` (default 10,000) AWSIAMRoles, each with a valid managed
 //!   Secret and a matching status; best of 3 of (a) the paged lists alone, (a') `observe()`,

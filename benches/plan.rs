@@ -1,5 +1,5 @@
-//! Planning cost: prints figures for N roles + N Secrets (`docs/design.md`: 100,000 of each in well under
-//! a second, linear in N). Run with `cargo bench --bench plan`.
+//! Planning cost: prints figures for N roles + N Secrets (`docs/design.md`: 100,000 of each
+//! in well under a second, linear in N). Run with `cargo bench --bench plan`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -25,7 +25,7 @@ fn state(n: usize, now: Timestamp) -> Observed {
                 role_reference: format!("role-{}", i % 1000),
                 role_session_duration: None,
             }),
-            status: None,
+            ..ObservedRole::default()
         };
         let arn = format!("arn:aws:iam::123456789012:role/role-{}", i % 1000);
         let issued = now - SignedDuration::from_secs((i % 600) as i64);

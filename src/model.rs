@@ -47,10 +47,26 @@ pub struct ObservedRole {
     pub status: Option<AWSIAMRoleStatus>,
 }
 
+impl Default for ObservedRole {
+    /// An identity-less role without a spec, as a base for building roles in tests.
+    fn default() -> Self {
+        ObservedRole {
+            namespace: String::new(),
+            name: String::new(),
+            uid: String::new(),
+            generation: 0,
+            resource_version: None,
+            labels: BTreeMap::new(),
+            spec: Err("spec is missing".into()),
+            status: None,
+        }
+    }
+}
+
 /// One Secret as observed. Data values that are not valid base64 (possible only in offline
 /// input) are kept out of `data` and named in `undecodable_keys`. `Debug` shows data keys and
 /// sizes only, never values.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct ObservedSecret {
     pub namespace: String,
     pub name: String,

@@ -195,10 +195,8 @@ async fn find_conflicts(
                     uid: meta.metadata.uid.unwrap_or_default(),
                     resource_version: meta.metadata.resource_version,
                     labels: meta.metadata.labels.unwrap_or_default(),
-                    annotations: BTreeMap::new(),
                     owner_references: meta.metadata.owner_references.unwrap_or_default(),
-                    data: BTreeMap::new(),
-                    undecodable_keys: BTreeSet::new(),
+                    ..ObservedSecret::default()
                 })),
                 Ok(None) => Ok(None),
                 Err(e) => Err(Error::Kube {

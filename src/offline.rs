@@ -237,85 +237,72 @@ impl Collector {
             .get("apiVersion")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        match (kind, api_version) {
-            _ if kind.ends_with("List") => match v.get("items") {
-                Some(Value::Array(items)) => {
-                    for item in items {
-                        self.add_object(file, index, item);
-                    }
-                }
-                _ => self.note(
-                    file,
-                    Some(index),
-                    format!("{} without items; skipped", shorten(kind)),
-                ),
-            },
+        let note = match (kind, api_version) {
+            _ if kind.ends_with("List") => return self.add_list(file, index, kind, v),
             _ if is_awsiamrole(kind, api_version) => {
                 let role = ObservedRole::from_value(v, DEFAULT_NAMESPACE)
                     .map(|r| ((r.namespace.clone(), r.name.clone()), r));
-                let note = insert_first(&mut self.roles, role, "AWSIAMRole");
-                if let Some(message) = note {
-                    self.note(file, Some(index), message);
-                }
+                insert_first(&mut self.roles, role, "AWSIAMRole")
             }
             ("Secret", "v1") => {
                 let secret = ObservedSecret::from_value(v, DEFAULT_NAMESPACE)
                     .map(|s| ((s.namespace.clone(), s.name.clone()), s));
-                let note = insert_first(&mut self.secrets, secret, "Secret");
-                if let Some(message) = note {
-                    self.note(file, Some(index), message);
+                insert_first(&mut self.secrets, secret, "Secret")
+            }
+            ("Namespace", "v1") => self.add_namespace(v),
+            ("", _) => Some("no kind; skipped".into()),
+            _ => Some(format!(
+                "{} ({}) is not used by the controller; ignored",
+                shorten(kind),
+                shorten(api_version)
+            )),
+        };
+        if let Some(message) = note {
+            self.note(file, Some(index), message);
+        }
+    }
+
+    /// `kind: List` (or any `…List`): its items, each as a document of its own.
+    fn add_list(&mut self, file: &str, index: usize, kind: &str, v: &Value) {
+        match v.get("items") {
+            Some(Value::Array(items)) => {
+                for item in items {
+                    self.add_object(file, index, item);
                 }
             }
-            ("Namespace", "v1") => {
-                let name = v.pointer("/metadata/name").and_then(Value::as_str);
-                let annotations = v
-                    .pointer("/metadata/annotations")
-                    .cloned()
-                    .map(serde_json::from_value::<BTreeMap<String, String>>);
-                match (name, annotations) {
-                    (Some(name), annotations @ (None | Some(Ok(_))))
-                        if self.namespaces.contains_key(name) =>
-                    {
-                        let _ = annotations;
-                        self.note(
-                            file,
-                            Some(index),
-                            format!(
-                                "duplicate Namespace {}; the first one is used",
-                                shorten(name)
-                            ),
-                        );
-                    }
-                    (Some(name), None) => {
-                        self.namespaces.insert(name.to_string(), BTreeMap::new());
-                    }
-                    (Some(name), Some(Ok(a))) => {
-                        self.namespaces.insert(name.to_string(), a);
-                    }
-                    (Some(_), Some(Err(_))) => self.note(
-                        file,
-                        Some(index),
-                        "Namespace skipped: metadata.annotations must map strings to strings"
-                            .into(),
-                    ),
-                    (None, _) => self.note(
-                        file,
-                        Some(index),
-                        "Namespace skipped: metadata.name is missing".into(),
-                    ),
-                }
-            }
-            ("", _) => self.note(file, Some(index), "no kind; skipped".into()),
             _ => self.note(
                 file,
                 Some(index),
-                format!(
-                    "{} ({}) is not used by the controller; ignored",
-                    shorten(kind),
-                    shorten(api_version)
-                ),
+                format!("{} without items; skipped", shorten(kind)),
             ),
         }
+    }
+
+    /// A Namespace's annotations, for namespace restrictions; the first of a name is kept.
+    fn add_namespace(&mut self, v: &Value) -> Option<String> {
+        let Some(name) = v.pointer("/metadata/name").and_then(Value::as_str) else {
+            return Some("Namespace skipped: metadata.name is missing".into());
+        };
+        let annotations = match v.pointer("/metadata/annotations").cloned() {
+            None => BTreeMap::new(),
+            Some(a) => match serde_json::from_value(a) {
+                Ok(a) => a,
+                Err(_) => {
+                    return Some(
+                        "Namespace skipped: metadata.annotations must map strings to strings"
+                            .into(),
+                    );
+                }
+            },
+        };
+        if self.namespaces.contains_key(name) {
+            return Some(format!(
+                "duplicate Namespace {}; the first one is used",
+                shorten(name)
+            ));
+        }
+        self.namespaces.insert(name.to_string(), annotations);
+        None
     }
 
     fn finish(self) -> Loaded {

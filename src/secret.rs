@@ -142,6 +142,38 @@ pub struct SecretContent {
 
 /// Reads a managed Secret back. `Err` names the first unusable key, never its value.
 pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
+    check_keys(s)?;
+    let text = |key: &str| -> Result<&str, String> {
+        std::str::from_utf8(&s.data[key])
+            .map(str::trim)
+            .map_err(|_| format!("data key {key:?} is not UTF-8"))
+    };
+    let expire_text = text(KEY_EXPIRE)?;
+    let expire: Timestamp = expire_text
+        .parse()
+        .map_err(|_| format!("data key {KEY_EXPIRE:?} is not an RFC 3339 time"))?;
+    let role_arn = text(KEY_ROLE_ARN)?;
+    crate::arn::validate_role_arn(role_arn)
+        .map_err(|_| format!("data key {KEY_ROLE_ARN:?} is not an IAM role ARN"))?;
+    let generation: i64 = text(KEY_GENERATION)?
+        .parse()
+        .map_err(|_| format!("data key {KEY_GENERATION:?} is not an integer"))?;
+    if text(KEY_PROCESS)? != PROCESS_FILE.trim() {
+        return Err(format!(
+            "data key {KEY_PROCESS:?} does not hold the expected credential_process profile"
+        ));
+    }
+    check_process_json(text(KEY_JSON)?, expire_text, expire)?;
+    check_profile(text(KEY_CREDENTIALS)?)?;
+    Ok(SecretContent {
+        role_arn: role_arn.to_string(),
+        expire,
+        generation,
+    })
+}
+
+/// Every data key is there, decoded and non-empty.
+fn check_keys(s: &ObservedSecret) -> Result<(), String> {
     if let Some(k) = s.undecodable_keys.iter().next() {
         if k.is_empty() {
             return Err("data is not a map of base64 strings".into());
@@ -157,26 +189,12 @@ pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
             Some(_) => {}
         }
     }
-    let text = |key: &str| -> Result<&str, String> {
-        std::str::from_utf8(&s.data[key])
-            .map(str::trim)
-            .map_err(|_| format!("data key {key:?} is not UTF-8"))
-    };
-    let expire: Timestamp = text(KEY_EXPIRE)?
-        .parse()
-        .map_err(|_| format!("data key {KEY_EXPIRE:?} is not an RFC 3339 time"))?;
-    let role_arn = text(KEY_ROLE_ARN)?;
-    crate::arn::validate_role_arn(role_arn)
-        .map_err(|_| format!("data key {KEY_ROLE_ARN:?} is not an IAM role ARN"))?;
-    let generation: i64 = text(KEY_GENERATION)?
-        .parse()
-        .map_err(|_| format!("data key {KEY_GENERATION:?} is not an integer"))?;
-    if text(KEY_PROCESS)? != PROCESS_FILE.trim() {
-        return Err(format!(
-            "data key {KEY_PROCESS:?} does not hold the expected credential_process profile"
-        ));
-    }
-    let json: ProcessJsonRef<'_> = serde_json::from_str(text(KEY_JSON)?)
+    Ok(())
+}
+
+/// The credential_process document is complete and expires when `expire` says.
+fn check_process_json(json: &str, expire_text: &str, expire: Timestamp) -> Result<(), String> {
+    let json: ProcessJsonRef<'_> = serde_json::from_str(json)
         .map_err(|_| format!("data key {KEY_JSON:?} is not a credential_process document"))?;
     if json.version != 1
         || json.access_key_id.is_empty()
@@ -187,13 +205,16 @@ pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
             "data key {KEY_JSON:?} lacks Version 1 or a credential field"
         ));
     }
-    let expire_text = text(KEY_EXPIRE)?;
     if json.expiration != expire_text && json.expiration.parse::<Timestamp>().ok() != Some(expire) {
         return Err(format!(
             "data key {KEY_JSON:?} has an Expiration other than {KEY_EXPIRE:?}"
         ));
     }
-    let ini = text(KEY_CREDENTIALS)?;
+    Ok(())
+}
+
+/// The `[default]` profile of `credentials` sets every credential field.
+fn check_profile(ini: &str) -> Result<(), String> {
     let mut section = "";
     let mut found = [false; 3];
     for line in ini.lines().map(str::trim) {
@@ -207,17 +228,13 @@ pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
             found[i] = true;
         }
     }
-    if let Some(i) = found.iter().position(|f| !f) {
-        return Err(format!(
+    match found.iter().position(|f| !f) {
+        Some(i) => Err(format!(
             "data key {KEY_CREDENTIALS:?} lacks {} in its [default] profile",
             INI_FIELDS[i]
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(SecretContent {
-        role_arn: role_arn.to_string(),
-        expire,
-        generation,
-    })
 }
 
 /// The `role-arn` key alone, when it holds a role ARN (for reporting orphans that are
@@ -372,13 +389,8 @@ mod tests {
         ObservedSecret {
             namespace: "ns".into(),
             name: "app".into(),
-            uid: String::new(),
-            resource_version: None,
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-            owner_references: vec![],
             data,
-            undecodable_keys: Default::default(),
+            ..ObservedSecret::default()
         }
     }
 

@@ -4,6 +4,7 @@
 //! Every case also asserts the idempotence invariant.
 
 use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
 
 use kube_aws_iam_controller::commands;
 use kube_aws_iam_controller::plan::{ActionKind, Reason, plan};
@@ -23,12 +24,25 @@ fn snapshot(name: &str, body: &str) {
     });
 }
 
-#[test]
-fn fixtures_render_as_snapshotted() {
+/// Runs `check` on every fixture case and names every case that fails, so the first failure
+/// does not hide the others (each panic message is printed as it happens).
+fn each_case(check: impl Fn(&Case)) {
     let cases = fixture_cases();
     assert!(cases.len() >= 20, "only {} fixture cases", cases.len());
-    for name in cases {
-        let case = Case::load(&name);
+    let failed: Vec<String> = cases
+        .into_iter()
+        .filter(|name| {
+            let case = Case::load(name);
+            std::panic::catch_unwind(AssertUnwindSafe(|| check(&case))).is_err()
+        })
+        .collect();
+    assert!(failed.is_empty(), "failing fixture cases: {failed:?}");
+}
+
+#[test]
+fn fixtures_render_as_snapshotted() {
+    each_case(|case| {
+        let name = &case.name;
         for format in ["text", "diff", "json"] {
             let (options, args) = case.parse(&["--output", format]);
             let out = commands::plan_offline(&options, &args)
@@ -52,16 +66,16 @@ fn fixtures_render_as_snapshotted() {
             }
             snapshot(&format!("{name}@{format}"), &body);
         }
-    }
+    });
 }
 
 /// Each fixture states its expected plan in `# expect: ns/name action Reason [roleArn]`
-/// comment lines, written from `docs/design.md` independently of the code; the plan must match them
-/// exactly (one line per action, nothing more, nothing less).
+/// comment lines, written from `docs/design.md` independently of the code; the plan must match
+/// them exactly (one line per action, nothing more, nothing less).
 #[test]
 fn fixtures_match_their_expect_lines() {
-    for name in fixture_cases() {
-        let case = Case::load(&name);
+    each_case(|case| {
+        let name = &case.name;
         let input = std::fs::read_to_string(case.dir.join("input.yaml")).unwrap();
         let expected: Vec<Vec<String>> = input
             .lines()
@@ -100,15 +114,15 @@ fn fixtures_match_their_expect_lines() {
                 e[0]
             );
         }
-    }
+    });
 }
 
 /// Applying a fixture's plan (with fake credentials) and planning again leaves only skips and
 /// the same blocked roles, whose statuses were already written.
 #[test]
 fn fixtures_converge_after_one_apply() {
-    for name in fixture_cases() {
-        let case = Case::load(&name);
+    each_case(|case| {
+        let name = &case.name;
         let (observed, config) = case.state();
         let first = plan(&observed, case.now, &config);
         let after = simulate::apply(&observed, &first);
@@ -155,7 +169,7 @@ fn fixtures_converge_after_one_apply() {
             }),
             "{name}: newly blocked {newly_blocked:?}"
         );
-    }
+    });
 }
 
 /// Together the fixtures exercise every action with every reason `docs/design.md` names.

@@ -1,5 +1,5 @@
-//! Fuzzing (issue 4, item 5): a bounded proptest run over the three parsers of untrusted
-//! input, seeded from the corpus in `fuzz/corpus/`:
+//! Fuzzing: a bounded proptest run over the three parsers of untrusted input, seeded from the
+//! corpus in `fuzz/corpus/`:
 //!
 //! 1. role references: `arn::resolve`, `RoleArn`/`BaseArn` parsing, session names, globs
 //!    (`fuzz/corpus/references/`, one reference per file, bytes as they are);
@@ -555,13 +555,9 @@ fn observed_secret(
     ObservedSecret {
         namespace: "ns".into(),
         name: "app".into(),
-        uid: String::new(),
-        resource_version: None,
-        labels: BTreeMap::new(),
-        annotations: BTreeMap::new(),
-        owner_references: vec![],
         data,
         undecodable_keys: undecodable,
+        ..ObservedSecret::default()
     }
 }
 

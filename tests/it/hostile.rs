@@ -1,4 +1,4 @@
-//! The bad-input corpus (issue 4, item 4): malformed and hostile objects never stop a pass.
+//! The bad-input corpus: malformed and hostile objects never stop a pass.
 //! Each is `Blocked` or `Refresh`ed with a reason and a message naming the field or data key,
 //! nothing panics, nothing is echoed at length or unescaped, and every well-formed role in the
 //! same pass is still served.

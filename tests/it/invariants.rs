@@ -1,5 +1,5 @@
-//! Property tests of the planner's invariants over generated states (`docs/design.md`): planning is
-//! deterministic and independent of list order; every object appears exactly once; re-planning
+//! Property tests of the planner's invariants (`docs/design.md`) over generated states: planning
+//! is deterministic and independent of list order; every object appears exactly once; re-planning
 //! after applying converges; unmanaged Secrets are never touched; no rendering shows a
 //! credential.
 
@@ -201,7 +201,7 @@ fn build(s: &Scenario) -> (Observed, PlanConfig) {
                 ("type".to_string(), "user".to_string()),
             ]),
             spec,
-            status: None,
+            ..ObservedRole::default()
         };
         let arn_of = |i: usize| {
             kube_aws_iam_controller::arn::resolve(REFERENCES[i], Some(&base()))

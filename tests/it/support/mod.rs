@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser as _;
 use jiff::Timestamp;
 use kube_aws_iam_controller::cli::{Cli, Command, Options, PlanArgs};
-use kube_aws_iam_controller::model::Observed;
+use kube_aws_iam_controller::model::{Observed, ObservedSecret};
 use kube_aws_iam_controller::plan::PlanConfig;
+use kube_aws_iam_controller::secret;
 use kube_aws_iam_controller::{commands, offline};
 
 /// Base ARN the fixtures are planned with unless their `args` name another.
@@ -115,27 +116,17 @@ fn read_trimmed(path: &Path) -> String {
 }
 
 /// A managed Secret (both labels) with no data yet, for building observed states.
-pub fn managed_secret_stub(ns: &str, name: &str) -> kube_aws_iam_controller::model::ObservedSecret {
-    use kube_aws_iam_controller::secret;
-    use std::collections::BTreeMap;
-    kube_aws_iam_controller::model::ObservedSecret {
+pub fn managed_secret_stub(ns: &str, name: &str) -> ObservedSecret {
+    let labels = [
+        (secret::HERITAGE_LABEL, secret::HERITAGE_VALUE),
+        (secret::TYPE_LABEL, secret::TYPE_VALUE),
+    ];
+    ObservedSecret {
         namespace: ns.into(),
         name: name.into(),
         uid: format!("secret-uid-{ns}-{name}"),
         resource_version: Some("1".into()),
-        labels: BTreeMap::from([
-            (
-                secret::HERITAGE_LABEL.to_string(),
-                secret::HERITAGE_VALUE.to_string(),
-            ),
-            (
-                secret::TYPE_LABEL.to_string(),
-                secret::TYPE_VALUE.to_string(),
-            ),
-        ]),
-        annotations: BTreeMap::new(),
-        owner_references: vec![],
-        data: BTreeMap::new(),
-        undecodable_keys: Default::default(),
+        labels: labels.map(|(k, v)| (k.to_string(), v.to_string())).into(),
+        ..ObservedSecret::default()
     }
 }

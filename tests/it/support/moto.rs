@@ -34,8 +34,8 @@ pub const SETUP_COMMAND: &str = "make venv";
 /// Where the Secret is mounted in a pod; `credentials.process` names this path.
 pub const MOUNT_JSON_PATH: &str = "/meta/aws-iam/credentials.json";
 
-/// The fixed `credentials.process` layout (`docs/design.md`), written out here rather than taken from
-/// the crate so that a change to the crate's constant fails these tests.
+/// The fixed `credentials.process` layout, written out here rather than taken from the crate so
+/// that a change to the crate's constant fails these tests.
 const FIXED_PROCESS_FILE: &str =
     "[default]\ncredential_process = cat /meta/aws-iam/credentials.json\n";
 
