@@ -167,6 +167,9 @@ pub struct Executor {
     recorder: Recorder,
     concurrency: usize,
     stopping: Arc<AtomicBool>,
+    /// The controller's own AWSIAMRole (namespace, name): its action runs, and finishes,
+    /// before any other, so the credentials the controller signs with are renewed first.
+    first: Option<(String, String)>,
 }
 
 /// What one action did, before it is named in the report.
@@ -201,7 +204,14 @@ impl Executor {
             source,
             concurrency: concurrency.max(1),
             stopping: Arc::new(AtomicBool::new(false)),
+            first: None,
         }
+    }
+
+    /// Runs the action of AWSIAMRole `namespace/name` before all others in every pass.
+    pub fn run_first(mut self, role: Option<(String, String)>) -> Self {
+        self.first = role;
+        self
     }
 
     /// Set to stop starting new actions (in-flight ones finish).
@@ -213,21 +223,18 @@ impl Executor {
     pub async fn apply(&self, plan: &Plan<'_>) -> PassReport {
         let start = Instant::now();
         let mut report = PassReport::default();
-        let work = plan.actions.iter().filter(|a| !a.changes_nothing());
-        let results: Vec<(&Action<'_>, Done)> = futures::stream::iter(work)
-            .map(|a| async move {
-                if self.stopping.load(Ordering::SeqCst) {
-                    let done = Done {
-                        outcome: Outcome::NotStarted,
-                        ..Done::default()
-                    };
-                    return (a, done);
-                }
-                (a, self.apply_one(a).await)
-            })
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
+        let is_first = |a: &Action<'_>| {
+            self.first
+                .as_ref()
+                .is_some_and(|(ns, name)| a.namespace == ns && a.name == name)
+        };
+        let (first, rest): (Vec<&Action<'_>>, Vec<&Action<'_>>) = plan
+            .actions
+            .iter()
+            .filter(|a| !a.changes_nothing())
+            .partition(|a| is_first(a));
+        let mut results = self.run_all(first).await;
+        results.extend(self.run_all(rest).await);
         let mut outcomes: BTreeMap<(&str, &str), Done> = BTreeMap::new();
         for (a, done) in results {
             if let Some(label) = done.sts {
@@ -259,6 +266,24 @@ impl Executor {
         }
         report.duration = start.elapsed();
         report
+    }
+
+    /// Runs `work` with at most `concurrency` actions in flight; none start once stopping.
+    async fn run_all<'p, 'a>(&self, work: Vec<&'p Action<'a>>) -> Vec<(&'p Action<'a>, Done)> {
+        futures::stream::iter(work)
+            .map(|a| async move {
+                if self.stopping.load(Ordering::SeqCst) {
+                    let done = Done {
+                        outcome: Outcome::NotStarted,
+                        ..Done::default()
+                    };
+                    return (a, done);
+                }
+                (a, self.apply_one(a).await)
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await
     }
 
     async fn apply_one(&self, action: &Action<'_>) -> Done {

@@ -33,6 +33,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the AWSIAMRole CustomResourceDefinition YAML.
     Crd,
+    /// Create the controller's own AWSIAMRole and its Secret with the operator's AWS
+    /// credentials, so the controller can run on them (seed credentials, outside AWS).
+    Bootstrap(crate::bootstrap::BootstrapArgs),
     /// Add credentials delivery to labelled pod templates in YAML manifests (offline).
     Inject(crate::delivery::inject::InjectArgs),
     /// Serve the pod mutation as a mutating admission webhook over TLS.
@@ -179,6 +182,42 @@ pub struct Options {
         env = "KUBE_AWS_IAM_CONTROLLER_HEALTH_ADDR"
     )]
     pub health_addr: String,
+    /// Take the leader Lease before passing (`run` and `once`), so replicas and a CronJob
+    /// never pass at the same time; `--leader-elect=false` turns it off.
+    #[arg(long, global = true, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "KUBE_AWS_IAM_CONTROLLER_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, global = true, default_value = crate::lease::DEFAULT_LEASE_NAME, env = "KUBE_AWS_IAM_CONTROLLER_LEASE_NAME")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (default: POD_NAMESPACE, else kube-system).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAMESPACE",
+        env = "KUBE_AWS_IAM_CONTROLLER_LEASE_NAMESPACE"
+    )]
+    pub lease_namespace: Option<String>,
+    /// How long a Lease holder that stopped renewing keeps it.
+    #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_LEASE_DURATION")]
+    pub lease_duration: Duration,
+    /// A leader that could not renew for this long stops acting (before the Lease expires).
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_LEASE_RENEW_DEADLINE")]
+    pub lease_renew_deadline: Duration,
+    /// Time between attempts to take or renew the Lease.
+    #[arg(long, global = true, default_value = "2s", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_LEASE_RETRY_PERIOD")]
+    pub lease_retry_period: Duration,
+    /// How long `once` waits for a Lease another controller holds before exiting with 2.
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_LEASE_WAIT")]
+    pub lease_wait: Duration,
+    /// The controller's own AWSIAMRole (NAMESPACE/NAME), refreshed before every other role
+    /// in a pass (default with seed credentials: kube-system/kube-aws-iam-controller-iam-role).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAMESPACE/NAME",
+        env = "KUBE_AWS_IAM_CONTROLLER_SELF_ROLE"
+    )]
+    pub self_role: Option<String>,
     /// Log format (RUST_LOG filters; --debug sets the default level to debug).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KUBE_AWS_IAM_CONTROLLER_LOG_FORMAT")]
     pub log_format: LogFormat,

@@ -7,6 +7,7 @@ use jiff::Timestamp;
 
 use crate::arn::BaseArn;
 use crate::cli::{Options, PlanArgs};
+use crate::lease::LeaseConfig;
 use crate::observe::ObserveOptions;
 use crate::pass::{Controller, ControllerConfig, Rendering, kube_client};
 use crate::plan::PlanConfig;
@@ -56,6 +57,7 @@ pub fn controller_config(options: &Options) -> Result<ControllerConfig> {
             page_size: 0,
         },
         concurrency: options.concurrency.get(),
+        own_role: None,
     })
 }
 
@@ -71,17 +73,78 @@ async fn connect(options: &Options, dry_run: bool) -> Result<Controller> {
         };
         return Ok(Controller::dry_run(client, config, rendering));
     }
+    let seed = crate::seed::detect()?.map(Arc::new);
+    if let Some(seed) = &seed {
+        tracing::info!(file = %seed.path().display(), "signing with seed credentials (re-read when the file changes)");
+    }
     let (source, base) = sts::connect(&AwsOptions {
         region: options.region.clone(),
         base_role_arn: config.plan.base_role_arn.clone(),
         assume_role: options.assume_role.clone(),
         rate: Some(options.sts_rate),
         burst: Some(options.sts_burst),
+        seed: seed.clone(),
     })
     .await?;
     tracing::info!(base_role_arn = %base, "connected to STS");
     config.plan.base_role_arn = Some(base);
-    Ok(Controller::new(client, config, Arc::new(source)))
+    config.own_role = self_role(options, seed.is_some())?;
+    let elector = lease_config(options)?
+        .map(|lease| Arc::new(crate::lease::LeaderElector::new(client.clone(), lease)));
+    Ok(Controller::new(client, config, Arc::new(source))
+        .with_seed(seed)
+        .with_leader_election(elector))
+}
+
+/// The leader election settings from the command line, or `None` when it is off.
+pub fn lease_config(options: &Options) -> Result<Option<LeaseConfig>> {
+    if !options.leader_elect {
+        return Ok(None);
+    }
+    let namespace = options
+        .lease_namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+        })
+        .unwrap_or_else(|| crate::lease::DEFAULT_LEASE_NAMESPACE.into());
+    if options.lease_name.is_empty() {
+        return Err(Error::Config("--lease-name must not be empty".into()));
+    }
+    let config = LeaseConfig {
+        namespace,
+        name: options.lease_name.clone(),
+        identity: LeaseConfig::default_identity(),
+        duration: options.lease_duration,
+        renew_deadline: options.lease_renew_deadline,
+        retry_period: options.lease_retry_period,
+        wait: options.lease_wait,
+    };
+    config.validate().map_err(Error::Config)?;
+    Ok(Some(config))
+}
+
+/// `--self-role` as (namespace, name); with seed credentials it defaults to the role
+/// `bootstrap` creates.
+pub fn self_role(options: &Options, seed: bool) -> Result<Option<(String, String)>> {
+    match options.self_role.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Some((ns.to_string(), name.to_string())))
+            }
+            _ => Err(Error::Config(format!(
+                "--self-role {s:?} is not NAMESPACE/NAME"
+            ))),
+        },
+        None if seed => Ok(Some((
+            crate::bootstrap::DEFAULT_NAMESPACE.into(),
+            crate::bootstrap::DEFAULT_NAME.into(),
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// What a command produced: its standard output, warnings for standard error, its exit code.

@@ -7,10 +7,12 @@
 
 pub mod apply;
 pub mod arn;
+pub mod bootstrap;
 pub mod cli;
 pub mod commands;
 pub mod crd;
 pub mod delivery;
+pub mod lease;
 pub mod metrics;
 pub mod model;
 pub mod observe;
@@ -19,6 +21,7 @@ pub mod pass;
 pub mod plan;
 pub mod policy;
 pub mod secret;
+pub mod seed;
 pub mod server;
 pub mod session;
 pub mod sts;
@@ -61,6 +64,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Leader election: the Lease could not be read or written, or another holder kept it.
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
+    /// The controller's own seed credentials file is unusable.
+    #[error(transparent)]
+    Seed(#[from] seed::SeedError),
     /// The command exists but its implementation has not landed yet.
     #[error("{0}")]
     Unsupported(String),
@@ -78,6 +87,8 @@ impl Error {
             Error::Aws(_) => "aws",
             Error::Kube { .. } => "kube",
             Error::Server { .. } => "server",
+            Error::Lease(_) => "lease",
+            Error::Seed(_) => "seed",
         }
     }
 

@@ -25,6 +25,9 @@ fn main() -> ExitCode {
                     match command {
                         Some(Command::Plan(args)) => commands::plan(&cli.options, args).await,
                         Some(Command::Once) => commands::once(&cli.options).await,
+                        Some(Command::Bootstrap(args)) => {
+                            kube_aws_iam_controller::bootstrap::run(&cli.options, args).await
+                        }
                         Some(Command::Webhook(args)) => {
                             delivery::webhook::run(&cli.options, args).await
                         }

@@ -32,6 +32,8 @@ pub struct Metrics {
     managed_roles: Gauge,
     earliest_expiry: Gauge<f64, AtomicU64>,
     last_success: Gauge<f64, AtomicU64>,
+    own_expiry: Gauge<f64, AtomicU64>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -50,6 +52,8 @@ impl Metrics {
         let managed_roles = Gauge::default();
         let earliest_expiry = Gauge::<f64, AtomicU64>::default();
         let last_success = Gauge::<f64, AtomicU64>::default();
+        let own_expiry = Gauge::<f64, AtomicU64>::default();
+        let leader = Gauge::default();
         registry.register(
             "pass_duration_seconds",
             "Duration of reconciliation passes",
@@ -85,6 +89,20 @@ impl Metrics {
             "Unix time of the end of the last pass that observed the cluster",
             last_success.clone(),
         );
+        registry.register(
+            "own_credentials_expiry_timestamp_seconds",
+            "Unix time at which the controller's own seed credentials expire (0 without seed credentials)",
+            own_expiry.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this process holds the leader Lease (or runs without leader election)",
+            leader.clone(),
+        );
+        // Zero samples from the start, so a standby replica shows that it never passed.
+        for result in ["ok", "failed"] {
+            passes.get_or_create(&ResultLabel { result }).inc_by(0);
+        }
         for result in ["ok", "throttled", "denied", "error"] {
             sts_calls.get_or_create(&ResultLabel { result }).inc_by(0);
         }
@@ -97,7 +115,18 @@ impl Metrics {
             managed_roles,
             earliest_expiry,
             last_success,
+            own_expiry,
+            leader,
         }
+    }
+
+    /// The expiry of the credentials the controller itself signs with (seed credentials).
+    pub fn set_own_expiry(&self, expiry: jiff::Timestamp) {
+        self.own_expiry.set(expiry.as_second() as f64);
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Records a pass that observed the cluster (its actions may still have failed).

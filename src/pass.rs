@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kube::Client;
+use tokio::sync::watch;
 
 use crate::apply::{Executor, PassReport};
+use crate::lease::LeaderElector;
 use crate::metrics::Metrics;
 use crate::observe::{ObserveOptions, observe};
 use crate::plan::render::{OutputFormat, render, summary_line};
 use crate::plan::{PlanConfig, plan};
+use crate::seed::SeedCredentials;
 use crate::server::{self, Health};
 use crate::sts::CredentialSource;
 use crate::{Error, Result};
@@ -28,6 +31,8 @@ pub struct ControllerConfig {
     pub observe: ObserveOptions,
     /// Actions (STS call and writes) in flight at once.
     pub concurrency: usize,
+    /// The controller's own AWSIAMRole (namespace, name), applied before any other action.
+    pub own_role: Option<(String, String)>,
 }
 
 impl Default for ControllerConfig {
@@ -36,6 +41,7 @@ impl Default for ControllerConfig {
             plan: PlanConfig::default(),
             observe: ObserveOptions::default(),
             concurrency: 8,
+            own_role: None,
         }
     }
 }
@@ -62,6 +68,11 @@ pub struct Controller {
     observe: ObserveOptions,
     config: PlanConfig,
     pub metrics: Arc<Metrics>,
+    /// Seed credentials the STS client signs with, when the controller runs on its own
+    /// AWSIAMRole's Secret.
+    seed: Option<Arc<SeedCredentials>>,
+    /// Leader election (`None` when off or in a dry run, which writes nothing).
+    elector: Option<Arc<LeaderElector>>,
 }
 
 /// What a pass produced.
@@ -103,8 +114,21 @@ impl Controller {
         config: ControllerConfig,
         source: Arc<dyn CredentialSource>,
     ) -> Self {
-        let executor = Executor::new(client.clone(), source, config.concurrency);
+        let executor = Executor::new(client.clone(), source, config.concurrency)
+            .run_first(config.own_role.clone());
         Self::with_mode(client, config, Mode::Apply(Box::new(executor)))
+    }
+
+    /// Signs with seed credentials: their expiry is exported and fails `/healthz`.
+    pub fn with_seed(mut self, seed: Option<Arc<SeedCredentials>>) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Passes only while holding the leader Lease.
+    pub fn with_leader_election(mut self, elector: Option<Arc<LeaderElector>>) -> Self {
+        self.elector = elector;
+        self
     }
 
     /// A controller that only renders its plans.
@@ -119,6 +143,8 @@ impl Controller {
             observe: config.observe,
             config: config.plan,
             metrics: Arc::new(Metrics::new()),
+            seed: None,
+            elector: None,
         }
     }
 
@@ -142,6 +168,9 @@ impl Controller {
         };
         report.duration = start.elapsed();
         self.metrics.record_pass(&report, Timestamp::now());
+        if let Some(expiry) = self.seed.as_ref().and_then(|s| s.expiration().ok()) {
+            self.metrics.set_own_expiry(expiry);
+        }
         match &self.mode {
             Mode::Apply(_) => tracing::info!("{report}"),
             Mode::DryRun(_) => tracing::info!(
@@ -155,26 +184,106 @@ impl Controller {
 
     /// `once`: exit code 0 (all actions done), 1 (some failed), 2 (the pass could not run).
     pub async fn once(&self) -> Result<(u8, Option<String>)> {
-        let outcome = self.pass().await?;
+        let Some(elector) = &self.elector else {
+            let outcome = self.pass().await?;
+            let code = if outcome.report.failed() > 0 { 1 } else { 0 };
+            return Ok((code, outcome.rendered));
+        };
+        // The same Lease as `run`: a CronJob never passes beside a Deployment or another Job.
+        elector.acquire_within(elector.config().wait).await?;
+        let (leading_tx, mut leading) = watch::channel(true);
+        let (contact_tx, _) = watch::channel(Instant::now());
+        let renew = {
+            let elector = elector.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(elector.config().retry_period).await;
+                elector.campaign(leading_tx, contact_tx).await
+            })
+        };
+        let pass = self.pass();
+        tokio::pin!(pass);
+        let outcome = tokio::select! {
+            outcome = &mut pass => outcome,
+            _ = leading.wait_for(|l| !*l) => {
+                tracing::error!("lost the leader lease during the pass; starting no further actions");
+                if let Mode::Apply(ex) = &self.mode {
+                    ex.stop_flag().store(true, Ordering::SeqCst);
+                }
+                pass.await
+            }
+        };
+        renew.abort();
+        elector.release().await;
+        let outcome = outcome?;
         let code = if outcome.report.failed() > 0 { 1 } else { 0 };
         Ok((code, outcome.rendered))
     }
 
     /// `run`: a pass every `interval` until SIGTERM/SIGINT. On a signal it stops starting new
-    /// actions, lets in-flight ones finish (bounded), and returns.
+    /// actions, lets in-flight ones finish (bounded), and returns. With leader election it
+    /// passes only while it holds the Lease, and stands by (alive and ready, passing nothing)
+    /// while another replica does.
     pub async fn run(&self, interval: Duration, health_addr: &str) -> Result<()> {
         let addr = server::parse_addr(health_addr)
             .map_err(|e| Error::Config(format!("--health-addr {e}")))?;
-        let health = Arc::new(Health::new(interval, self.metrics.clone()));
+        let health =
+            Arc::new(Health::new(interval, self.metrics.clone()).with_seed(self.seed.clone()));
         let (bound, server) = server::start(addr, health.clone()).await?;
         tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
+        let (leading_tx, mut leading) = watch::channel(self.elector.is_none());
+        let (contact_tx, mut contact) = watch::channel(Instant::now());
+        let (campaign, _senders) = match self.elector.clone() {
+            Some(elector) => (
+                Some(tokio::spawn(async move {
+                    elector.campaign(leading_tx, contact_tx).await
+                })),
+                None,
+            ),
+            None => (None, Some((leading_tx, contact_tx))),
+        };
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
-        let result = loop {
+        let result = 'passes: loop {
+            if !*leading.borrow() {
+                self.metrics.set_leader(false);
+                tracing::info!("standing by until this replica holds the leader lease");
+                loop {
+                    tokio::select! {
+                        changed = leading.changed() => {
+                            if changed.is_err() || *leading.borrow() {
+                                break;
+                            }
+                        }
+                        _ = contact.changed() => {
+                            // Ready as a standby; a replica about to lead becomes ready by
+                            // passing, like one without leader election.
+                            if *leading.borrow() {
+                                break;
+                            }
+                            health.standby_ok();
+                        }
+                        _ = &mut shutdown => break 'passes Ok(()),
+                    }
+                }
+            }
+            self.metrics.set_leader(true);
             let pass = self.pass();
             tokio::pin!(pass);
             let outcome = tokio::select! {
                 outcome = &mut pass => outcome,
+                _ = leading.wait_for(|l| !*l) => {
+                    tracing::error!("lost the leader lease during a pass: starting no further actions");
+                    if let Mode::Apply(ex) = &self.mode {
+                        ex.stop_flag().store(true, Ordering::SeqCst);
+                    }
+                    if tokio::time::timeout(SHUTDOWN_GRACE, &mut pass).await.is_err() {
+                        tracing::warn!("in-flight work did not finish in time");
+                    }
+                    if let Mode::Apply(ex) = &self.mode {
+                        ex.stop_flag().store(false, Ordering::SeqCst);
+                    }
+                    continue;
+                }
                 _ = &mut shutdown => {
                     tracing::info!("shutting down: finishing in-flight work");
                     if let Mode::Apply(executor) = &self.mode {
@@ -197,9 +306,16 @@ impl Controller {
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
+                _ = leading.wait_for(|l| !*l) => {}
                 _ = &mut shutdown => break Ok(()),
             }
         };
+        if let Some(campaign) = campaign {
+            campaign.abort();
+        }
+        if let Some(elector) = &self.elector {
+            elector.release().await;
+        }
         server.abort();
         tracing::info!("stopped");
         result

@@ -26,6 +26,8 @@ pub struct Health {
     interval: Duration,
     last_success: Mutex<Option<Instant>>,
     pub metrics: Arc<Metrics>,
+    /// Seed credentials, whose expiry fails liveness (see [`crate::seed`]).
+    seed: Option<Arc<crate::seed::SeedCredentials>>,
 }
 
 impl Health {
@@ -35,7 +37,33 @@ impl Health {
             interval,
             last_success: Mutex::new(None),
             metrics,
+            seed: None,
         }
+    }
+
+    /// Makes `/healthz` fail while the controller's own seed credentials are expired.
+    pub fn with_seed(mut self, seed: Option<Arc<crate::seed::SeedCredentials>>) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Why the controller's own credentials are unusable, if they are (re-read when the
+    /// mounted file changed, so a kubelet update heals this without a restart).
+    pub fn own_credentials_problem(&self) -> Option<String> {
+        let seed = self.seed.as_ref()?;
+        match seed.expiration() {
+            Ok(expiry) => {
+                self.metrics.set_own_expiry(expiry);
+                seed.credentials().err().map(|e| e.to_string())
+            }
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// A standby replica reached the API (its Lease round trip succeeded): it is alive and
+    /// ready to take over, though it runs no passes.
+    pub fn standby_ok(&self) {
+        self.pass_succeeded();
     }
 
     /// A pass observed the cluster and applied its plan (some actions may have failed).
@@ -113,7 +141,16 @@ async fn respond(
     req: Request<Incoming>,
     health: Arc<Health>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let own_problem = match req.uri().path() {
+        "/healthz" | "/metrics" => health.own_credentials_problem(),
+        _ => None,
+    };
     let (status, content_type, body) = match req.uri().path() {
+        "/healthz" if own_problem.is_some() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{}\n", own_problem.unwrap_or_default()),
+        ),
         "/healthz" if health.is_live() => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/healthz" => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -190,6 +190,8 @@ pub struct AwsOptions {
     pub assume_role: Option<String>,
     pub rate: Option<NonZeroU32>,
     pub burst: Option<NonZeroU32>,
+    /// Seed credentials (see [`crate::seed`]) instead of the SDK's default chain.
+    pub seed: Option<Arc<crate::seed::SeedCredentials>>,
 }
 
 /// Builds the STS client from the standard AWS chain (honouring `AWS_ENDPOINT_URL_STS`),
@@ -199,6 +201,15 @@ pub async fn connect(options: &AwsOptions) -> Result<(StsCredentialSource, BaseA
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = &options.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(seed) = &options.seed {
+        // No SDK cache in front of the file: the provider checks it on every use, which is
+        // what makes a kubelet swap take effect at once and an expired session unusable.
+        loader = loader
+            .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(
+                crate::seed::SharedSeed(seed.clone()),
+            ))
+            .identity_cache(aws_config::identity::IdentityCache::no_cache());
     }
     let config = loader.load().await;
     if config.region().is_none() {
@@ -224,6 +235,9 @@ pub async fn connect(options: &AwsOptions) -> Result<(StsCredentialSource, BaseA
                 .await;
             let chained = config
                 .into_builder()
+                // The assumed role's session is cached (and refreshed before it expires);
+                // only the seed underneath it is read on every use.
+                .identity_cache(aws_config::identity::IdentityCache::lazy().build())
                 .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(
                     provider,
                 ))

@@ -113,6 +113,12 @@ impl RecordedRequest {
         self.resource == "events"
     }
 
+    /// A request for the controller's leader Lease (`coordination.k8s.io` `leases`):
+    /// bookkeeping between controllers, not a change to anything they manage.
+    pub fn is_lease(&self) -> bool {
+        self.group == "coordination.k8s.io" && self.resource == "leases"
+    }
+
     /// A decoded query parameter, e.g. `param("limit")`.
     pub fn param(&self, key: &str) -> Option<String> {
         parse_query(&self.query)
@@ -328,11 +334,11 @@ preferences: {{}}
     }
 
     /// Recorded writes (create, update, patch, delete, deletecollection; attempts, whatever
-    /// they answered), Events excluded.
+    /// they answered), Events and the leader Lease excluded.
     pub fn write_count(&self) -> usize {
         lock(&self.state.requests)
             .iter()
-            .filter(|r| r.is_write() && !r.is_event())
+            .filter(|r| r.is_write() && !r.is_event() && !r.is_lease())
             .count()
     }
 
@@ -366,7 +372,8 @@ preferences: {{}}
         }
     }
 
-    /// The `n`-th write from now on (1-based; Events and [`Self::client`] requests not counted)
+    /// The `n`-th write from now on (1-based; Events, the leader Lease and [`Self::client`]
+    /// requests not counted)
     /// answers `status_code` with a Kubernetes Status body and is not performed.
     pub fn fail_nth_write(&self, n: u64, status_code: u16) {
         assert!(n >= 1, "fail_nth_write counts from 1");
@@ -498,7 +505,9 @@ impl State {
         if !is_write_verb(&info.verb) {
             return None;
         }
-        if info.resource != "events" {
+        if info.resource != "events"
+            && !(info.group == "coordination.k8s.io" && info.resource == "leases")
+        {
             let mut fire = None;
             for (left, code) in faults.nth_writes.iter_mut() {
                 *left -= 1;

@@ -4,7 +4,8 @@
 //! The RBAC proof runs the compiled binary (`plan`, `once --dry-run`, `once`, `run`,
 //! `--namespace-restrictions`, `--namespace`) against the recording loopback API server
 //! (`test-apiserver/`) and moto's STS, collects every (verb, group, resource, subresource)
-//! it requested, and compares that set with the ClusterRole in `deploy/rbac.yaml` both ways.
+//! it requested, and compares that set with the ClusterRole (and, for the leader Lease, the
+//! namespaced Role) in `deploy/rbac.yaml` both ways.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,7 +17,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ObjectMeta};
 use kube::{Api, Client};
@@ -259,13 +260,15 @@ fn kustomize_renders_deploy_and_cronjobs() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "Deployment",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     assert_eq!(kinds(&deploy), expected, "kinds rendered from deploy/");
-    assert_eq!(deploy.len(), 5, "one object of each kind in deploy/");
+    assert_eq!(deploy.len(), 7, "one object of each kind in deploy/");
 
     let cronjobs = kustomize(&repo_root().join("cronjobs"));
     let expected: BTreeSet<String> = [
@@ -273,6 +276,8 @@ fn kustomize_renders_deploy_and_cronjobs() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "CronJob",
     ]
     .iter()
@@ -289,6 +294,8 @@ fn kustomize_renders_deploy_and_cronjobs() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
     ] {
         let a: Vec<&Value> = deploy.iter().filter(|d| kind_of(d) == kind).collect();
         let b: Vec<&Value> = cronjobs.iter().filter(|d| kind_of(d) == kind).collect();
@@ -356,7 +363,13 @@ fn deployment_runs_the_loop_with_probes_metrics_and_hardening() {
         "namespace"
     );
     let spec = d.spec.as_ref().unwrap();
-    assert_eq!(spec.replicas, Some(1), "one replica");
+    assert_eq!(
+        spec.replicas,
+        Some(2),
+        "two replicas (one leads, one stands by)"
+    );
+    let strategy = spec.strategy.as_ref().expect("a strategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
     let pod = pod_spec_of_deployment(&d);
     assert_hardened(pod, "deploy/deployment.yaml");
     let c = only_container(pod, "deploy/deployment.yaml");
@@ -365,6 +378,19 @@ fn deployment_runs_the_loop_with_probes_metrics_and_hardening() {
         a.is_empty() || a[0] == "run",
         "the Deployment runs the loop (`run` or no subcommand), got {a:?}"
     );
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let from = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(from, Some(field), "{name} (Lease identity and namespace)");
+    }
     assert!(
         env_value(c, "AWS_REGION").is_some_and(|r| !r.is_empty()),
         "AWS_REGION is set (STS needs a region; the original's manifest lacked one)"
@@ -410,6 +436,46 @@ fn deployment_runs_the_loop_with_probes_metrics_and_hardening() {
     assert_eq!(
         annotations.get("prometheus.io/path").map(String::as_str),
         Some("/metrics")
+    );
+}
+
+/// The seed-credentials overlay mounts the Secret `bootstrap` writes where
+/// `AWS_SHARED_CREDENTIALS_FILE` points, and names the same AWSIAMRole as the controller's own.
+#[test]
+fn seed_overlay_runs_on_the_secret_bootstrap_writes() {
+    use kube_aws_iam_controller::bootstrap::{DEFAULT_NAME, DEFAULT_NAMESPACE};
+    let rendered = kustomize(&repo_root().join("overlays/seed-credentials"));
+    let d: Deployment = only(&rendered, "Deployment", "overlays/seed-credentials");
+    assert_eq!(d.metadata.namespace.as_deref(), Some(DEFAULT_NAMESPACE));
+    let pod = pod_spec_of_deployment(&d);
+    assert_hardened(pod, "overlays/seed-credentials");
+    let c = only_container(pod, "overlays/seed-credentials");
+    let file = env_value(c, "AWS_SHARED_CREDENTIALS_FILE").expect("AWS_SHARED_CREDENTIALS_FILE");
+    assert_eq!(file, format!("{MOUNT_PATH}/{}", secret::KEY_CREDENTIALS));
+    assert!(
+        env_value(c, "AWS_ACCESS_KEY_ID").is_none(),
+        "no static key beside the seed (it would take precedence)"
+    );
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == MOUNT_PATH)
+        .expect("the own Secret is mounted");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("the mounted volume");
+    let source = volume.secret.as_ref().expect("a secret volume");
+    assert_eq!(source.secret_name.as_deref(), Some(DEFAULT_NAME));
+    assert_ne!(source.optional, Some(true), "the pod waits for bootstrap");
+    assert!(
+        args(c).contains(&format!("--self-role={DEFAULT_NAMESPACE}/{DEFAULT_NAME}").as_str()),
+        "{:?}",
+        args(c)
     );
 }
 
@@ -553,18 +619,25 @@ struct Access {
     group: String,
     /// `resource` or `resource/subresource`.
     resource: String,
+    /// For resources granted by a (namespaced) Role: the namespace of the request or grant;
+    /// `None` for what the ClusterRole grants everywhere.
+    namespace: Option<String>,
 }
 
 impl Access {
-    fn of(r: &RecordedRequest) -> Access {
+    fn of(r: &RecordedRequest, role_scoped: &BTreeSet<(String, String)>) -> Access {
         let resource = match &r.subresource {
             Some(sub) => format!("{}/{sub}", r.resource),
             None => r.resource.clone(),
         };
+        let namespace = role_scoped
+            .contains(&(r.group.clone(), resource.clone()))
+            .then(|| r.namespace.clone().unwrap_or_default());
         Access {
             verb: r.verb.clone(),
             group: r.group.clone(),
             resource,
+            namespace,
         }
     }
 }
@@ -576,37 +649,39 @@ impl fmt::Display for Access {
         } else {
             &self.group
         };
-        write!(f, "{} {group} {}", self.verb, self.resource)
+        write!(f, "{} {group} {}", self.verb, self.resource)?;
+        if let Some(ns) = &self.namespace {
+            write!(f, " in namespace {ns}")?;
+        }
+        Ok(())
     }
 }
 
-/// Every (verb, group, resource[/subresource]) the ClusterRole of deploy/rbac.yaml grants.
-/// Wildcards, resourceNames and nonResourceURLs are refused outright (least privilege, and
-/// this comparison would not be exact with them).
-fn granted() -> BTreeSet<Access> {
-    let role: ClusterRole = only(
-        &docs_of("deploy/rbac.yaml"),
-        "ClusterRole",
-        "deploy/rbac.yaml",
-    );
-    assert!(
-        role.aggregation_rule.is_none(),
-        "the ClusterRole is not aggregated"
-    );
+/// The (group, resource) pairs the Role of deploy/rbac.yaml grants in its namespace only.
+fn role_scoped() -> BTreeSet<(String, String)> {
+    granted()
+        .into_iter()
+        .filter(|a| a.namespace.is_some())
+        .map(|a| (a.group, a.resource))
+        .collect()
+}
+
+/// Grants of one rule list, in `namespace` (a Role's) or everywhere (the ClusterRole's).
+fn grants_of(rules: &[PolicyRule], namespace: Option<&str>, what: &str) -> BTreeSet<Access> {
     let mut grants = BTreeSet::new();
-    for (i, rule) in role.rules.iter().flatten().enumerate() {
+    for (i, rule) in rules.iter().enumerate() {
         assert!(
             rule.resource_names.as_ref().is_none_or(Vec::is_empty),
-            "rule {i}: resourceNames are not used"
+            "{what} rule {i}: resourceNames are not used"
         );
         assert!(
             rule.non_resource_urls.as_ref().is_none_or(Vec::is_empty),
-            "rule {i}: nonResourceURLs are not needed (the controller makes no discovery call)"
+            "{what} rule {i}: nonResourceURLs are not needed (the controller makes no discovery call)"
         );
         let groups = rule.api_groups.clone().unwrap_or_default();
         let resources = rule.resources.clone().unwrap_or_default();
         for s in groups.iter().chain(&resources).chain(&rule.verbs) {
-            assert!(!s.contains('*'), "rule {i}: wildcard {s:?}");
+            assert!(!s.contains('*'), "{what} rule {i}: wildcard {s:?}");
         }
         for group in &groups {
             for resource in &resources {
@@ -615,11 +690,58 @@ fn granted() -> BTreeSet<Access> {
                         verb: verb.clone(),
                         group: group.clone(),
                         resource: resource.clone(),
+                        namespace: namespace.map(str::to_string),
                     });
                 }
             }
         }
     }
+    grants
+}
+
+/// Every (verb, group, resource[/subresource]) the ClusterRole of deploy/rbac.yaml grants,
+/// and, scoped to its namespace, what its Role grants (bound to the controller's
+/// ServiceAccount). Wildcards, resourceNames and nonResourceURLs are refused outright (least
+/// privilege, and this comparison would not be exact with them).
+fn granted() -> BTreeSet<Access> {
+    let docs = docs_of("deploy/rbac.yaml");
+    let role: ClusterRole = only(&docs, "ClusterRole", "deploy/rbac.yaml");
+    assert!(
+        role.aggregation_rule.is_none(),
+        "the ClusterRole is not aggregated"
+    );
+    let mut grants = grants_of(
+        role.rules.as_deref().unwrap_or_default(),
+        None,
+        "ClusterRole",
+    );
+    let ns_role: Role = only(&docs, "Role", "deploy/rbac.yaml");
+    let binding: RoleBinding = only(&docs, "RoleBinding", "deploy/rbac.yaml");
+    let ns = ns_role
+        .metadata
+        .namespace
+        .clone()
+        .expect("the Role's namespace");
+    assert_eq!(binding.metadata.namespace.as_deref(), Some(ns.as_str()));
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("Role", ns_role.metadata.name.as_deref().unwrap_or_default())
+    );
+    let subjects = binding.subjects.unwrap_or_default();
+    assert!(
+        subjects.iter().any(|s| s.kind == "ServiceAccount"
+            && s.name == SERVICE_ACCOUNT
+            && s.namespace.as_deref() == Some(CONTROLLER_NAMESPACE)),
+        "the RoleBinding binds the controller's ServiceAccount"
+    );
+    grants.extend(grants_of(
+        ns_role.rules.as_deref().unwrap_or_default(),
+        Some(&ns),
+        "Role",
+    ));
     grants
 }
 
@@ -635,12 +757,13 @@ impl Usage {
     /// Takes the requests `api` recorded since the last call and files them under `scenario`.
     fn collect(&mut self, api: &ApiServer, scenario: &str) -> BTreeSet<Access> {
         let mut seen = BTreeSet::new();
+        let role_scoped = role_scoped();
         for r in api.requests() {
             if r.verb.is_empty() {
                 self.non_resource.insert(format!("{} {}", r.method, r.path));
                 continue;
             }
-            let access = Access::of(&r);
+            let access = Access::of(&r, &role_scoped);
             self.used
                 .entry(access.clone())
                 .or_default()

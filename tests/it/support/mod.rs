@@ -5,7 +5,9 @@ pub use test_apiserver as apiserver;
 
 pub mod harness;
 pub mod moto;
+pub mod sidecar;
 pub mod simulate;
+pub mod volume;
 
 use std::path::{Path, PathBuf};
 

@@ -170,6 +170,11 @@ impl Moto {
     pub fn reset_counts(&self) {
         lock(&self.proxy.counts).clear();
     }
+
+    /// Every call received through the proxy, in order, with the access key that signed it.
+    pub fn signed_calls(&self) -> Vec<SignedCall> {
+        lock(&self.proxy.signed).clone()
+    }
 }
 
 impl Drop for Moto {
@@ -512,11 +517,24 @@ fn probe(addr: SocketAddr) -> Result<(), String> {
 // The counting proxy.
 
 type Counts = Arc<Mutex<BTreeMap<String, usize>>>;
+type Signed = Arc<Mutex<Vec<SignedCall>>>;
+
+/// One STS call as the proxy saw it: which access key signed it (the SigV4 `Authorization`
+/// header names it: `Credential=AKID/date/region/service/aws4_request`) and, for AssumeRole,
+/// which role it asked for. Holds no secret: the access key ID is an identifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCall {
+    pub action: String,
+    /// `None` for an unsigned request.
+    pub access_key_id: Option<String>,
+    pub role_arn: Option<String>,
+}
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 struct Proxy {
     addr: SocketAddr,
     counts: Counts,
+    signed: Signed,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -529,8 +547,10 @@ impl Proxy {
             .expect("non-blocking proxy listener");
         let addr = listener.local_addr().expect("proxy address");
         let counts = Counts::default();
+        let signed = Signed::default();
         let (shutdown, stop) = tokio::sync::oneshot::channel();
         let thread_counts = counts.clone();
+        let thread_signed = signed.clone();
         let thread = std::thread::Builder::new()
             .name("moto-proxy".into())
             .spawn(move || {
@@ -538,12 +558,19 @@ impl Proxy {
                     .enable_all()
                     .build()
                     .expect("proxy runtime");
-                runtime.block_on(serve(listener, upstream, thread_counts, stop));
+                runtime.block_on(serve(
+                    listener,
+                    upstream,
+                    thread_counts,
+                    thread_signed,
+                    stop,
+                ));
             })
             .expect("spawn the proxy thread");
         Proxy {
             addr,
             counts,
+            signed,
             shutdown: Some(shutdown),
             thread: Some(thread),
         }
@@ -563,6 +590,7 @@ async fn serve(
     listener: std::net::TcpListener,
     upstream: SocketAddr,
     counts: Counts,
+    signed: Signed,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("proxy listener");
@@ -577,9 +605,16 @@ async fn serve(
         };
         let client = client.clone();
         let counts = counts.clone();
+        let signed = signed.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                forward(req, client.clone(), upstream, counts.clone())
+                forward(
+                    req,
+                    client.clone(),
+                    upstream,
+                    counts.clone(),
+                    signed.clone(),
+                )
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -603,6 +638,7 @@ async fn forward(
     client: HttpClient,
     upstream: SocketAddr,
     counts: Counts,
+    signed: Signed,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (mut parts, body) = req.into_parts();
     let body = match body.collect().await {
@@ -610,7 +646,14 @@ async fn forward(
         Err(e) => return Ok(error(StatusCode::BAD_REQUEST, format!("reading body: {e}"))),
     };
     let action = action_of(&parts, &body).unwrap_or_else(|| "<unknown>".to_string());
-    *lock(&counts).entry(action).or_insert(0) += 1;
+    *lock(&counts).entry(action.clone()).or_insert(0) += 1;
+    lock(&signed).push(SignedCall {
+        access_key_id: signing_key(&parts),
+        role_arn: std::str::from_utf8(&body)
+            .ok()
+            .and_then(|form| form_value(form, "RoleArn")),
+        action,
+    });
 
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = match format!("http://{upstream}{path}").parse() {
@@ -665,6 +708,47 @@ fn action_of(parts: &http::request::Parts, body: &[u8]) -> Option<String> {
         return Some(op.trim_end_matches('/').to_string());
     }
     std::str::from_utf8(body).ok().and_then(form_action)
+}
+
+/// The access key ID in a SigV4 `Authorization` header.
+fn signing_key(parts: &http::request::Parts) -> Option<String> {
+    let auth = parts
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let credential = auth.split("Credential=").nth(1)?;
+    credential.split('/').next().map(str::to_string)
+}
+
+/// A percent-decoded parameter of a form-encoded string.
+fn form_value(form: &str, key: &str) -> Option<String> {
+    let raw = form
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)?
+        .1;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The `Action` parameter of a form-encoded string (action names need no percent-decoding).

@@ -1,0 +1,263 @@
+//! Leader election end to end: two `run` replicas against the loopback API server share the
+//! work of one (only the Lease holder writes or calls STS), the standby takes over when the
+//! leader is killed, and `once` takes the same Lease, so two controllers never pass together.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::DeleteParams;
+use tokio::process::Child;
+
+use crate::support::apiserver::ApiServer;
+use crate::support::harness::*;
+
+const LEASE_NS: &str = "kube-system";
+const LEASE_NAME: &str = "kube-aws-iam-controller";
+
+/// A Lease that outlives any start-up delay, so taking it quickly proves it was released.
+const SLOW: [&str; 6] = [
+    "--lease-duration",
+    "30s",
+    "--lease-renew-deadline",
+    "10s",
+    "--lease-retry-period",
+    "1s",
+];
+
+/// Short timings for tests that do not measure failover.
+const FAST: [&str; 6] = [
+    "--lease-duration",
+    "4s",
+    "--lease-renew-deadline",
+    "3s",
+    "--lease-retry-period",
+    "1s",
+];
+
+fn roles(n: usize) -> crate::support::apiserver::ApiServerBuilder {
+    ApiServer::builder().objects((0..n).map(|i| role("team-a", &format!("app-{i}"), "app")))
+}
+
+/// The value of an unlabelled (or fully labelled) sample, e.g. `…_leader` or
+/// `…_sts_calls_total{result="ok"}`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+const LEADER: &str = "kube_aws_iam_controller_leader";
+const PASSES_OK: &str = "kube_aws_iam_controller_passes_total{result=\"ok\"}";
+const STS_OK: &str = "kube_aws_iam_controller_sts_calls_total{result=\"ok\"}";
+
+struct Replica {
+    child: Child,
+    port: u16,
+}
+
+impl Replica {
+    fn start(env: &Env, name: &str, extra: &[&str]) -> Replica {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec!["run", "--interval", "1s", "--health-addr", &addr];
+        args.extend_from_slice(extra);
+        let log = std::fs::File::create(env.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = env
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        Replica { child, port }
+    }
+
+    async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http_get(self.port, "/metrics").await?;
+        sample(&body, series)
+    }
+
+    async fn leading(&self) -> bool {
+        self.metric(LEADER).await == Some(1.0)
+    }
+
+    async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running").to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap()
+            .code()
+    }
+}
+
+async fn lease_holder(client: &kube::Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), LEASE_NS)
+        .get_opt(LEASE_NAME)
+        .await
+        .unwrap()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+async fn all_served(client: &kube::Client, n: usize) -> bool {
+    let api = Api::<Secret>::namespaced(client.clone(), "team-a");
+    for i in 0..n {
+        if api
+            .get_opt(&format!("app-{i}"))
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_pass_as_one_and_the_standby_takes_over_with_default_timings() {
+    let env = Env::start("leader-failover", roles(3)).await;
+    let client = env.client();
+    let a = Replica::start(&env, "a", &[]);
+    let b = Replica::start(&env, "b", &[]);
+    assert!(
+        eventually(Duration::from_secs(30), || all_served(&client, 3)).await,
+        "the roles were not served"
+    );
+    // Both are ready (the standby too: it can take over), exactly one leads.
+    let both_ready = eventually(Duration::from_secs(15), || async {
+        http_get(a.port, "/readyz").await.map(|r| r.0) == Some(200)
+            && http_get(b.port, "/readyz").await.map(|r| r.0) == Some(200)
+    })
+    .await;
+    assert!(both_ready, "a standby replica is ready");
+    // Several intervals with both running: the work was done once.
+    let leader_passes = eventually(Duration::from_secs(15), || async {
+        let (pa, pb) = (a.metric(PASSES_OK).await, b.metric(PASSES_OK).await);
+        pa.unwrap_or(0.0) + pb.unwrap_or(0.0) >= 4.0
+    })
+    .await;
+    assert!(leader_passes);
+    let (a_leads, b_leads) = (a.leading().await, b.leading().await);
+    assert!(
+        a_leads ^ b_leads,
+        "exactly one leader (a: {a_leads}, b: {b_leads})"
+    );
+    let (leader, standby) = if a_leads { (a, b) } else { (b, a) };
+    assert_eq!(
+        standby.metric(PASSES_OK).await,
+        Some(0.0),
+        "the standby never passed"
+    );
+    assert_eq!(
+        standby.metric(STS_OK).await,
+        Some(0.0),
+        "the standby never called STS"
+    );
+    assert_eq!(leader.metric(STS_OK).await, Some(3.0));
+    assert_eq!(env.moto.calls("AssumeRole"), 3, "each role assumed once");
+    assert_eq!(
+        env.api.write_count_for("secrets"),
+        3,
+        "each Secret written once"
+    );
+    let holder = lease_holder(&client).await.expect("a holder");
+    assert!(
+        holder.ends_with(&format!("_{}", leader.child.id().unwrap())),
+        "the Lease names the leader: {holder}"
+    );
+
+    // Kill the leader outright (no release): the standby takes over once the Lease expires.
+    let mut leader = leader;
+    leader.child.start_kill().unwrap();
+    let killed = Instant::now();
+    let _ = leader.child.wait().await;
+    let took_over = eventually(Duration::from_secs(30), || standby.leading()).await;
+    let failover = killed.elapsed();
+    assert!(took_over, "the standby never took over");
+    eprintln!(
+        "failover after SIGKILL with the default timings (15s lease, 10s renew deadline, 2s retry): {:.1}s",
+        failover.as_secs_f64()
+    );
+    assert!(
+        failover <= Duration::from_secs(20),
+        "failover took {failover:?}"
+    );
+    // The new leader works: a deleted Secret comes back.
+    Api::<Secret>::namespaced(client.clone(), "team-a")
+        .delete("app-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(15), || all_served(&client, 3)).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            standby.metric(STS_OK).await == Some(1.0)
+        })
+        .await,
+        "the new leader made the STS call"
+    );
+
+    // A graceful stop releases the Lease for the next holder.
+    assert_eq!(standby.terminate().await, Some(0));
+    assert_eq!(lease_holder(&client).await, None, "released on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_takes_the_same_lease_as_run() {
+    let env = Env::start("leader-once", roles(3)).await;
+    let client = env.client();
+
+    // Two `once` at the same time: one passes, the other waits for the Lease and then finds
+    // nothing to do. Every role is assumed once, not twice.
+    let mut args = vec!["once"];
+    args.extend_from_slice(&FAST);
+    let (first, second) = tokio::join!(env.run(&args), env.run(&args));
+    for out in [&first, &second] {
+        assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    }
+    assert_eq!(env.moto.calls("AssumeRole"), 3, "{:?}", env.moto.counts());
+    assert!(all_served(&client, 3).await);
+    assert_eq!(lease_holder(&client).await, None, "each once released it");
+
+    // While `run` holds the Lease, `once` waits its bounded time and exits 2 naming the holder.
+    let run = Replica::start(&env, "run", &SLOW);
+    assert!(eventually(Duration::from_secs(15), || run.leading()).await);
+    let mut args = vec!["once", "--lease-wait", "2s"];
+    args.extend_from_slice(&SLOW);
+    let started = Instant::now();
+    let out = env.run(&args).await;
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let holder = lease_holder(&client).await.unwrap();
+    assert!(
+        stderr.contains(&format!("is held by {holder}")) && stderr.contains("waited 2s"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(!stderr.contains("pass done"), "{stderr}");
+
+    // Once `run` stops (releasing the Lease), `once` gets it without waiting for expiry.
+    assert_eq!(run.terminate().await, Some(0));
+    let started = Instant::now();
+    let out = env.run(&args).await;
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}: the Lease was not released (it would be taken over after 30s)",
+        started.elapsed()
+    );
+
+    // --leader-elect=false never touches the Lease.
+    env.api.clear_requests();
+    let out = env.run(&["once", "--leader-elect=false"]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    assert!(env.api.requests().iter().all(|r| r.resource != "leases"));
+}

@@ -1,0 +1,455 @@
+//! Seed credentials end to end: `bootstrap` writes the controller's own AWSIAMRole Secret with
+//! the operator's credentials; `run` then signs with that Secret mounted as a kubelet-style
+//! volume, follows kubelet's `..data` swaps without a restart, never signs with an expired
+//! session, reports its own expiry, and refreshes its own role before any other.
+//!
+//! moto is reached through the counting proxy, which records the access key ID of every call
+//! (SigV4 `Credential=AKID/…`), so each assertion names the key that actually signed.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube_aws_iam_controller::apply::Executor;
+use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
+use kube_aws_iam_controller::plan::{CredentialRequest, PlanConfig, plan};
+use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::sts::{CredentialSource, StsError};
+
+use crate::support::apiserver::ApiServer;
+use crate::support::harness::*;
+use crate::support::moto::SignedCall;
+use crate::support::volume::SecretVolume;
+
+const SELF_NS: &str = "kube-system";
+const SELF_NAME: &str = "kube-aws-iam-controller-iam-role";
+const SELF_ARN: &str = "arn:aws:iam::123456789012:role/kube-aws-iam-controller";
+/// The access key the test environment gives the operator (see `moto::aws_env`).
+const OPERATOR_KEY: &str = "testing";
+
+fn assume_calls(calls: &[SignedCall]) -> Vec<&SignedCall> {
+    calls.iter().filter(|c| c.action == "AssumeRole").collect()
+}
+
+async fn self_secret(client: &kube::Client) -> Secret {
+    Api::<Secret>::namespaced(client.clone(), SELF_NS)
+        .get(SELF_NAME)
+        .await
+        .expect("the controller's own Secret exists")
+}
+
+fn access_key(s: &Secret) -> String {
+    credential_values(s).remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
+    let env = Env::start("seed-bootstrap", ApiServer::builder()).await;
+    let client = env.client();
+
+    let out = env.run(&["bootstrap", "--role-arn", SELF_ARN]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("AWSIAMRole {SELF_NS}/{SELF_NAME} created")),
+        "{}",
+        text(&out.stdout)
+    );
+    let role = Api::<AWSIAMRole>::namespaced(client.clone(), SELF_NS)
+        .get(SELF_NAME)
+        .await
+        .expect("bootstrap created the AWSIAMRole");
+    assert_eq!(role.spec.role_reference, SELF_ARN);
+    let s = self_secret(&client).await;
+    assert_no_leak(&out, &credential_values(&s));
+
+    // All six keys, readable by the controller's own decoder; both labels; owned by the role.
+    let data = data_map(&s);
+    for key in secret::DATA_KEYS {
+        assert!(data.contains_key(key), "key {key} missing");
+    }
+    let observed = ObservedSecret::from_secret(&s);
+    let content = secret::decode(&observed).expect("a readable managed Secret");
+    assert_eq!(content.role_arn, SELF_ARN);
+    assert!(secret::is_managed(s.metadata.labels.as_ref().unwrap()));
+    let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("AWSIAMRole", SELF_NAME)
+    );
+    assert_eq!(Some(&owner.uid), role.metadata.uid.as_ref());
+    assert_eq!(owner.controller, Some(true));
+    let (status, reason, _) = condition(&client, SELF_NS, SELF_NAME).await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "CredentialsReady")
+    );
+
+    // Exactly one AssumeRole, for the role, signed with the operator's key.
+    let calls = env.moto.signed_calls();
+    let assumed = assume_calls(&calls);
+    assert_eq!(assumed.len(), 1, "{calls:?}");
+    assert_eq!(assumed[0].role_arn.as_deref(), Some(SELF_ARN));
+    assert_eq!(assumed[0].access_key_id.as_deref(), Some(OPERATOR_KEY));
+
+    // A pass finds it up to date: no STS call, nothing written.
+    let out = env
+        .run(&["once", "--base-role-arn", BASE, "--leader-elect=false"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("skip=1, blocked=0;"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(env.moto.calls("AssumeRole"), 1);
+
+    // Again: the role exists, the Secret is replaced with a new session.
+    let out = env.run(&["bootstrap", "--role-arn", SELF_ARN]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("exists"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_ne!(access_key(&self_secret(&client).await), access_key(&s));
+
+    // A different ARN for the existing role, or a foreign Secret of that name: refused (2).
+    let out = env
+        .run(&[
+            "bootstrap",
+            "--role-arn",
+            "arn:aws:iam::123456789012:role/other",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not arn:aws:iam::123456789012:role/other"));
+    let foreign = Secret {
+        metadata: ObjectMeta {
+            name: Some("taken".into()),
+            namespace: Some(SELF_NS.into()),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), SELF_NS)
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    let before = env.moto.calls("AssumeRole");
+    let out = env
+        .run(&["bootstrap", "--role-arn", SELF_ARN, "--name", "taken"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not managed by kube-aws-iam-controller"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(env.moto.calls("AssumeRole"), before, "refused before STS");
+}
+
+/// Waits until `ns/name` has a Secret whose UID differs from `old` (re-created by the loop).
+async fn recreated(client: &kube::Client, ns: &str, name: &str, old: Option<String>) -> Secret {
+    let api = Api::<Secret>::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = api.get_opt(name).await.ok().flatten()
+            && s.metadata.uid != old
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ns}/{name} was not (re-)created"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn delete_secret(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    let api = Api::<Secret>::namespaced(client.clone(), ns);
+    let uid = api.get(name).await.unwrap().metadata.uid;
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    uid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired() {
+    let env = Env::start(
+        "seed-run",
+        ApiServer::builder().object(role("team-a", "app", "app-one")),
+    )
+    .await;
+    let client = env.client();
+    let out = env.run(&["bootstrap", "--role-arn", SELF_ARN]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    let seed_secret = self_secret(&client).await;
+    let key1 = access_key(&seed_secret);
+    let mut secrets_seen = credential_values(&seed_secret);
+
+    // The controller's pod: its own Secret mounted at a kubelet-style volume, no static keys.
+    let mut volume = SecretVolume::with("seed-run-volume", data_map(&seed_secret));
+    assert!(volume.path().join("..data").is_symlink());
+    let port = free_port();
+    let log_path = env.dir.path().join("run.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = env
+        .command(&[
+            "run",
+            "--interval",
+            "1s",
+            "--health-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", volume.file("credentials"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+
+    // 1. The first pass creates team-a/app, signed with the mounted session.
+    let app = recreated(&client, "team-a", "app", None).await;
+    secrets_seen.extend(credential_values(&app));
+    let calls = env.moto.signed_calls();
+    let after_bootstrap: Vec<&SignedCall> = calls.iter().skip(1).collect();
+    assert!(!after_bootstrap.is_empty());
+    assert!(
+        after_bootstrap
+            .iter()
+            .all(|c| c.access_key_id.as_deref() == Some(key1.as_str())),
+        "every call of the controller is signed with the seed session: {after_bootstrap:?}"
+    );
+    let metrics = http_get(port, "/metrics").await.unwrap().1;
+    let expiry = secret::decode(&ObservedSecret::from_secret(&seed_secret))
+        .unwrap()
+        .expire;
+    assert!(
+        metrics.contains(&format!(
+            "kube_aws_iam_controller_own_credentials_expiry_timestamp_seconds {}",
+            expiry.as_second()
+        )),
+        "{metrics}"
+    );
+
+    // 2. Its own Secret is refreshed (deleted here to force it); kubelet projects the new one;
+    //    every call from then on is signed with the new session, without a restart.
+    let old = delete_secret(&client, SELF_NS, SELF_NAME).await;
+    let refreshed = recreated(&client, SELF_NS, SELF_NAME, old).await;
+    let key2 = access_key(&refreshed);
+    assert_ne!(key2, key1);
+    secrets_seen.extend(credential_values(&refreshed));
+    let calls = env.moto.signed_calls();
+    let own = assume_calls(&calls)
+        .into_iter()
+        .rev()
+        .find(|c| c.role_arn.as_deref() == Some(SELF_ARN))
+        .expect("the own role was assumed");
+    assert_eq!(own.access_key_id.as_deref(), Some(key1.as_str()));
+    let mark = env.moto.signed_calls().len();
+    volume.update(data_map(&refreshed));
+    let old = delete_secret(&client, "team-a", "app").await;
+    let app = recreated(&client, "team-a", "app", old).await;
+    secrets_seen.extend(credential_values(&app));
+    let after_swap: Vec<SignedCall> = env.moto.signed_calls().split_off(mark);
+    assert!(
+        !assume_calls(&after_swap).is_empty(),
+        "team-a/app was assumed after the swap"
+    );
+    assert!(
+        after_swap
+            .iter()
+            .all(|c| c.access_key_id.as_deref() == Some(key2.as_str())),
+        "after the swap every call is signed with the new session: {after_swap:?}"
+    );
+
+    // 3. Expired seed credentials: nothing is signed with them; the role says why; /healthz
+    //    fails naming the file and the expiry; the metric shows it.
+    let expired_at = Timestamp::now() - SignedDuration::from_hours(1);
+    let expired_at = Timestamp::from_second(expired_at.as_second()).unwrap();
+    let stale = Credentials {
+        access_key_id: "ASIAEXPIREDSEED".into(),
+        secret_access_key: format!("{SEEDED}-expired-secret"),
+        session_token: format!("{SEEDED}-expired-token"),
+        expiration: expired_at,
+    };
+    let mark = env.moto.signed_calls().len();
+    volume.update(secret::encode(&stale, SELF_ARN, 1));
+    let old = delete_secret(&client, "team-a", "app").await;
+    let failed = eventually(Duration::from_secs(20), || async {
+        let (status, reason, message) = condition(&client, "team-a", "app").await;
+        status == "False" && reason == "GetCredentialsFailed" && message.contains("expired")
+    })
+    .await;
+    let (_, _, message) = condition(&client, "team-a", "app").await;
+    assert!(failed, "team-a/app reports the expired seed: {message}");
+    assert!(
+        message.contains(&volume.file("credentials").display().to_string())
+            && message.contains(&secret::format_time(expired_at)),
+        "the message names the file and the expiry: {message}"
+    );
+    let (code, body) = http_get(port, "/healthz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("expired at"), "{body}");
+    let metrics = http_get(port, "/metrics").await.unwrap().1;
+    assert!(
+        metrics.contains(&format!(
+            "kube_aws_iam_controller_own_credentials_expiry_timestamp_seconds {}",
+            expired_at.as_second()
+        )),
+        "{metrics}"
+    );
+    let after_expiry: Vec<SignedCall> = env.moto.signed_calls().split_off(mark);
+    assert!(
+        after_expiry
+            .iter()
+            .all(|c| c.access_key_id.as_deref() != Some("ASIAEXPIREDSEED")),
+        "nothing is signed with expired credentials: {after_expiry:?}"
+    );
+    assert!(
+        assume_calls(&after_expiry).is_empty(),
+        "no AssumeRole left the controller: {after_expiry:?}"
+    );
+
+    // 4. kubelet projects a valid Secret again: healthy, served, no restart.
+    volume.update(data_map(&refreshed));
+    let app = recreated(&client, "team-a", "app", old).await;
+    secrets_seen.extend(credential_values(&app));
+    let healthy = eventually(Duration::from_secs(10), || async {
+        http_get(port, "/healthz").await.map(|(c, _)| c) == Some(200)
+    })
+    .await;
+    assert!(healthy, "/healthz recovers once the file is valid again");
+
+    let pid = child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("read the controller's own credentials"),
+        "{logs}"
+    );
+    assert!(!logs.contains(SEEDED), "seeded credential in the log");
+    for v in secrets_seen.iter().filter(|v| !v.starts_with("ASIA")) {
+        assert!(!logs.contains(v.as_str()), "a credential value in the log");
+    }
+}
+
+/// Records the order in which roles are assumed.
+struct Recording {
+    order: Mutex<Vec<String>>,
+}
+
+impl CredentialSource for Recording {
+    fn assume<'a>(
+        &'a self,
+        request: &'a CredentialRequest,
+    ) -> BoxFuture<'a, Result<Credentials, StsError>> {
+        Box::pin(async move {
+            // Slow for the own role: the others would finish before it if it were merely
+            // started first rather than completed first.
+            if request.role_arn.name() == "kube-aws-iam-controller" {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            self.order
+                .lock()
+                .unwrap()
+                .push(request.role_arn.name().to_string());
+            Ok(marked_credentials(
+                SEEDED,
+                request.role_arn.name(),
+                Timestamp::now() + SignedDuration::from_hours(1),
+            ))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controllers_own_role_is_refreshed_before_any_other() {
+    let mut roles: Vec<AWSIAMRole> = (0..12)
+        .map(|i| role("team-a", &format!("app-{i:02}"), &format!("app-{i:02}")))
+        .collect();
+    roles.push(role(SELF_NS, SELF_NAME, "kube-aws-iam-controller"));
+    let api = ApiServer::builder().objects(roles.clone()).start().await;
+    let observed: Vec<ObservedRole> = roles
+        .iter()
+        .map(|r| observed(r, &format!("uid-{}", r.metadata.name.as_deref().unwrap())))
+        .collect();
+    let state = Observed::new(observed, Vec::new(), BTreeMap::new());
+    let config = PlanConfig {
+        base_role_arn: Some(BASE.parse().unwrap()),
+        ..PlanConfig::default()
+    };
+    let plan = plan(&state, Timestamp::now(), &config);
+    let source = Arc::new(Recording {
+        order: Mutex::new(Vec::new()),
+    });
+    let executor = Executor::new(api.client(), source.clone(), 8)
+        .run_first(Some((SELF_NS.into(), SELF_NAME.into())));
+    let start = Instant::now();
+    let report = executor.apply(&plan).await;
+    assert_eq!(report.actions.len(), 13);
+    let order = source.order.lock().unwrap().clone();
+    assert_eq!(order.len(), 13, "{order:?}");
+    assert_eq!(order[0], "kube-aws-iam-controller", "{order:?}");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_seed_at_start_up_reaches_no_sts_and_exits_2() {
+    let env = Env::start(
+        "seed-expired-start",
+        ApiServer::builder().object(role("team-a", "app", "app-one")),
+    )
+    .await;
+    let stale = Credentials {
+        access_key_id: "ASIAEXPIREDATSTART".into(),
+        secret_access_key: format!("{SEEDED}-expired-secret"),
+        session_token: format!("{SEEDED}-expired-token"),
+        expiration: "2026-01-01T00:00:00Z".parse().unwrap(),
+    };
+    let volume = SecretVolume::with("seed-expired-volume", secret::encode(&stale, SELF_ARN, 1));
+    let child = env
+        .command(&["once"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", volume.file("credentials"))
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("finishes")
+        .expect("starts");
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{} expired at 2026-01-01T00:00:00Z",
+            volume.file("credentials").display()
+        )),
+        "{stderr}"
+    );
+    assert_no_leak(&out, &[]);
+    assert_eq!(
+        env.moto.signed_calls(),
+        Vec::<SignedCall>::new(),
+        "nothing reached STS"
+    );
+}
