@@ -1,1 +1,821 @@
-//! placeholder
+//! The SDK matrix: real AWS SDKs, as long-lived client processes, authenticating against moto
+//! with the files of a kubelet-style Secret volume, and what each does when the volume's
+//! credentials are swapped for another role's while it runs:
+//!
+//! - `endpoint` delivery (the `credentials-server` sidecar on 127.0.0.1): every SDK reports the
+//!   new role on its next call once inside its refresh window, without a restart;
+//! - `process` delivery (`credentials.process`, `credential_process = cat /meta/aws-iam/…`,
+//!   run verbatim in a private mount namespace where the volume is at /meta/aws-iam): the same;
+//! - the static `credentials` file: every SDK authenticates and none ever picks up the swap;
+//! - a pod template labelled for `endpoint` delivery, mutated, run from its mutated spec alone
+//!   (sidecar args, startup probe, app env) with no `sh` and no `cat` on the clients' PATH.
+//!
+//! The SDKs: botocore (the core of boto3 and the AWS CLI, from `.venv`), the AWS SDK for
+//! JavaScript v3 (`@aws-sdk/client-sts`, pinned in tests/sdk/package-lock.json and installed by
+//! `make node`), and Rust aws-config/aws-sdk-sts (this test binary re-run as a client process,
+//! so that its environment is a process environment like a pod's and not the test runner's).
+//!
+//! SDKs re-fetch only when their cached credentials are near expiry (botocore from 15 min
+//! before, JavaScript v3 from 5 min, Rust from 10–15 s), so the first credentials are written
+//! with an Expiration inside each SDK's window. moto does not check expiry, so that is harmless.
+//! Each SDK runs in its own thread with its own volume (and sidecar), so the matrix costs about
+//! as long as its slowest SDK.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sts::error::DisplayErrorContext;
+use jiff::{Timestamp, ToSpan};
+use kube_aws_iam_controller::delivery::{CREDENTIALS_PATH, MOUNT_PATH, TOKEN_ENV};
+use kube_aws_iam_controller::secret::{self, Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS};
+
+use crate::support::moto::{self, Moto, ScratchDir};
+use crate::support::repo_root;
+use crate::support::volume::SecretVolume;
+
+/// Marks a run of this test binary as the Rust SDK client (see [`rust_client`]).
+const RUST_CLIENT_MARKER: &str = "KUBE_AWS_IAM_CONTROLLER_SDK_MATRIX_RUST_CLIENT";
+/// The test whose body becomes the Rust SDK client when the marker is set.
+const RUST_CLIENT_HOST_TEST: &str = "sdk_matrix::static_credentials_file_never_refreshes";
+/// The command that installs the JavaScript SDK.
+const NODE_SETUP_COMMAND: &str = "make node";
+/// How long one SDK call (including a client's start) may take on a loaded machine.
+const CALL_DEADLINE: Duration = Duration::from_secs(60);
+/// How long an SDK may take to enter its refresh window after the swap (Rust: about 10 s).
+const REFRESH_DEADLINE: Duration = Duration::from_secs(45);
+/// How long the sidecar may take to answer its startup probe.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn endpoint_delivery_refreshes_every_sdk_without_restart() {
+    let started = Instant::now();
+    let moto = Moto::start();
+    let sessions = Sessions::assume(&moto);
+    let results = for_each_sdk(|sdk| {
+        let mut volume = SecretVolume::with(
+            &format!("sdk-endpoint-{}", sdk.name()),
+            sessions.first.secret_data(sdk.first_expiration()),
+        );
+        let sidecar = Sidecar::start(
+            &sidecar_args(free_port(), &volume.file(KEY_JSON)),
+            POD_UID,
+            &sessions,
+        );
+        let env = endpoint_env(&moto, sidecar.port);
+        let mut client = Client::spawn(sdk, &env, Launch::Plain, &sessions);
+        swap_and_expect_refresh(&mut client, &mut volume, &sessions)
+    });
+    report("endpoint", &results, started);
+}
+
+#[test]
+fn process_delivery_refreshes_every_sdk_without_restart() {
+    let started = Instant::now();
+    let moto = Moto::start();
+    let sessions = Sessions::assume(&moto);
+    let results = for_each_sdk(|sdk| {
+        let mut volume = SecretVolume::with(
+            &format!("sdk-process-{}", sdk.name()),
+            sessions.first.secret_data(sdk.first_expiration()),
+        );
+        assert_eq!(
+            std::fs::read_to_string(volume.file(KEY_PROCESS)).expect("credentials.process"),
+            format!("[default]\ncredential_process = cat {MOUNT_PATH}/{KEY_JSON}\n"),
+            "the Secret's credentials.process is not the documented one"
+        );
+        let mut env = consumer_env(&moto);
+        let profile = format!("{MOUNT_PATH}/{KEY_PROCESS}");
+        env.push(("AWS_SHARED_CREDENTIALS_FILE".into(), profile.clone()));
+        env.push(("AWS_CREDENTIAL_PROFILES_FILE".into(), profile));
+        let root = ScratchDir::new(&format!("sdk-root-{}", sdk.name()));
+        let launch = Launch::Mounted {
+            volume: volume.path().to_path_buf(),
+            root: root.path().to_path_buf(),
+        };
+        let mut client = Client::spawn(sdk, &env, launch, &sessions);
+        swap_and_expect_refresh(&mut client, &mut volume, &sessions)
+    });
+    report("process", &results, started);
+}
+
+#[test]
+fn static_credentials_file_never_refreshes() {
+    if std::env::var_os(RUST_CLIENT_MARKER).is_some() {
+        return rust_client();
+    }
+    let started = Instant::now();
+    let moto = Moto::start();
+    let sessions = Sessions::assume(&moto);
+    let results = for_each_sdk(|sdk| {
+        let mut volume = SecretVolume::with(
+            &format!("sdk-static-{}", sdk.name()),
+            sessions.first.secret_data(sdk.first_expiration()),
+        );
+        let mut env = consumer_env(&moto);
+        env.push((
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            volume.file(KEY_CREDENTIALS).display().to_string(),
+        ));
+        let mut client = Client::spawn(sdk, &env, Launch::Plain, &sessions);
+        let first = client.answer().unwrap_or_else(|e| panic!("{sdk:?}: {e}"));
+        assert_eq!(first, sessions.first.arn, "{sdk:?} first call");
+        volume.update(sessions.second.secret_data(Timestamp::now() + 1.hour()));
+        let swapped = std::fs::read(volume.file(KEY_CREDENTIALS)).expect("credentials");
+        assert!(
+            contains(&swapped, &sessions.second.creds.access_key_id),
+            "the volume's credentials file was not swapped"
+        );
+        const CALLS: usize = 3;
+        for call in 1..=CALLS {
+            let arn = client.call().unwrap_or_else(|e| panic!("{sdk:?}: {e}"));
+            assert_eq!(
+                arn, sessions.first.arn,
+                "{sdk:?} call {call} after the swap: the static file is documented as never \
+                 refreshing; if an SDK now re-reads it, update the docs' table"
+            );
+        }
+        Refresh {
+            sdk,
+            calls: CALLS,
+            after: None,
+        }
+    });
+    report("static file", &results, started);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two roles whose credentials the volume holds, before and after the swap.
+
+/// The pod UID the fieldRef token resolves to in these tests.
+const POD_UID: &str = "5f0d8a52-4c1e-4a7e-9b8e-2f6f3d1c0a11";
+
+struct Session {
+    /// What GetCallerIdentity answers for these credentials.
+    arn: String,
+    role_arn: String,
+    creds: Credentials,
+}
+
+impl Session {
+    /// The Secret's data as the controller writes it, with `expiration` in place of the real
+    /// one (moto never checks it; the SDKs decide when to refresh by it).
+    fn secret_data(&self, expiration: Timestamp) -> BTreeMap<String, Vec<u8>> {
+        let creds = Credentials {
+            expiration,
+            ..self.creds.clone()
+        };
+        secret::encode(&creds, &self.role_arn, 1)
+    }
+}
+
+struct Sessions {
+    first: Session,
+    second: Session,
+}
+
+impl Sessions {
+    fn assume(moto: &Moto) -> Sessions {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let assume = |role: &str| {
+            let role_arn = format!("arn:aws:iam::123456789012:role/{role}");
+            let out = runtime
+                .block_on(
+                    moto::sts_client(&moto.endpoint())
+                        .assume_role()
+                        .role_arn(&role_arn)
+                        .role_session_name("sdk-matrix")
+                        .send(),
+                )
+                .unwrap_or_else(|e| panic!("AssumeRole {role}: {}", DisplayErrorContext(e)));
+            let user = out.assumed_role_user().expect("AssumedRoleUser");
+            Session {
+                arn: user.arn().to_string(),
+                role_arn,
+                creds: moto::credentials_from_sts(out.credentials().expect("Credentials")),
+            }
+        };
+        let sessions = Sessions {
+            first: assume("sdk-matrix-first"),
+            second: assume("sdk-matrix-second"),
+        };
+        assert_ne!(sessions.first.arn, sessions.second.arn);
+        sessions
+    }
+
+    /// `text` with every credential value of both sessions replaced by `<redacted>`.
+    fn redact(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for c in [&self.first.creds, &self.second.creds] {
+            for secret in [&c.access_key_id, &c.secret_access_key, &c.session_token] {
+                if !secret.is_empty() {
+                    text = text.replace(secret.as_str(), "<redacted>");
+                }
+            }
+        }
+        text
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SDKs.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sdk {
+    Botocore,
+    JavaScriptV3,
+    Rust,
+}
+
+const SDKS: [Sdk; 3] = [Sdk::Botocore, Sdk::JavaScriptV3, Sdk::Rust];
+
+impl Sdk {
+    fn name(self) -> &'static str {
+        match self {
+            Sdk::Botocore => "botocore",
+            Sdk::JavaScriptV3 => "javascript-v3",
+            Sdk::Rust => "rust",
+        }
+    }
+
+    /// An Expiration for the first credentials that puts this SDK inside its refresh window
+    /// (or, for Rust, a few seconds before it), yet leaves the client time to start.
+    fn first_expiration(self) -> Timestamp {
+        match self {
+            // botocore: from 15 min before; JavaScript v3: from 5 min before.
+            Sdk::Botocore | Sdk::JavaScriptV3 => Timestamp::now() + 2.minutes(),
+            // Rust: from 10 s (plus up to 5 s of jitter) before.
+            Sdk::Rust => Timestamp::now() + 16.seconds(),
+        }
+    }
+
+    /// Whether the first call after the swap must already report the new role. botocore
+    /// re-fetches in the call itself; JavaScript v3 (from 3.11xx) answers that call with its
+    /// cached credentials and re-fetches in the background for the calls after it; Rust only
+    /// re-fetches once inside its 10–15 s buffer.
+    fn refreshes_on_next_call(self) -> bool {
+        self == Sdk::Botocore
+    }
+
+    /// The program and arguments of a client process.
+    fn command(self) -> (PathBuf, Vec<String>) {
+        let sdk_dir = repo_root().join("tests").join("sdk");
+        match self {
+            Sdk::Botocore => (
+                moto::venv_bin("python"),
+                vec![sdk_dir.join("botocore_client.py").display().to_string()],
+            ),
+            Sdk::JavaScriptV3 => {
+                let installed = sdk_dir
+                    .join("node_modules")
+                    .join("@aws-sdk")
+                    .join("client-sts")
+                    .join("package.json");
+                assert!(
+                    installed.is_file(),
+                    "{} is missing: the JavaScript SDK is not installed. Run \
+                     `{NODE_SETUP_COMMAND}` (or `make test`, which runs it) in {}",
+                    installed.display(),
+                    repo_root().display()
+                );
+                (
+                    which("node"),
+                    vec![sdk_dir.join("sts_client.mjs").display().to_string()],
+                )
+            }
+            Sdk::Rust => (
+                std::env::current_exe().expect("the test binary's path"),
+                vec![
+                    RUST_CLIENT_HOST_TEST.into(),
+                    "--exact".into(),
+                    "--nocapture".into(),
+                    "--test-threads=1".into(),
+                ],
+            ),
+        }
+    }
+}
+
+/// The Rust SDK client: the body of [`RUST_CLIENT_HOST_TEST`] when this binary is run by
+/// [`Client::spawn`]. aws-config reads its settings only from the process environment (its
+/// injectable environment is crate-private), so the client is a process of its own, with the
+/// environment a pod's container would have. Prints `ARN …`/`ERROR …` like the other clients.
+fn rust_client() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config =
+        runtime.block_on(aws_config::defaults(aws_config::BehaviorVersion::latest()).load());
+    let client = aws_sdk_sts::Client::new(&config);
+    let call = || match runtime.block_on(client.get_caller_identity().send()) {
+        Ok(out) => println!("ARN {}", out.arn().unwrap_or("<none>")),
+        Err(e) => println!(
+            "ERROR {}",
+            DisplayErrorContext(&e)
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    };
+    call();
+    for line in std::io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
+        }
+        call();
+    }
+}
+
+/// Runs `lane` for every SDK at once, each in its own thread; panics with every failure.
+fn for_each_sdk(lane: impl Fn(Sdk) -> Refresh + Sync) -> Vec<Refresh> {
+    let lane = &lane;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = SDKS
+            .iter()
+            .map(|&sdk| (sdk, scope.spawn(move || lane(sdk))))
+            .collect();
+        let mut results = Vec::new();
+        let mut failures = Vec::new();
+        for (sdk, handle) in handles {
+            match handle.join() {
+                Ok(result) => results.push(result),
+                Err(panic) => failures.push(format!(
+                    "{sdk:?}: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("panicked")
+                )),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        results
+    })
+}
+
+/// How an SDK took the swapped credentials.
+struct Refresh {
+    sdk: Sdk,
+    /// Calls after the swap: until the new role was reported, or all of them if it never was.
+    calls: usize,
+    /// When the new role was reported, after the swap (None: never).
+    after: Option<Duration>,
+}
+
+fn report(mode: &str, results: &[Refresh], started: Instant) {
+    for r in results {
+        match r.after {
+            Some(after) => eprintln!(
+                "{mode}: {:?} reported the new role on call {} after the swap, {after:.1?} \
+                 after it",
+                r.sdk, r.calls
+            ),
+            None => eprintln!(
+                "{mode}: {:?} still reported the first role on all {} calls after the swap",
+                r.sdk, r.calls
+            ),
+        }
+    }
+    eprintln!("{mode}: the matrix took {:.1?}", started.elapsed());
+}
+
+/// The first call must report the first role; after the swap the SDK must report the second
+/// role without a restart: on the very next call where the first credentials were inside its
+/// refresh window from the start, else once it enters the window (before they expire).
+fn swap_and_expect_refresh(
+    client: &mut Client,
+    volume: &mut SecretVolume,
+    sessions: &Sessions,
+) -> Refresh {
+    let sdk = client.sdk;
+    let first = client
+        .answer()
+        .unwrap_or_else(|e| panic!("{sdk:?} first call: {e}"));
+    assert_eq!(first, sessions.first.arn, "{sdk:?} first call");
+    volume.update(sessions.second.secret_data(Timestamp::now() + 1.hour()));
+    let swapped = Instant::now();
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let arn = client
+            .call()
+            .unwrap_or_else(|e| panic!("{sdk:?} call {calls} after the swap: {e}"));
+        if arn == sessions.second.arn {
+            return Refresh {
+                sdk,
+                calls,
+                after: Some(swapped.elapsed()),
+            };
+        }
+        assert_eq!(arn, sessions.first.arn, "{sdk:?} call {calls}");
+        assert!(
+            !sdk.refreshes_on_next_call(),
+            "{sdk:?} still reports the first role on the first call after the swap"
+        );
+        assert!(
+            swapped.elapsed() < REFRESH_DEADLINE,
+            "{sdk:?} still reports the first role {REFRESH_DEADLINE:?} after the swap \
+             ({calls} calls)"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environments.
+
+/// What every client gets besides its credentials: moto's endpoint, a region, no config file,
+/// no instance metadata, no proxy. No credentials and no shared credentials file.
+fn consumer_env(moto: &Moto) -> Vec<(String, String)> {
+    let nowhere = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sdk-matrix-nonexistent");
+    [
+        ("AWS_ENDPOINT_URL_STS", moto.endpoint()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        (
+            "AWS_CONFIG_FILE",
+            nowhere.join("config").display().to_string(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            nowhere.join("credentials").display().to_string(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("NO_PROXY", "127.0.0.1,localhost".into()),
+        ("no_proxy", "127.0.0.1,localhost".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// `consumer_env` plus what `endpoint` delivery gives an app container.
+fn endpoint_env(moto: &Moto, port: u16) -> Vec<(String, String)> {
+    let mut env = consumer_env(moto);
+    env.push((
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI".into(),
+        format!("http://127.0.0.1:{port}{CREDENTIALS_PATH}"),
+    ));
+    env.push((TOKEN_ENV.into(), POD_UID.into()));
+    env
+}
+
+/// `.venv`-independent lookup of a program on the test's PATH, as an absolute path.
+fn which(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH; install it (Node.js 18 or later)"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The credentials endpoint sidecar.
+
+/// The sidecar's arguments for a volume at `json` (the pod spec's, with the mount path
+/// replaced by the test volume).
+fn sidecar_args(port: u16, json: &Path) -> Vec<String> {
+    vec![
+        "credentials-server".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--credentials-file".into(),
+        json.display().to_string(),
+    ]
+}
+
+/// A running `credentials-server`, killed on drop.
+struct Sidecar {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sidecar {
+    /// Starts the binary with `args` (the sidecar container's args: the image's ENTRYPOINT is
+    /// the binary) and `token` as the only environment, and waits for its startup probe.
+    fn start(args: &[String], token: &str, sessions: &Sessions) -> Sidecar {
+        let port = args
+            .iter()
+            .position(|a| a == "--listen")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no --listen 127.0.0.1:PORT in the sidecar's args {args:?}"));
+        let mut child = Command::new(controller_bin())
+            .args(args)
+            .env_clear()
+            .env(TOKEN_ENV, token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting credentials-server");
+        let log = collect(child.stderr.take());
+        let mut sidecar = Sidecar { child, port, log };
+        let probe = vec![
+            "credentials-server".to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--probe".into(),
+        ];
+        sidecar.wait_ready(&controller_bin(), &probe, sessions);
+        sidecar
+    }
+
+    /// Runs the startup probe `program args` until it exits 0, as kubelet would.
+    fn wait_ready(&mut self, program: &Path, args: &[String], sessions: &Sessions) {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "credentials-server exited with {status} before it was ready; its log:\n{}",
+                    sessions.redact(
+                        &self
+                            .log
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .join("\n")
+                    )
+                );
+            }
+            let status = Command::new(program)
+                .args(args)
+                .env_clear()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("running the probe {}: {e}", program.display()));
+            if status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the startup probe still fails after {READY_DEADLINE:?} ({status}); the \
+                 sidecar's log:\n{}",
+                sessions.redact(
+                    &self
+                        .log
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .join("\n")
+                )
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn controller_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client processes.
+
+/// How a client process is started.
+enum Launch {
+    /// Directly, with the test's PATH.
+    Plain,
+    /// With `env` as its whole environment (no PATH unless `env` has one): what a container of
+    /// an image without a shell gets.
+    Bare,
+    /// In a private mount namespace whose root holds the host's directories plus `volume`
+    /// mounted at /meta/aws-iam, the Secret's mount path in a pod. So `credentials.process`
+    /// runs as written (`cat /meta/aws-iam/credentials.json`) and sees the volume's swaps.
+    Mounted { volume: PathBuf, root: PathBuf },
+}
+
+/// Builds the namespace's root in `$1` (a tmpfs with every top-level entry of / bind-mounted
+/// or re-linked, plus /meta/aws-iam bound to the volume `$2`) and runs the rest of the
+/// arguments in it. Private propagation: nothing of it is visible outside.
+const MOUNT_SCRIPT: &str = r#"set -eu
+root=$1 volume=$2 mount_path=$3
+shift 3
+mount -t tmpfs sdk-matrix-root "$root"
+for entry in /*; do
+  name=${entry#/}
+  if [ -L "$entry" ]; then
+    ln -s "$(readlink "$entry")" "$root/$name"
+  elif [ -d "$entry" ]; then
+    mkdir "$root/$name"
+    mount --rbind "$entry" "$root/$name"
+  fi
+done
+mkdir -p "$root$mount_path"
+mount --bind "$volume" "$root$mount_path"
+exec chroot "$root" "$@"
+"#;
+
+/// A long-lived SDK client process: it calls GetCallerIdentity at start and once per line on
+/// its stdin, printing `ARN …` or `ERROR …`. Killed on drop.
+struct Client {
+    sdk: Sdk,
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    redact: Box<dyn Fn(&str) -> String + Send>,
+}
+
+impl Client {
+    fn spawn(sdk: Sdk, env: &[(String, String)], launch: Launch, sessions: &Sessions) -> Client {
+        let (program, args) = sdk.command();
+        let mut env = env.to_vec();
+        if sdk == Sdk::Rust {
+            env.push((RUST_CLIENT_MARKER.into(), "1".into()));
+        }
+        let mut command = match &launch {
+            Launch::Plain | Launch::Bare => {
+                let mut c = Command::new(&program);
+                c.args(&args);
+                c
+            }
+            Launch::Mounted { volume, root } => {
+                let mut c = Command::new(which("unshare"));
+                if !is_root() {
+                    // Without root, a user namespace grants the mount and chroot rights.
+                    c.args(["--user", "--map-root-user"]);
+                }
+                c.args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    MOUNT_SCRIPT,
+                    "sh",
+                ])
+                .arg(root)
+                .arg(volume)
+                .arg(MOUNT_PATH)
+                .arg(&program)
+                .args(&args);
+                c
+            }
+        };
+        command.env_clear();
+        match launch {
+            Launch::Plain | Launch::Mounted { .. } => {
+                command.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+            }
+            Launch::Bare => {}
+        }
+        let mut child = command
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the {sdk:?} client {}: {e}", program.display()));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let (tx, lines) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let log = collect(child.stderr.take());
+        let first = sessions.first.creds.clone();
+        let second = sessions.second.creds.clone();
+        let redact = Box::new(move |text: &str| {
+            let mut text = text.to_string();
+            for c in [&first, &second] {
+                for s in [&c.access_key_id, &c.secret_access_key, &c.session_token] {
+                    text = text.replace(s.as_str(), "<redacted>");
+                }
+            }
+            text
+        });
+        Client {
+            sdk,
+            child,
+            stdin,
+            lines,
+            log,
+            redact,
+        }
+    }
+
+    /// Asks for one more call and returns its answer.
+    fn call(&mut self) -> Result<String, String> {
+        self.stdin
+            .write_all(b"\n")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("writing to the client: {e}; {}", self.diagnostics()))?;
+        self.answer()
+    }
+
+    /// The next call's answer: the caller's ARN, or the SDK's error.
+    fn answer(&mut self) -> Result<String, String> {
+        let deadline = Instant::now() + CALL_DEADLINE;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(remaining) {
+                Ok(line) => {
+                    // The Rust client's first line follows the harness's `test NAME ... `.
+                    let line = match line.strip_prefix("test ") {
+                        Some(rest) => rest.split_once(" ... ").map_or(rest, |(_, out)| out),
+                        None => line.as_str(),
+                    };
+                    if let Some(arn) = line.strip_prefix("ARN ") {
+                        return Ok(arn.to_string());
+                    }
+                    if let Some(error) = line.strip_prefix("ERROR ") {
+                        return Err(format!(
+                            "the SDK failed: {}; {}",
+                            (self.redact)(error),
+                            self.diagnostics()
+                        ));
+                    }
+                    // Anything else is the test harness's own output (the Rust client).
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "no answer within {CALL_DEADLINE:?}; {}",
+                        self.diagnostics()
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait();
+                    return Err(format!(
+                        "the client exited ({status:?}); {}",
+                        self.diagnostics()
+                    ));
+                }
+            }
+        }
+    }
+
+    fn diagnostics(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let tail = log[log.len().saturating_sub(20)..].join("\n");
+        format!("its stderr:\n{}", (self.redact)(&tail))
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Collects a pipe's lines (until it closes) for failure messages.
+fn collect(pipe: Option<impl Read + Send + 'static>) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    if let Some(pipe) = pipe {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+    }
+    log
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
