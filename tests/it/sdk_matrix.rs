@@ -30,8 +30,12 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sts::error::DisplayErrorContext;
 use jiff::{Timestamp, ToSpan};
-use kube_aws_iam_controller::delivery::{CREDENTIALS_PATH, MOUNT_PATH, TOKEN_ENV};
+use kube_aws_iam_controller::delivery::mutate::{self, MutateOptions};
+use kube_aws_iam_controller::delivery::{
+    CREDENTIALS_PATH, DELIVERY_ANNOTATION, Delivery, MOUNT_PATH, ROLE_LABEL, TOKEN_ENV,
+};
 use kube_aws_iam_controller::secret::{self, Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS};
+use serde_json::{Value, json};
 
 use crate::support::moto::{self, Moto, ScratchDir};
 use crate::support::repo_root;
@@ -63,9 +67,11 @@ fn endpoint_delivery_refreshes_every_sdk_without_restart() {
             &format!("sdk-endpoint-{}", sdk.name()),
             sessions.first.secret_data(sdk.first_expiration()),
         );
+        let port = free_port();
         let sidecar = Sidecar::start(
-            &sidecar_args(free_port(), &volume.file(KEY_JSON)),
-            POD_UID,
+            &sidecar_args(port, &volume.file(KEY_JSON)),
+            &[(TOKEN_ENV.into(), POD_UID.into())],
+            &(controller_bin(), probe_args(port)),
             &sessions,
         );
         let env = endpoint_env(&moto, sidecar.port);
@@ -148,6 +154,262 @@ fn static_credentials_file_never_refreshes() {
         }
     });
     report("static file", &results, started);
+}
+
+/// A pod template labelled for `endpoint` delivery, mutated by the same function `inject` and
+/// the webhook use, runs from its mutated spec alone: the sidecar from its container's args and
+/// env (the fieldRef token resolved to the pod's UID, the mount path pointed at the test
+/// volume), ready by its own startup probe command, and each SDK with exactly the app
+/// container's env, an empty directory as PATH, and every shell and `cat` unexecutable: an
+/// image without a shell. Each SDK then picks up swapped credentials as before.
+#[test]
+fn mutated_endpoint_pod_runs_every_sdk_without_a_shell() {
+    let started = Instant::now();
+    let port = free_port();
+    let options = MutateOptions {
+        default_delivery: Delivery::Process,
+        sidecar_image: "registry.example.com/kube-aws-iam-controller:test".into(),
+        sidecar_port: port,
+        region: None,
+    };
+    let template = json!({
+        "metadata": {
+            "labels": {"app": "shell-less", ROLE_LABEL: "app-role"},
+            "annotations": {DELIVERY_ANNOTATION: "endpoint"},
+        },
+        "spec": {"containers": [{"name": "app", "image": "gcr.io/distroless/static"}]},
+    });
+    let patch = mutate::patch(&template, &options)
+        .unwrap_or_else(|e| panic!("mutating the labelled template: {e}"))
+        .expect("a labelled template is mutated");
+    let mut pod = template.clone();
+    json_patch::patch(&mut pod, &patch).expect("the mutation's patch applies to its input");
+    let pod = PodSpecView::new(&pod);
+
+    let moto = Moto::start();
+    let sessions = Sessions::assume(&moto);
+    let empty_path = ScratchDir::new("sdk-empty-path");
+    let results = for_each_sdk(|sdk| {
+        let mut volume = SecretVolume::with(
+            &format!("sdk-shell-less-{}", sdk.name()),
+            sessions.first.secret_data(sdk.first_expiration()),
+        );
+        let _sidecar = pod.start_sidecar(&volume, &sessions);
+        let mut env = pod.app_env();
+        // Test plumbing only: moto as STS, and no config file or metadata service to fall
+        // back on. No credentials, no PATH entry with a program in it.
+        for (k, v) in consumer_env(&moto) {
+            if k != "AWS_SHARED_CREDENTIALS_FILE" && !env.iter().any(|(name, _)| *name == k) {
+                env.push((k, v));
+            }
+        }
+        env.push(("PATH".into(), empty_path.path().display().to_string()));
+        let root = ScratchDir::new(&format!("sdk-root-{}", sdk.name()));
+        let launch = Launch::ShellLess {
+            root: root.path().to_path_buf(),
+            volume: None,
+        };
+        let mut client = Client::spawn(sdk, &env, launch, &sessions);
+        swap_and_expect_refresh(&mut client, &mut volume, &sessions)
+    });
+    let entries = std::fs::read_dir(empty_path.path())
+        .expect("the empty PATH directory")
+        .count();
+    assert_eq!(entries, 0, "the clients' PATH directory is not empty");
+    report("endpoint, mutated pod, no shell", &results, started);
+}
+
+/// The other side of the table: `process` delivery needs `cat` (and for some SDKs `sh`), so in
+/// the same shell-less environment, with the volume mounted where `credentials.process` looks,
+/// every SDK fails to authenticate. Also shows that the shell-less environment above really
+/// lacks them.
+#[test]
+fn process_delivery_fails_without_a_shell() {
+    let moto = Moto::start();
+    let sessions = Sessions::assume(&moto);
+    let empty_path = ScratchDir::new("sdk-empty-path");
+    for_each_sdk(|sdk| {
+        let volume = SecretVolume::with(
+            &format!("sdk-process-shell-less-{}", sdk.name()),
+            sessions.first.secret_data(Timestamp::now() + 1.hour()),
+        );
+        let mut env = consumer_env(&moto);
+        let profile = format!("{MOUNT_PATH}/{KEY_PROCESS}");
+        env.retain(|(k, _)| k != "AWS_SHARED_CREDENTIALS_FILE");
+        env.push(("AWS_SHARED_CREDENTIALS_FILE".into(), profile.clone()));
+        env.push(("AWS_CREDENTIAL_PROFILES_FILE".into(), profile));
+        env.push(("PATH".into(), empty_path.path().display().to_string()));
+        let root = ScratchDir::new(&format!("sdk-root-{}", sdk.name()));
+        let launch = Launch::ShellLess {
+            root: root.path().to_path_buf(),
+            volume: Some(volume.path().to_path_buf()),
+        };
+        let mut client = Client::spawn(sdk, &env, launch, &sessions);
+        match client.answer() {
+            Ok(arn) => {
+                panic!("{sdk:?} authenticated as {arn} through credential_process without a shell")
+            }
+            Err(e) => eprintln!("process delivery without a shell: {sdk:?}: {e}"),
+        }
+        Refresh {
+            sdk,
+            calls: 0,
+            after: None,
+        }
+    });
+    assert_eq!(
+        moto.calls("GetCallerIdentity"),
+        0,
+        "an SDK reached STS without credentials: {:?}",
+        moto.counts()
+    );
+}
+
+/// The parts of a mutated pod template that run: the sidecar and the app container.
+struct PodSpecView {
+    sidecar: Value,
+    app: Value,
+    role: String,
+}
+
+/// What the image's ENTRYPOINT is: the sidecar's `args` run under it, its probe names it.
+const IMAGE_ENTRYPOINT: &str = "/usr/local/bin/kube-aws-iam-controller";
+/// The Secret's `credentials.json` as the sidecar sees it in a pod.
+const MOUNTED_JSON: &str = "/meta/aws-iam/credentials.json";
+
+impl PodSpecView {
+    fn new(pod: &Value) -> PodSpecView {
+        let sidecar = pod
+            .pointer("/spec/initContainers/0")
+            .cloned()
+            .unwrap_or_else(|| panic!("no init container in the mutated template: {pod:#}"));
+        assert_eq!(sidecar["name"], "aws-credentials-server", "{sidecar:#}");
+        assert_eq!(
+            sidecar["restartPolicy"], "Always",
+            "a native sidecar: {sidecar:#}"
+        );
+        assert!(
+            sidecar.get("command").is_none(),
+            "the sidecar runs the image's ENTRYPOINT: {sidecar:#}"
+        );
+        let app = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["name"] == "app"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no app container in the mutated template: {pod:#}"));
+        assert!(
+            app.get("volumeMounts").is_none(),
+            "endpoint delivery mounts nothing into the app: {app:#}"
+        );
+        let volume = pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .and_then(|v| v.iter().find(|v| v["name"] == "aws-iam-credentials"))
+            .unwrap_or_else(|| panic!("no aws-iam-credentials volume: {pod:#}"));
+        let mount = sidecar["volumeMounts"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == "aws-iam-credentials"))
+            .unwrap_or_else(|| panic!("the sidecar does not mount the volume: {sidecar:#}"));
+        assert_eq!(mount["mountPath"], MOUNT_PATH, "{sidecar:#}");
+        assert!(mount.get("subPath").is_none(), "{sidecar:#}");
+        PodSpecView {
+            role: volume
+                .pointer("/secret/secretName")
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("the volume is not a Secret volume: {volume:#}"))
+                .to_string(),
+            sidecar,
+            app,
+        }
+    }
+
+    /// Runs the sidecar exactly as its container says, with the volume's `credentials.json` in
+    /// place of the mount path, and waits for its own startup probe command.
+    fn start_sidecar(&self, volume: &SecretVolume, sessions: &Sessions) -> Sidecar {
+        assert_eq!(
+            self.role, "app-role",
+            "the volume is the labelled role's Secret"
+        );
+        let args: Vec<String> = strings(&self.sidecar["args"])
+            .into_iter()
+            .map(|arg| {
+                if arg == MOUNTED_JSON {
+                    volume.file(KEY_JSON).display().to_string()
+                } else {
+                    arg
+                }
+            })
+            .collect();
+        assert!(
+            args.contains(&volume.file(KEY_JSON).display().to_string()),
+            "the sidecar's args do not name {MOUNTED_JSON}: {args:?}"
+        );
+        let mut probe = strings(&self.sidecar["startupProbe"]["exec"]["command"]);
+        assert_eq!(
+            probe.first().map(String::as_str),
+            Some(IMAGE_ENTRYPOINT),
+            "the startup probe runs the binary itself (no shell): {probe:?}"
+        );
+        probe.remove(0);
+        Sidecar::start(
+            &args,
+            &resolve_env(&self.sidecar),
+            &(controller_bin(), probe),
+            sessions,
+        )
+    }
+
+    /// The app container's env, resolved as kubelet would for this pod.
+    fn app_env(&self) -> Vec<(String, String)> {
+        let env = resolve_env(&self.app);
+        for name in ["AWS_CONTAINER_CREDENTIALS_FULL_URI", TOKEN_ENV] {
+            assert!(
+                env.iter().any(|(k, _)| k == name),
+                "the app container has no {name}: {:#}",
+                self.app
+            );
+        }
+        env
+    }
+}
+
+/// A JSON array of strings.
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("not a string: {v}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// A container's `env`, with `fieldRef: metadata.uid` resolved to [`POD_UID`] (the only
+/// reference the mutation may use: anything else fails here).
+fn resolve_env(container: &Value) -> Vec<(String, String)> {
+    let Some(env) = container.get("env") else {
+        return Vec::new();
+    };
+    env.as_array()
+        .unwrap_or_else(|| panic!("env is not a list: {container:#}"))
+        .iter()
+        .map(|var| {
+            let name = var["name"].as_str().expect("env name").to_string();
+            let value = match (
+                var.get("value"),
+                var.pointer("/valueFrom/fieldRef/fieldPath"),
+            ) {
+                (Some(value), None) => value.as_str().expect("env value").to_string(),
+                (None, Some(path)) if path == "metadata.uid" => POD_UID.to_string(),
+                _ => panic!("env {name} is neither a value nor the pod's UID: {var}"),
+            };
+            (name, value)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,8 +760,7 @@ fn free_port() -> u16 {
 // ---------------------------------------------------------------------------------------------
 // The credentials endpoint sidecar.
 
-/// The sidecar's arguments for a volume at `json` (the pod spec's, with the mount path
-/// replaced by the test volume).
+/// `credentials-server` arguments serving the volume file `json` on `port`.
 fn sidecar_args(port: u16, json: &Path) -> Vec<String> {
     vec![
         "credentials-server".into(),
@@ -507,6 +768,16 @@ fn sidecar_args(port: u16, json: &Path) -> Vec<String> {
         format!("127.0.0.1:{port}"),
         "--credentials-file".into(),
         json.display().to_string(),
+    ]
+}
+
+/// The sidecar's startup probe arguments.
+fn probe_args(port: u16) -> Vec<String> {
+    vec![
+        "credentials-server".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--probe".into(),
     ]
 }
 
@@ -519,8 +790,14 @@ struct Sidecar {
 
 impl Sidecar {
     /// Starts the binary with `args` (the sidecar container's args: the image's ENTRYPOINT is
-    /// the binary) and `token` as the only environment, and waits for its startup probe.
-    fn start(args: &[String], token: &str, sessions: &Sessions) -> Sidecar {
+    /// the binary) and `env` as its whole environment, and waits until the startup probe
+    /// `probe` (program and arguments) exits 0.
+    fn start(
+        args: &[String],
+        env: &[(String, String)],
+        probe: &(PathBuf, Vec<String>),
+        sessions: &Sessions,
+    ) -> Sidecar {
         let port = args
             .iter()
             .position(|a| a == "--listen")
@@ -531,7 +808,7 @@ impl Sidecar {
         let mut child = Command::new(controller_bin())
             .args(args)
             .env_clear()
-            .env(TOKEN_ENV, token)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -539,13 +816,7 @@ impl Sidecar {
             .expect("starting credentials-server");
         let log = collect(child.stderr.take());
         let mut sidecar = Sidecar { child, port, log };
-        let probe = vec![
-            "credentials-server".to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--probe".into(),
-        ];
-        sidecar.wait_ready(&controller_bin(), &probe, sessions);
+        sidecar.wait_ready(&probe.0, &probe.1, sessions);
         sidecar
     }
 
@@ -611,21 +882,35 @@ fn controller_bin() -> PathBuf {
 enum Launch {
     /// Directly, with the test's PATH.
     Plain,
-    /// With `env` as its whole environment (no PATH unless `env` has one): what a container of
-    /// an image without a shell gets.
-    Bare,
-    /// In a private mount namespace whose root holds the host's directories plus `volume`
-    /// mounted at /meta/aws-iam, the Secret's mount path in a pod. So `credentials.process`
-    /// runs as written (`cat /meta/aws-iam/credentials.json`) and sees the volume's swaps.
-    Mounted { volume: PathBuf, root: PathBuf },
+    /// In a private mount namespace (see [`MOUNT_SCRIPT`]) rooted at the empty scratch
+    /// directory `root`, with the test's PATH, and `volume` mounted at /meta/aws-iam, the
+    /// Secret's mount path in a pod: `credentials.process` runs as written
+    /// (`cat /meta/aws-iam/credentials.json`) and sees the volume's swaps.
+    Mounted { root: PathBuf, volume: PathBuf },
+    /// Like an image without a shell: the namespace has every shell and `cat` replaced by an
+    /// unexecutable file, the environment is only the client's `env` (no PATH unless it has
+    /// one), and `volume`, if any, is mounted at /meta/aws-iam.
+    ShellLess {
+        root: PathBuf,
+        volume: Option<PathBuf>,
+    },
 }
 
+/// The programs an image without a shell lacks, in every directory they are usually in.
+const SHELL_PROGRAMS: [&str; 8] = ["sh", "dash", "bash", "ash", "zsh", "ksh", "busybox", "cat"];
+const PROGRAM_DIRS: [&str; 5] = ["/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin"];
+
 /// Builds the namespace's root in `$1` (a tmpfs with every top-level entry of / bind-mounted
-/// or re-linked, plus /meta/aws-iam bound to the volume `$2`) and runs the rest of the
-/// arguments in it. Private propagation: nothing of it is visible outside.
+/// or re-linked), binds the volume `$2` (if not empty) at `$3`, covers each existing path
+/// between `--hide` and `--` with /dev/null (a character device: executing it fails), and runs
+/// the arguments after `--` in that root with the environment the script was given. Its own
+/// tools are found on the PATH `$4`. Private propagation: nothing is visible outside.
 const MOUNT_SCRIPT: &str = r#"set -eu
 root=$1 volume=$2 mount_path=$3
-shift 3
+if [ -n "${PATH+set}" ]; then client_path=$PATH; else client_path=; fi
+had_path=${PATH+set}
+PATH=$4
+shift 4
 mount -t tmpfs sdk-matrix-root "$root"
 for entry in /*; do
   name=${entry#/}
@@ -636,9 +921,19 @@ for entry in /*; do
     mount --rbind "$entry" "$root/$name"
   fi
 done
-mkdir -p "$root$mount_path"
-mount --bind "$volume" "$root$mount_path"
-exec chroot "$root" "$@"
+if [ -n "$volume" ]; then
+  mkdir -p "$root$mount_path"
+  mount --bind "$volume" "$root$mount_path"
+fi
+[ "$1" = --hide ] && shift
+while [ "$1" != -- ]; do
+  if [ -e "$root$1" ]; then mount --bind /dev/null "$root$1"; fi
+  shift
+done
+shift
+chroot=$(command -v chroot)
+if [ -n "$had_path" ]; then PATH=$client_path; else unset PATH; fi
+exec "$chroot" "$root" "$@"
 "#;
 
 /// A long-lived SDK client process: it calls GetCallerIdentity at start and once per line on
@@ -660,40 +955,20 @@ impl Client {
             env.push((RUST_CLIENT_MARKER.into(), "1".into()));
         }
         let mut command = match &launch {
-            Launch::Plain | Launch::Bare => {
-                let mut c = Command::new(&program);
-                c.args(&args);
-                c
-            }
-            Launch::Mounted { volume, root } => {
-                let mut c = Command::new(which("unshare"));
-                if !is_root() {
-                    // Without root, a user namespace grants the mount and chroot rights.
-                    c.args(["--user", "--map-root-user"]);
-                }
-                c.args([
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "sh",
-                    "-c",
-                    MOUNT_SCRIPT,
-                    "sh",
-                ])
-                .arg(root)
-                .arg(volume)
-                .arg(MOUNT_PATH)
-                .arg(&program)
-                .args(&args);
-                c
-            }
+            Launch::Plain => Command::new(&program),
+            Launch::Mounted { root, volume } => in_namespace(root, Some(volume), false),
+            Launch::ShellLess { root, volume } => in_namespace(root, volume.as_deref(), true),
         };
-        command.env_clear();
+        if !matches!(launch, Launch::Plain) {
+            command.arg(&program);
+        }
+        command.args(&args).env_clear();
         match launch {
             Launch::Plain | Launch::Mounted { .. } => {
                 command.env("PATH", std::env::var_os("PATH").unwrap_or_default());
             }
-            Launch::Bare => {}
+            // The namespace's own tools (unshare, mount, chroot) are found by absolute path.
+            Launch::ShellLess { .. } => {}
         }
         let mut child = command
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -798,6 +1073,32 @@ impl Drop for Client {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `unshare … sh -c MOUNT_SCRIPT …`, to which the client's program and arguments are added.
+fn in_namespace(root: &Path, volume: Option<&Path>, hide_shells: bool) -> Command {
+    let mut c = Command::new(which("unshare"));
+    if !is_root() {
+        // Without root, a user namespace grants the mount and chroot rights.
+        c.args(["--user", "--map-root-user"]);
+    }
+    c.args(["--mount", "--propagation", "private"])
+        .arg(which("sh"))
+        .args(["-c", MOUNT_SCRIPT, "sh"])
+        .arg(root)
+        .arg(volume.map(Path::as_os_str).unwrap_or_default())
+        .arg(MOUNT_PATH)
+        .arg(std::env::var_os("PATH").unwrap_or_default())
+        .arg("--hide");
+    if hide_shells {
+        for dir in PROGRAM_DIRS {
+            for program in SHELL_PROGRAMS {
+                c.arg(format!("{dir}/{program}"));
+            }
+        }
+    }
+    c.arg("--");
+    c
 }
 
 /// Collects a pipe's lines (until it closes) for failure messages.

@@ -8,22 +8,34 @@ is created once, so a new ARN after credentials change proves botocore refreshed
 
 import sys
 
-import botocore
 import botocore.session
+
+
+def report(e):
+    print("ERROR", type(e).__name__ + ":", " ".join(str(e).split()), flush=True)
 
 
 def call(client):
     try:
         print("ARN", client.get_caller_identity()["Arn"], flush=True)
     except Exception as e:  # noqa: BLE001 - every failure is reported to the test
-        print("ERROR", type(e).__name__ + ":", " ".join(str(e).split()), flush=True)
+        report(e)
 
 
 def main():
-    client = botocore.session.get_session().create_client("sts")
-    call(client)
-    for _line in sys.stdin:
+    # botocore resolves credentials when it creates the client: a failure there is an answer.
+    try:
+        client = botocore.session.get_session().create_client("sts")
+    except Exception as e:  # noqa: BLE001
+        client = None
+        report(e)
+    if client is not None:
         call(client)
+    for _line in sys.stdin:
+        if client is not None:
+            call(client)
+        else:
+            print("ERROR no client", flush=True)
 
 
 if __name__ == "__main__":
