@@ -474,18 +474,26 @@ impl Sessions {
         sessions
     }
 
+    /// Every credential value of both sessions, for redaction.
+    fn secrets(&self) -> Vec<String> {
+        [&self.first.creds, &self.second.creds]
+            .into_iter()
+            .flat_map(|c| [&c.access_key_id, &c.secret_access_key, &c.session_token])
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect()
+    }
+
     /// `text` with every credential value of both sessions replaced by `<redacted>`.
     fn redact(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        for c in [&self.first.creds, &self.second.creds] {
-            for secret in [&c.access_key_id, &c.secret_access_key, &c.session_token] {
-                if !secret.is_empty() {
-                    text = text.replace(secret.as_str(), "<redacted>");
-                }
-            }
-        }
-        text
+        redact(text, &self.secrets())
     }
+}
+
+fn redact(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_string(), |text, secret| {
+        text.replace(secret.as_str(), "<redacted>")
+    })
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -944,7 +952,8 @@ struct Client {
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
     log: Arc<Mutex<Vec<String>>>,
-    redact: Box<dyn Fn(&str) -> String + Send>,
+    /// Credential values to keep out of failure messages.
+    secrets: Vec<String>,
 }
 
 impl Client {
@@ -990,24 +999,14 @@ impl Client {
             });
         }
         let log = collect(child.stderr.take());
-        let first = sessions.first.creds.clone();
-        let second = sessions.second.creds.clone();
-        let redact = Box::new(move |text: &str| {
-            let mut text = text.to_string();
-            for c in [&first, &second] {
-                for s in [&c.access_key_id, &c.secret_access_key, &c.session_token] {
-                    text = text.replace(s.as_str(), "<redacted>");
-                }
-            }
-            text
-        });
+        let secrets = sessions.secrets();
         Client {
             sdk,
             child,
             stdin,
             lines,
             log,
-            redact,
+            secrets,
         }
     }
 
@@ -1038,7 +1037,7 @@ impl Client {
                     if let Some(error) = line.strip_prefix("ERROR ") {
                         return Err(format!(
                             "the SDK failed: {}; {}",
-                            (self.redact)(error),
+                            redact(error, &self.secrets),
                             self.diagnostics()
                         ));
                     }
@@ -1064,7 +1063,7 @@ impl Client {
     fn diagnostics(&self) -> String {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let tail = log[log.len().saturating_sub(20)..].join("\n");
-        format!("its stderr:\n{}", (self.redact)(&tail))
+        format!("its stderr:\n{}", redact(&tail, &self.secrets))
     }
 }
 
