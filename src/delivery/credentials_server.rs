@@ -212,7 +212,12 @@ impl Server {
                             .to_string(),
                     ),
                 ),
-                Err(problem) => problem.response(),
+                Err(problem) => {
+                    // Not ready, whatever the cause: the contract of a readiness path.
+                    let mut response = problem.response();
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    response
+                }
             };
         }
         match request.headers().get(AUTHORIZATION) {

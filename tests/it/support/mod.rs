@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod harness;
 pub mod moto;
+pub mod sidecar;
 pub mod simulate;
 pub mod volume;
 
