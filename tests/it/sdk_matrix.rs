@@ -3,12 +3,13 @@
 //! credentials are swapped for another role's while it runs:
 //!
 //! - `endpoint` delivery (the `credentials-server` sidecar on 127.0.0.1): every SDK reports the
-//!   new role on its next call once inside its refresh window, without a restart;
+//!   new role without a restart, once inside its refresh window;
 //! - `process` delivery (`credentials.process`, `credential_process = cat /meta/aws-iam/…`,
 //!   run verbatim in a private mount namespace where the volume is at /meta/aws-iam): the same;
-//! - the static `credentials` file: every SDK authenticates and none ever picks up the swap;
-//! - a pod template labelled for `endpoint` delivery, mutated, run from its mutated spec alone
-//!   (sidecar args, startup probe, app env) with no `sh` and no `cat` on the clients' PATH.
+//!   and in an environment without `sh` and `cat`, every SDK fails;
+//! - the static `credentials` file: every SDK authenticates and none picks up the swap;
+//! - a pod template labelled for `endpoint` delivery, mutated, runs from its mutated spec alone
+//!   (sidecar args, startup probe, app env) with every shell and `cat` made unexecutable.
 //!
 //! The SDKs: botocore (the core of boto3 and the AWS CLI, from `.venv`), the AWS SDK for
 //! JavaScript v3 (`@aws-sdk/client-sts`, pinned in tests/sdk/package-lock.json and installed by
@@ -17,9 +18,11 @@
 //!
 //! SDKs re-fetch only when their cached credentials are near expiry (botocore from 15 min
 //! before, JavaScript v3 from 5 min, Rust from 10–15 s), so the first credentials are written
-//! with an Expiration inside each SDK's window. moto does not check expiry, so that is harmless.
-//! Each SDK runs in its own thread with its own volume (and sidecar), so the matrix costs about
-//! as long as its slowest SDK.
+//! with an Expiration inside each SDK's window (Rust's: a few seconds before it). moto does not
+//! check expiry, so that is harmless. Each SDK runs in its own thread with its own volume (and
+//! sidecar), so a test costs about as long as its slowest SDK (Rust, about 10 s).
+//!
+//! The mount namespaces need root or unprivileged user namespaces (`unshare --user`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -40,6 +43,7 @@ use serde_json::{Value, json};
 use crate::support::moto::{self, Moto, ScratchDir};
 use crate::support::repo_root;
 use crate::support::volume::SecretVolume;
+use crate::support::{harness, sidecar};
 
 /// Marks a run of this test binary as the Rust SDK client (see [`rust_client`]).
 const RUST_CLIENT_MARKER: &str = "KUBE_AWS_IAM_CONTROLLER_SDK_MATRIX_RUST_CLIENT";
@@ -67,14 +71,10 @@ fn endpoint_delivery_refreshes_every_sdk_without_restart() {
             &format!("sdk-endpoint-{}", sdk.name()),
             sessions.first.secret_data(sdk.first_expiration()),
         );
-        let port = free_port();
-        let sidecar = Sidecar::start(
-            &sidecar_args(port, &volume.file(KEY_JSON)),
-            &[(TOKEN_ENV.into(), POD_UID.into())],
-            &(controller_bin(), probe_args(port)),
-            &sessions,
-        );
-        let env = endpoint_env(&moto, sidecar.port);
+        let sidecar = sidecar::Sidecar::start_with_token(&volume.file(KEY_JSON), POD_UID);
+        wait_until_ready(sidecar.port());
+        let mut env = consumer_env(&moto);
+        env.extend(sidecar.sdk_env());
         let mut client = Client::spawn(sdk, &env, Launch::Plain, &sessions);
         swap_and_expect_refresh(&mut client, &mut volume, &sessions)
     });
@@ -165,41 +165,22 @@ fn static_credentials_file_never_refreshes() {
 #[test]
 fn mutated_endpoint_pod_runs_every_sdk_without_a_shell() {
     let started = Instant::now();
-    let port = free_port();
-    let options = MutateOptions {
-        default_delivery: Delivery::Process,
-        sidecar_image: "registry.example.com/kube-aws-iam-controller:test".into(),
-        sidecar_port: port,
-        region: None,
-    };
-    let template = json!({
-        "metadata": {
-            "labels": {"app": "shell-less", ROLE_LABEL: "app-role"},
-            "annotations": {DELIVERY_ANNOTATION: "endpoint"},
-        },
-        "spec": {"containers": [{"name": "app", "image": "gcr.io/distroless/static"}]},
-    });
-    let patch = mutate::patch(&template, &options)
-        .unwrap_or_else(|e| panic!("mutating the labelled template: {e}"))
-        .expect("a labelled template is mutated");
-    let mut pod = template.clone();
-    json_patch::patch(&mut pod, &patch).expect("the mutation's patch applies to its input");
-    let pod = PodSpecView::new(&pod);
-
     let moto = Moto::start();
     let sessions = Sessions::assume(&moto);
     let empty_path = ScratchDir::new("sdk-empty-path");
     let results = for_each_sdk(|sdk| {
+        // One pod per SDK, each with its own loopback port as if in its own network namespace.
+        let pod = mutated_endpoint_pod(harness::free_port());
         let mut volume = SecretVolume::with(
             &format!("sdk-shell-less-{}", sdk.name()),
             sessions.first.secret_data(sdk.first_expiration()),
         );
         let _sidecar = pod.start_sidecar(&volume, &sessions);
         let mut env = pod.app_env();
-        // Test plumbing only: moto as STS, and no config file or metadata service to fall
-        // back on. No credentials, no PATH entry with a program in it.
+        // Test plumbing only: moto as STS, and no config or credentials file or metadata
+        // service to fall back on. No credentials, no PATH entry with a program in it.
         for (k, v) in consumer_env(&moto) {
-            if k != "AWS_SHARED_CREDENTIALS_FILE" && !env.iter().any(|(name, _)| *name == k) {
+            if !env.iter().any(|(name, _)| *name == k) {
                 env.push((k, v));
             }
         }
@@ -217,6 +198,30 @@ fn mutated_endpoint_pod_runs_every_sdk_without_a_shell() {
         .count();
     assert_eq!(entries, 0, "the clients' PATH directory is not empty");
     report("endpoint, mutated pod, no shell", &results, started);
+}
+
+/// A Deployment's pod template labelled for `endpoint` delivery (against a `process` default),
+/// mutated through the JSON patch the webhook would answer with (`inject` applies the same).
+fn mutated_endpoint_pod(port: u16) -> PodSpecView {
+    let options = MutateOptions {
+        default_delivery: Delivery::Process,
+        sidecar_image: "registry.example.com/kube-aws-iam-controller:test".into(),
+        sidecar_port: port,
+        region: None,
+    };
+    let template = json!({
+        "metadata": {
+            "labels": {"app": "shell-less", ROLE_LABEL: "app-role"},
+            "annotations": {DELIVERY_ANNOTATION: "endpoint"},
+        },
+        "spec": {"containers": [{"name": "app", "image": "gcr.io/distroless/static"}]},
+    });
+    let patch = mutate::patch(&template, &options)
+        .unwrap_or_else(|e| panic!("mutating the labelled template: {e}"))
+        .expect("a labelled template is mutated");
+    let mut pod = template;
+    json_patch::patch(&mut pod, &patch).expect("the mutation's patch applies to its input");
+    PodSpecView::new(&pod)
 }
 
 /// The other side of the table: `process` delivery needs `cat` (and for some SDKs `sh`), so in
@@ -326,7 +331,7 @@ impl PodSpecView {
 
     /// Runs the sidecar exactly as its container says, with the volume's `credentials.json` in
     /// place of the mount path, and waits for its own startup probe command.
-    fn start_sidecar(&self, volume: &SecretVolume, sessions: &Sessions) -> Sidecar {
+    fn start_sidecar(&self, volume: &SecretVolume, sessions: &Sessions) -> PodSidecar {
         assert_eq!(
             self.role, "app-role",
             "the volume is the labelled role's Secret"
@@ -352,7 +357,12 @@ impl PodSpecView {
             "the startup probe runs the binary itself (no shell): {probe:?}"
         );
         probe.remove(0);
-        Sidecar::start(
+        assert_eq!(
+            listen_flag(&probe),
+            Some(self.listen()),
+            "the startup probe asks another address than the sidecar listens on: {probe:?}"
+        );
+        PodSidecar::start(
             &args,
             &resolve_env(&self.sidecar),
             &(controller_bin(), probe),
@@ -360,18 +370,43 @@ impl PodSpecView {
         )
     }
 
-    /// The app container's env, resolved as kubelet would for this pod.
+    /// The address in the sidecar's `--listen` argument.
+    fn listen(&self) -> String {
+        listen_flag(&strings(&self.sidecar["args"]))
+            .unwrap_or_else(|| panic!("the sidecar has no --listen: {:#}", self.sidecar))
+    }
+
+    /// The app container's env, resolved as kubelet would for this pod; it must name the
+    /// sidecar's address and carry the same token.
     fn app_env(&self) -> Vec<(String, String)> {
         let env = resolve_env(&self.app);
-        for name in ["AWS_CONTAINER_CREDENTIALS_FULL_URI", TOKEN_ENV] {
-            assert!(
-                env.iter().any(|(k, _)| k == name),
-                "the app container has no {name}: {:#}",
-                self.app
-            );
-        }
+        let get = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("the app container has no {name}: {:#}", self.app))
+        };
+        assert_eq!(
+            get("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+            format!("http://{}{CREDENTIALS_PATH}", self.listen())
+        );
+        assert_eq!(get(TOKEN_ENV), POD_UID);
+        let sidecar_env = resolve_env(&self.sidecar);
+        assert!(
+            sidecar_env.contains(&(TOKEN_ENV.to_string(), POD_UID.to_string())),
+            "the sidecar does not get the same token: {:#}",
+            self.sidecar
+        );
         env
     }
+}
+
+/// The value after `--listen` in `args`.
+fn listen_flag(args: &[String]) -> Option<String> {
+    args.iter()
+        .position(|a| a == "--listen")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 /// A JSON array of strings.
@@ -535,9 +570,9 @@ impl Sdk {
     }
 
     /// Whether the first call after the swap must already report the new role. botocore
-    /// re-fetches in the call itself; JavaScript v3 (from 3.11xx) answers that call with its
-    /// cached credentials and re-fetches in the background for the calls after it; Rust only
-    /// re-fetches once inside its 10–15 s buffer.
+    /// re-fetches in the call itself; JavaScript v3 (the pinned version) answers that call
+    /// with its cached credentials and re-fetches in the background for the calls after it;
+    /// Rust re-fetches only once inside its 10–15 s buffer.
     fn refreshes_on_next_call(self) -> bool {
         self == Sdk::Botocore
     }
@@ -737,17 +772,6 @@ fn consumer_env(moto: &Moto) -> Vec<(String, String)> {
     .collect()
 }
 
-/// `consumer_env` plus what `endpoint` delivery gives an app container.
-fn endpoint_env(moto: &Moto, port: u16) -> Vec<(String, String)> {
-    let mut env = consumer_env(moto);
-    env.push((
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI".into(),
-        format!("http://127.0.0.1:{port}{CREDENTIALS_PATH}"),
-    ));
-    env.push((TOKEN_ENV.into(), POD_UID.into()));
-    env
-}
-
 /// `.venv`-independent lookup of a program on the test's PATH, as an absolute path.
 fn which(program: &str) -> PathBuf {
     std::env::var_os("PATH")
@@ -758,45 +782,34 @@ fn which(program: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{program} is not on PATH; install it (Node.js 18 or later)"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The credentials endpoint sidecar.
 
-/// `credentials-server` arguments serving the volume file `json` on `port`.
-fn sidecar_args(port: u16, json: &Path) -> Vec<String> {
-    vec![
-        "credentials-server".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--credentials-file".into(),
-        json.display().to_string(),
-    ]
+/// Polls the sidecar's startup probe (`credentials-server --probe`) until it passes.
+fn wait_until_ready(port: u16) {
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        let (code, out) = sidecar::probe(port);
+        if code == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar on port {port} is not ready after {READY_DEADLINE:?}: exit {code}, {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
-/// The sidecar's startup probe arguments.
-fn probe_args(port: u16) -> Vec<String> {
-    vec![
-        "credentials-server".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--probe".into(),
-    ]
-}
-
-/// A running `credentials-server`, killed on drop.
-struct Sidecar {
+/// The sidecar container of a mutated pod, run as its spec says (args under the image's
+/// ENTRYPOINT, env, startup probe command) rather than with the fixed arguments of
+/// `support::sidecar`. Killed on drop.
+struct PodSidecar {
     child: Child,
-    port: u16,
     log: Arc<Mutex<Vec<String>>>,
 }
 
-impl Sidecar {
+impl PodSidecar {
     /// Starts the binary with `args` (the sidecar container's args: the image's ENTRYPOINT is
     /// the binary) and `env` as its whole environment, and waits until the startup probe
     /// `probe` (program and arguments) exits 0.
@@ -805,14 +818,7 @@ impl Sidecar {
         env: &[(String, String)],
         probe: &(PathBuf, Vec<String>),
         sessions: &Sessions,
-    ) -> Sidecar {
-        let port = args
-            .iter()
-            .position(|a| a == "--listen")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no --listen 127.0.0.1:PORT in the sidecar's args {args:?}"));
+    ) -> PodSidecar {
         let mut child = Command::new(controller_bin())
             .args(args)
             .env_clear()
@@ -823,7 +829,7 @@ impl Sidecar {
             .spawn()
             .expect("starting credentials-server");
         let log = collect(child.stderr.take());
-        let mut sidecar = Sidecar { child, port, log };
+        let mut sidecar = PodSidecar { child, log };
         sidecar.wait_ready(&probe.0, &probe.1, sessions);
         sidecar
     }
@@ -853,6 +859,10 @@ impl Sidecar {
                 .status()
                 .unwrap_or_else(|e| panic!("running the probe {}: {e}", program.display()));
             if status.success() {
+                // Not another server's answer: this one is still running.
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("credentials-server exited with {status} though the probe passed");
+                }
                 return;
             }
             assert!(
@@ -872,7 +882,7 @@ impl Sidecar {
     }
 }
 
-impl Drop for Sidecar {
+impl Drop for PodSidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
