@@ -151,6 +151,7 @@ fn static_credentials_file_never_refreshes() {
             sdk,
             calls: CALLS,
             after: None,
+            version: client.version.clone(),
         }
     });
     report("static file", &results, started);
@@ -254,12 +255,16 @@ fn process_delivery_fails_without_a_shell() {
             Ok(arn) => {
                 panic!("{sdk:?} authenticated as {arn} through credential_process without a shell")
             }
-            Err(e) => eprintln!("process delivery without a shell: {sdk:?}: {e}"),
+            Err(e) => eprintln!(
+                "process delivery without a shell: {sdk:?} ({}) failed as expected: {e}",
+                client.version
+            ),
         }
         Refresh {
             sdk,
             calls: 0,
             after: None,
+            version: client.version.clone(),
         }
     });
     assert_eq!(
@@ -628,6 +633,11 @@ fn rust_client() {
     let config =
         runtime.block_on(aws_config::defaults(aws_config::BehaviorVersion::latest()).load());
     let client = aws_sdk_sts::Client::new(&config);
+    println!(
+        "VERSION aws-config {}, aws-sdk-sts {}",
+        locked_version("aws-config"),
+        locked_version("aws-sdk-sts")
+    );
     let call = || match runtime.block_on(client.get_caller_identity().send()) {
         Ok(out) => println!("ARN {}", out.arn().unwrap_or("<none>")),
         Err(e) => println!(
@@ -646,6 +656,15 @@ fn rust_client() {
         }
         call();
     }
+}
+
+/// The version of `package` in Cargo.lock (what this binary was built with).
+fn locked_version(package: &str) -> &'static str {
+    let lock = include_str!("../../Cargo.lock");
+    let entry = format!("name = \"{package}\"\nversion = \"");
+    lock.split_once(entry.as_str())
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or("(not in Cargo.lock)", |(version, _)| version)
 }
 
 /// Runs `lane` for every SDK at once, each in its own thread; panics with every failure.
@@ -683,23 +702,25 @@ struct Refresh {
     calls: usize,
     /// When the new role was reported, after the swap (None: never).
     after: Option<Duration>,
+    /// The SDK's version, as the client reported it.
+    version: String,
 }
 
 fn report(mode: &str, results: &[Refresh], started: Instant) {
     for r in results {
         match r.after {
             Some(after) => eprintln!(
-                "{mode}: {:?} reported the new role on call {} after the swap, {after:.1?} \
-                 after it",
-                r.sdk, r.calls
+                "{mode}: {:?} ({}) reported the new role on call {} after the swap, \
+                 {after:.1?} after it",
+                r.sdk, r.version, r.calls
             ),
             None => eprintln!(
-                "{mode}: {:?} still reported the first role on all {} calls after the swap",
-                r.sdk, r.calls
+                "{mode}: {:?} ({}) still reported the first role on all {} calls after the swap",
+                r.sdk, r.version, r.calls
             ),
         }
     }
-    eprintln!("{mode}: the matrix took {:.1?}", started.elapsed());
+    eprintln!("{mode}: took {:.1?}", started.elapsed());
 }
 
 /// The first call must report the first role; after the swap the SDK must report the second
@@ -728,6 +749,7 @@ fn swap_and_expect_refresh(
                 sdk,
                 calls,
                 after: Some(swapped.elapsed()),
+                version: client.version.clone(),
             };
         }
         assert_eq!(arn, sessions.first.arn, "{sdk:?} call {calls}");
@@ -964,6 +986,8 @@ struct Client {
     log: Arc<Mutex<Vec<String>>>,
     /// Credential values to keep out of failure messages.
     secrets: Vec<String>,
+    /// What the client said it is (its `VERSION …` line).
+    version: String,
 }
 
 impl Client {
@@ -1017,6 +1041,7 @@ impl Client {
             lines,
             log,
             secrets,
+            version: String::new(),
         }
     }
 
@@ -1041,6 +1066,10 @@ impl Client {
                         Some(rest) => rest.split_once(" ... ").map_or(rest, |(_, out)| out),
                         None => line.as_str(),
                     };
+                    if let Some(version) = line.strip_prefix("VERSION ") {
+                        self.version = version.to_string();
+                        continue;
+                    }
                     if let Some(arn) = line.strip_prefix("ARN ") {
                         return Ok(arn.to_string());
                     }
