@@ -34,9 +34,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sts::error::DisplayErrorContext;
 use jiff::{Timestamp, ToSpan};
 use kube_aws_iam_controller::delivery::mutate::{self, MutateOptions};
-use kube_aws_iam_controller::delivery::{
-    CREDENTIALS_PATH, DELIVERY_ANNOTATION, Delivery, MOUNT_PATH, ROLE_LABEL, TOKEN_ENV,
-};
+use kube_aws_iam_controller::delivery::{DELIVERY_ANNOTATION, Delivery, ROLE_LABEL, TOKEN_ENV};
 use kube_aws_iam_controller::secret::{self, Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS};
 use serde_json::{Value, json};
 
@@ -58,9 +56,23 @@ const REFRESH_DEADLINE: Duration = Duration::from_secs(45);
 /// How long the sidecar may take to answer its startup probe.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
+// The pod side of the contract, written out here rather than taken from the crate, so that a
+// change there fails these tests.
+/// Where a pod mounts the Secret.
+const POD_MOUNT: &str = "/meta/aws-iam";
+/// The Secret's `credentials.json` as a pod sees it.
+const MOUNTED_JSON: &str = "/meta/aws-iam/credentials.json";
+/// The Secret's `credentials.process` as a pod sees it.
+const MOUNTED_PROCESS: &str = "/meta/aws-iam/credentials.process";
+/// The Secret's `credentials.process`: it names the mounted `credentials.json` absolutely.
+const PROCESS_PROFILE: &str =
+    "[default]\ncredential_process = cat /meta/aws-iam/credentials.json\n";
+
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
+/// `endpoint` delivery: each SDK reads the container-credentials endpoint the sidecar serves
+/// from the volume's `credentials.json`, and reports the new role after the swap.
 #[test]
 fn endpoint_delivery_refreshes_every_sdk_without_restart() {
     let started = Instant::now();
@@ -81,6 +93,8 @@ fn endpoint_delivery_refreshes_every_sdk_without_restart() {
     report("endpoint", &results, started);
 }
 
+/// `process` delivery: each SDK runs the Secret's `credentials.process` as written, in a mount
+/// namespace with the volume at its pod path, and reports the new role after the swap.
 #[test]
 fn process_delivery_refreshes_every_sdk_without_restart() {
     let started = Instant::now();
@@ -93,13 +107,10 @@ fn process_delivery_refreshes_every_sdk_without_restart() {
         );
         assert_eq!(
             std::fs::read_to_string(volume.file(KEY_PROCESS)).expect("credentials.process"),
-            format!("[default]\ncredential_process = cat {MOUNT_PATH}/{KEY_JSON}\n"),
+            PROCESS_PROFILE,
             "the Secret's credentials.process is not the documented one"
         );
-        let mut env = consumer_env(&moto);
-        let profile = format!("{MOUNT_PATH}/{KEY_PROCESS}");
-        env.push(("AWS_SHARED_CREDENTIALS_FILE".into(), profile.clone()));
-        env.push(("AWS_CREDENTIAL_PROFILES_FILE".into(), profile));
+        let env = process_env(&moto);
         let root = ScratchDir::new(&format!("sdk-root-{}", sdk.name()));
         let launch = Launch::Mounted {
             volume: volume.path().to_path_buf(),
@@ -111,6 +122,9 @@ fn process_delivery_refreshes_every_sdk_without_restart() {
     report("process", &results, started);
 }
 
+/// The static `credentials` file: each SDK authenticates with it and keeps the first role
+/// after the swap (what the docs' table says). Also hosts the Rust client (see
+/// [`RUST_CLIENT_HOST_TEST`]).
 #[test]
 fn static_credentials_file_never_refreshes() {
     if std::env::var_os(RUST_CLIENT_MARKER).is_some() {
@@ -176,7 +190,7 @@ fn mutated_endpoint_pod_runs_every_sdk_without_a_shell() {
             &format!("sdk-shell-less-{}", sdk.name()),
             sessions.first.secret_data(sdk.first_expiration()),
         );
-        let _sidecar = pod.start_sidecar(&volume, &sessions);
+        let sidecar = pod.start_sidecar(&volume, &sessions);
         let mut env = pod.app_env();
         // Test plumbing only: moto as STS, and no config or credentials file or metadata
         // service to fall back on. No credentials, no PATH entry with a program in it.
@@ -192,7 +206,9 @@ fn mutated_endpoint_pod_runs_every_sdk_without_a_shell() {
             volume: None,
         };
         let mut client = Client::spawn(sdk, &env, launch, &sessions);
-        swap_and_expect_refresh(&mut client, &mut volume, &sessions)
+        let refresh = swap_and_expect_refresh(&mut client, &mut volume, &sessions);
+        sidecar.assert_log_has_no_credentials(&sessions);
+        refresh
     });
     let entries = std::fs::read_dir(empty_path.path())
         .expect("the empty PATH directory")
@@ -239,11 +255,7 @@ fn process_delivery_fails_without_a_shell() {
             &format!("sdk-process-shell-less-{}", sdk.name()),
             sessions.first.secret_data(Timestamp::now() + 1.hour()),
         );
-        let mut env = consumer_env(&moto);
-        let profile = format!("{MOUNT_PATH}/{KEY_PROCESS}");
-        env.retain(|(k, _)| k != "AWS_SHARED_CREDENTIALS_FILE");
-        env.push(("AWS_SHARED_CREDENTIALS_FILE".into(), profile.clone()));
-        env.push(("AWS_CREDENTIAL_PROFILES_FILE".into(), profile));
+        let mut env = process_env(&moto);
         env.push(("PATH".into(), empty_path.path().display().to_string()));
         let root = ScratchDir::new(&format!("sdk-root-{}", sdk.name()));
         let launch = Launch::ShellLess {
@@ -284,8 +296,6 @@ struct PodSpecView {
 
 /// What the image's ENTRYPOINT is: the sidecar's `args` run under it, its probe names it.
 const IMAGE_ENTRYPOINT: &str = "/usr/local/bin/kube-aws-iam-controller";
-/// The Secret's `credentials.json` as the sidecar sees it in a pod.
-const MOUNTED_JSON: &str = "/meta/aws-iam/credentials.json";
 
 impl PodSpecView {
     fn new(pod: &Value) -> PodSpecView {
@@ -321,7 +331,7 @@ impl PodSpecView {
             .as_array()
             .and_then(|m| m.iter().find(|m| m["name"] == "aws-iam-credentials"))
             .unwrap_or_else(|| panic!("the sidecar does not mount the volume: {sidecar:#}"));
-        assert_eq!(mount["mountPath"], MOUNT_PATH, "{sidecar:#}");
+        assert_eq!(mount["mountPath"], POD_MOUNT, "{sidecar:#}");
         assert!(mount.get("subPath").is_none(), "{sidecar:#}");
         PodSpecView {
             role: volume
@@ -393,7 +403,7 @@ impl PodSpecView {
         };
         assert_eq!(
             get("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
-            format!("http://{}{CREDENTIALS_PATH}", self.listen())
+            format!("http://{}/credentials", self.listen())
         );
         assert_eq!(get(TOKEN_ENV), POD_UID);
         let sidecar_env = resolve_env(&self.sidecar);
@@ -794,6 +804,19 @@ fn consumer_env(moto: &Moto) -> Vec<(String, String)> {
     .collect()
 }
 
+/// `consumer_env` plus what `process` delivery gives a container: the profile file naming
+/// `credentials.process` (Java's variable too).
+fn process_env(moto: &Moto) -> Vec<(String, String)> {
+    let mut env = consumer_env(moto);
+    env.retain(|(k, _)| k != "AWS_SHARED_CREDENTIALS_FILE");
+    env.push(("AWS_SHARED_CREDENTIALS_FILE".into(), MOUNTED_PROCESS.into()));
+    env.push((
+        "AWS_CREDENTIAL_PROFILES_FILE".into(),
+        MOUNTED_PROCESS.into(),
+    ));
+    env
+}
+
 /// `.venv`-independent lookup of a program on the test's PATH, as an absolute path.
 fn which(program: &str) -> PathBuf {
     std::env::var_os("PATH")
@@ -901,6 +924,29 @@ impl PodSidecar {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl PodSidecar {
+    /// The sidecar served both sessions to an SDK; its log must name neither's secrets.
+    fn assert_log_has_no_credentials(&self, sessions: &Sessions) {
+        let log = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n");
+        assert!(!log.is_empty(), "the sidecar logged nothing");
+        let leaked = sessions
+            .secrets()
+            .iter()
+            .filter(|s| log.contains(s.as_str()))
+            .count();
+        assert_eq!(
+            leaked,
+            0,
+            "the sidecar's log holds credential values:\n{}",
+            sessions.redact(&log)
+        );
     }
 }
 
@@ -1125,7 +1171,7 @@ fn in_namespace(root: &Path, volume: Option<&Path>, hide_shells: bool) -> Comman
         .args(["-c", MOUNT_SCRIPT, "sh"])
         .arg(root)
         .arg(volume.map(Path::as_os_str).unwrap_or_default())
-        .arg(MOUNT_PATH)
+        .arg(POD_MOUNT)
         .arg(std::env::var_os("PATH").unwrap_or_default())
         .arg("--hide");
     if hide_shells {
