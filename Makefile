@@ -1,5 +1,5 @@
 # The README's second command: `make test` builds everything and runs every test.
-.PHONY: test venv lint check crd docs quickstart
+.PHONY: test venv node lint check crd docs examples quickstart
 
 CARGO ?= cargo
 PYTHON ?= python3
@@ -11,7 +11,14 @@ VENV := .venv
 REQUIREMENTS := tests/requirements.txt
 VENV_STAMP := $(VENV)/.installed-$(firstword $(shell cksum < $(REQUIREMENTS)))
 
-test: venv
+# The SDK matrix's JavaScript client: the AWS SDK for JavaScript v3 at the exact versions of
+# tests/sdk/package-lock.json, installed into tests/sdk/node_modules; a stamp named after the lock
+# file's checksum, like the venv's, so an unchanged lock costs nothing.
+NODE_DIR := tests/sdk
+NODE_LOCK := $(NODE_DIR)/package-lock.json
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed-$(firstword $(shell cksum < $(NODE_LOCK)))
+
+test: venv node
 	$(CARGO) test --locked
 
 venv: $(VENV_STAMP)
@@ -20,6 +27,12 @@ $(VENV_STAMP):
 	@rm -f $(VENV)/.installed-*
 	@$(VENV)/bin/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/python -m pip install --disable-pip-version-check --no-input --quiet -r $(REQUIREMENTS)
+	@touch $@
+
+node: $(NODE_STAMP)
+
+$(NODE_STAMP):
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
 	@touch $@
 
 lint:
@@ -35,6 +48,10 @@ crd:
 # Regenerate docs/flags.md from --help (a test fails when it drifts).
 docs:
 	UPDATE_DOCS=1 $(CARGO) test --locked --test it ship::flags_doc
+
+# Regenerate examples/delivery/*.injected.yaml from their inputs (a test fails when they drift).
+examples:
+	UPDATE_EXAMPLES=1 $(CARGO) test --locked --test it delivery_inject::examples
 
 # The README's first command.
 quickstart:
