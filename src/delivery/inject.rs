@@ -62,7 +62,9 @@ impl fmt::Display for Place {
 pub enum InjectError {
     #[error("{0}: not UTF-8 text")]
     NotText(String),
-    #[error("{place}: {size} bytes, more than the {MAX_DOCUMENT_BYTES} bytes a Kubernetes object can have")]
+    #[error(
+        "{place}: {size} bytes, more than the {MAX_DOCUMENT_BYTES} bytes a Kubernetes object can have"
+    )]
     TooLarge { place: Place, size: usize },
     #[error("{place}: could not be read as YAML{at}")]
     Yaml { place: Place, at: String },
@@ -703,10 +705,7 @@ impl<'de> serde::de::Visitor<'de> for OrderVisitor {
         Ok(Order::default())
     }
 
-    fn visit_some<D: serde::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Order, D::Error> {
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Order, D::Error> {
         <Order as serde::Deserialize>::deserialize(d)
     }
 }

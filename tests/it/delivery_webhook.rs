@@ -443,12 +443,15 @@ fn labelled_pods_get_the_shared_mutation_as_a_json_patch() {
         json_patch::patch(&mut patched, &patch)
             .unwrap_or_else(|e| panic!("{name}: the patch does not apply to the pod: {e}"));
 
-        let mut expected = pod.clone();
-        let own = mutate::patch(&pod, &options())
+        let expected = mutate::mutated(&pod, &options())
             .unwrap_or_else(|e| panic!("{name}: {e}"))
             .expect("the shared mutation changes a labelled pod");
-        json_patch::patch(&mut expected, &own).unwrap();
         assert_eq!(patched, expected, "{name}: webhook and mutation disagree");
+        assert_eq!(
+            patched,
+            inject(&pod),
+            "{name}: the webhook's pod differs from what `inject` prints"
+        );
         assert_ne!(patched, pod, "{name}: the pod changed");
         let typed: Pod = serde_json::from_value(patched.clone())
             .unwrap_or_else(|e| panic!("{name}: the patched pod is no Pod: {e}"));
@@ -475,6 +478,39 @@ fn labelled_pods_get_the_shared_mutation_as_a_json_patch() {
         !s.webhook.logs().contains(SEEDED),
         "the logs quote the pod's environment"
     );
+}
+
+/// What `kube-aws-iam-controller inject -` prints for `pod`, with the webhook's flags.
+fn inject(pod: &Value) -> Value {
+    let mut child = Command::new(BIN)
+        .args([
+            "inject",
+            "-",
+            "--sidecar-image",
+            SIDECAR_IMAGE,
+            "--default-delivery",
+            "process",
+        ])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pod.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "inject: {}", text(&out.stderr));
+    serde_saphyr::from_str(&text(&out.stdout)).unwrap_or_else(|e| {
+        panic!(
+            "inject printed no YAML document ({e}):\n{}",
+            text(&out.stdout)
+        )
+    })
 }
 
 #[test]

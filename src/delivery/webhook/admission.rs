@@ -397,22 +397,33 @@ mod tests {
     fn a_patch_from_the_mutation_is_answered_as_base64_json_patch() {
         let object = pod(json!({"kube-aws-iam-controller/role": "app"}));
         let a = review(request(object.clone()).to_string().as_bytes(), &options());
-        match mutate::patch(&object, &options()) {
-            Ok(Some(expected)) if !expected.0.is_empty() => {
-                assert_eq!(a.outcome, Outcome::Mutated);
-                let v = decode(&a);
-                assert_eq!(v["response"]["patchType"], "JSONPatch");
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(v["response"]["patch"].as_str().unwrap())
-                    .unwrap();
-                let got: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-                assert_eq!(got, expected);
-            }
-            Ok(_) => assert_eq!(a.outcome, Outcome::Unchanged),
-            Err(e) => {
-                assert_eq!(a.outcome, Outcome::Denied);
-                assert!(a.message.unwrap().contains(&e.to_string()));
-            }
-        }
+        assert_eq!(a.outcome, Outcome::Mutated);
+        let v = decode(&a);
+        assert_eq!(v["response"]["allowed"], true);
+        assert_eq!(v["response"]["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let got: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let expected = mutate::patch(&object, &options()).unwrap().unwrap();
+        assert_eq!(got, expected);
+        assert!(!String::from_utf8_lossy(&a.body).contains("SECRETVALUE"));
+    }
+
+    #[test]
+    fn a_labelled_pod_that_cannot_be_mutated_is_denied_naming_the_field() {
+        let mut object = pod(json!({"kube-aws-iam-controller/role": "app"}));
+        object["metadata"]["annotations"] = json!({"kube-aws-iam-controller/delivery": "pigeon"});
+        let a = review(request(object).to_string().as_bytes(), &options());
+        assert_eq!((a.http_status, a.outcome), (200, Outcome::Denied));
+        let v = decode(&a);
+        assert_eq!(v["response"]["allowed"], false);
+        assert_eq!(v["response"]["status"]["code"], 400);
+        let message = v["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("kube-aws-iam-controller/delivery"),
+            "{message}"
+        );
+        assert!(!message.contains("SECRETVALUE"), "{message}");
     }
 }
