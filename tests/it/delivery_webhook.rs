@@ -761,6 +761,35 @@ fn start_up_fails_clearly_without_a_usable_certificate() {
     assert!(stderr.contains("--tls-cert-file"), "{stderr}");
 }
 
+/// SIGTERM: the webhook stops accepting, answers what is in flight, and exits 0.
+#[test]
+fn sigterm_stops_the_webhook_cleanly() {
+    let mut s = setup("webhook-sigterm");
+    let request = fixture("unlabelled-pod.json");
+    response_of(&s.client.review(&request), &request);
+    let pid = s.webhook.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = s.webhook.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 15 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{}", s.webhook.logs());
+    assert!(s.webhook.logs().contains("stopped"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Health, readiness, metrics
 // ---------------------------------------------------------------------------------------------
@@ -955,12 +984,46 @@ fn the_component_renders_a_highly_available_webhook_without_rbac() {
         .find(|v| v.name == mount.name)
         .unwrap();
     let tls_secret = volume.secret.as_ref().unwrap().secret_name.clone().unwrap();
+    // Hardened like the controller's pods.
+    let pod_sc = pod.security_context.as_ref().expect("pod securityContext");
+    assert_eq!(pod_sc.run_as_non_root, Some(true));
+    assert_eq!(pod_sc.run_as_user, Some(crate::ship::dockerfile_uid()));
+    assert_eq!(
+        pod_sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let sc = c
+        .security_context
+        .as_ref()
+        .expect("container securityContext");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()])
+    );
+    let resources = c.resources.as_ref().expect("resources");
     assert!(
-        c.security_context
+        resources
+            .limits
             .as_ref()
-            .unwrap()
-            .read_only_root_filesystem
-            == Some(true)
+            .is_some_and(|l| l.contains_key("memory"))
+    );
+    let image = format!(
+        "registry.example.com/kube-aws-iam-controller:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(c.image.as_deref(), Some(image.as_str()));
+    let sidecar_image = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "KUBE_AWS_IAM_CONTROLLER_SIDECAR_IMAGE")
+        .and_then(|e| e.value.clone());
+    assert_eq!(
+        sidecar_image.as_deref(),
+        Some(image.as_str()),
+        "the injected sidecar runs the webhook's own image"
     );
     let port = c.ports.iter().flatten().find(|p| p.container_port == 8443);
     assert!(
