@@ -331,7 +331,11 @@ async fn respond(
 }
 
 /// Reads the body (at most [`MAX_BODY_BYTES`]) and answers it.
-async fn mutate(req: Request<Incoming>, options: &MutateOptions) -> Answer {
+async fn mutate<B>(req: Request<B>, options: &MutateOptions) -> Answer
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let too_large = || {
         admission::bare_error(
             413,
@@ -396,4 +400,62 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Delivery;
+
+    fn options() -> MutateOptions {
+        MutateOptions {
+            default_delivery: Delivery::Process,
+            sidecar_image: "image".into(),
+            sidecar_port: 9911,
+            region: None,
+        }
+    }
+
+    /// A body beyond the cap is refused with 413 whether or not its length was declared
+    /// (chunked bodies carry none); one at the cap is read and decoded.
+    #[tokio::test]
+    async fn bodies_are_capped_with_or_without_a_declared_length() {
+        let big = Bytes::from(vec![b' '; MAX_BODY_BYTES + 1]);
+        let undeclared = Request::post("/mutate")
+            .body(Full::new(big.clone()))
+            .unwrap();
+        let a = mutate(undeclared, &options()).await;
+        assert_eq!((a.http_status, a.outcome), (413, Outcome::Invalid));
+        let declared = Request::post("/mutate")
+            .header(header::CONTENT_LENGTH, big.len().to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(mutate(declared, &options()).await.http_status, 413);
+        let at_cap = Request::post("/mutate")
+            .body(Full::new(Bytes::from(vec![b' '; MAX_BODY_BYTES])))
+            .unwrap();
+        let a = mutate(at_cap, &options()).await;
+        assert_eq!(a.http_status, 400, "read, then refused as not JSON");
+        assert!(a.message.unwrap().contains("not JSON"));
+    }
+
+    #[test]
+    fn metrics_start_at_zero_for_every_result() {
+        let m = WebhookMetrics::new();
+        m.record(Outcome::Denied, Duration::from_millis(1));
+        m.reloaded(false);
+        let text = m.encode();
+        for (sample, value) in [
+            ("admission_requests_total{result=\"mutated\"}", 0),
+            ("admission_requests_total{result=\"unchanged\"}", 0),
+            ("admission_requests_total{result=\"denied\"}", 1),
+            ("admission_requests_total{result=\"invalid\"}", 0),
+            ("admission_duration_seconds_count", 1),
+            ("certificate_reloads_total{result=\"failed\"}", 1),
+            ("certificate_reloads_total{result=\"ok\"}", 0),
+        ] {
+            let line = format!("kube_aws_iam_controller_webhook_{sample} {value}");
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
 }
