@@ -1,5 +1,5 @@
 # The README's second command: `make test` builds everything and runs every test.
-.PHONY: test venv lint check crd docs quickstart
+.PHONY: test venv lint check crd docs examples quickstart
 
 CARGO ?= cargo
 PYTHON ?= python3
@@ -35,6 +35,10 @@ crd:
 # Regenerate docs/flags.md from --help (a test fails when it drifts).
 docs:
 	UPDATE_DOCS=1 $(CARGO) test --locked --test it ship::flags_doc
+
+# Regenerate examples/delivery/*.injected.yaml from their inputs (a test fails when they drift).
+examples:
+	UPDATE_EXAMPLES=1 $(CARGO) test --locked --test it delivery_inject::examples
 
 # The README's first command.
 quickstart:

@@ -76,7 +76,7 @@ pub enum InjectError {
         /// Where the pod template is in the document (`spec.template.`), as every
         /// [`MutateError`] names a field relative to the template.
         at: String,
-        error: MutateError,
+        error: Box<MutateError>,
     },
 }
 
@@ -304,6 +304,12 @@ fn is_blank(body: &str) -> bool {
     })
 }
 
+/// Read YAML as Kubernetes' own readers (YAML 1.1) do: `0440` is octal, `yes` is a boolean.
+/// A re-serialised document then means to kubectl what the original meant.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { legacy_octal_numbers: true }
+}
+
 struct Rewritten {
     text: String,
     mutated: usize,
@@ -323,35 +329,37 @@ fn inject_document(
             size: segment.body.len(),
         });
     }
-    let mut value: Value = serde_saphyr::from_str(&segment.body).map_err(|e| {
-        // The parser's message may quote the input (which may hold secrets): say only where.
-        let at = e
-            .location()
-            .map(|l| {
-                let line = usize::try_from(l.line()).unwrap_or(usize::MAX);
-                format!(
-                    " at line {}, column {}",
-                    (segment.body_line + line).saturating_sub(1),
-                    l.column()
-                )
-            })
-            .unwrap_or_default();
-        InjectError::Yaml {
-            place: place.clone(),
-            at,
-        }
-    })?;
+    let mut value: Value = serde_saphyr::from_str_with_options(&segment.body, yaml_options())
+        .map_err(|e| {
+            // The parser's message may quote the input (which may hold secrets): say only where.
+            let at = e
+                .location()
+                .map(|l| {
+                    let line = usize::try_from(l.line()).unwrap_or(usize::MAX);
+                    format!(
+                        " at line {}, column {}",
+                        (segment.body_line + line).saturating_sub(1),
+                        l.column()
+                    )
+                })
+                .unwrap_or_default();
+            InjectError::Yaml {
+                place: place.clone(),
+                at,
+            }
+        })?;
     let mut rewritten = Rewritten {
         text: String::new(),
         mutated: 0,
         notes: Vec::new(),
     };
-    let changed = inject_object(place, &mut value, options, role, &mut rewritten)?;
+    let changed = inject_object(place, &mut value, options, role, None, &mut rewritten)?;
     if !changed {
         return Ok(None);
     }
     // The same text parsed once more, for its key order (serde_json's maps are sorted).
-    let order: Option<Order> = serde_saphyr::from_str(&segment.body).ok();
+    let order: Option<Order> =
+        serde_saphyr::from_str_with_options(&segment.body, yaml_options()).ok();
     let printable = Printable {
         value: &value,
         order: order.as_ref(),
@@ -360,10 +368,10 @@ fn inject_document(
         place: place.clone(),
         object: String::new(),
         at: String::new(),
-        error: MutateError::Malformed {
+        error: Box::new(MutateError::Malformed {
             field: "(document)".into(),
             message: format!("cannot be written as YAML: {e}"),
-        },
+        }),
     })?;
     if let Some(marker) = &segment.marker {
         rewritten.text.push_str(marker);
@@ -401,35 +409,49 @@ fn template_pointer(api_version: &str, kind: &str) -> Option<Option<&'static str
     }
 }
 
-/// Mutates the object (or the items of a list) in place; whether anything changed.
+/// Mutates the object (or the items of a list) in place; whether anything changed. `typed` is
+/// the `(apiVersion, kind)` of the items of a typed list such as `DeploymentList`, whose
+/// items the API server sends without their own.
 fn inject_object(
     place: &Place,
     value: &mut Value,
     options: &MutateOptions,
     role: Option<&str>,
+    typed: Option<(&str, &str)>,
     out: &mut Rewritten,
 ) -> Result<bool, InjectError> {
     let Value::Object(map) = value else {
         return Ok(false);
     };
-    let text = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
-    let kind = text("kind").to_string();
-    let api_version = text("apiVersion").to_string();
+    let text = |key: &str| map.get(key).and_then(Value::as_str);
+    let kind = text("kind")
+        .or(typed.map(|t| t.1))
+        .unwrap_or_default()
+        .to_string();
+    let api_version = text("apiVersion")
+        .or(typed.map(|t| t.0))
+        .unwrap_or_default()
+        .to_string();
     let fail = |object: &str, at: &str, error: MutateError| InjectError::Mutate {
         place: place.clone(),
         object: object.to_string(),
         at: at.to_string(),
-        error,
+        error: Box::new(error),
     };
-    if kind.ends_with("List") && api_version == "v1" {
+    // `kind: List` (kubectl's) and typed lists such as `DeploymentList`.
+    if kind.ends_with("List") {
         return match map.get_mut("items") {
             None | Some(Value::Null) => Ok(false),
+            // Some custom kind that merely ends in "List": not ours to judge.
+            Some(items) if !items.is_array() && kind != "List" => Ok(false),
             Some(Value::Array(items)) => {
+                let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+                let typed = item_kind.map(|k| (api_version.as_str(), k));
                 let mut changed = false;
                 for (i, item) in items.iter_mut().enumerate() {
                     let item_place = place.clone();
-                    changed |= inject_object(&item_place, item, options, role, out).map_err(
-                        |e| match e {
+                    changed |= inject_object(&item_place, item, options, role, typed, out)
+                        .map_err(|e| match e {
                             InjectError::Mutate {
                                 place,
                                 object,
@@ -442,8 +464,7 @@ fn inject_object(
                                 error,
                             },
                             other => other,
-                        },
-                    )?;
+                        })?;
                 }
                 Ok(changed)
             }
@@ -732,14 +753,23 @@ impl serde::Serialize for Printable<'_> {
                             .map(|(k, _)| k.as_str())
                             .filter(|k| map.contains_key(*k)),
                     );
+                    // `--role` may add a pod template's metadata: it goes before its spec.
+                    if order.get("metadata").is_none()
+                        && map.contains_key("metadata")
+                        && let Some(spec) = keys.iter().position(|k| *k == "spec")
+                    {
+                        keys.insert(spec, "metadata");
+                    }
                 } else if map.contains_key("name") {
                     keys.push("name");
                 }
-                let added: Vec<&str> = map
+                // Added keys in a fixed order, whatever the map's own iteration order.
+                let mut added: Vec<&str> = map
                     .keys()
                     .map(String::as_str)
                     .filter(|k| !keys.contains(k))
                     .collect();
+                added.sort_unstable();
                 keys.extend(added);
                 let mut m = s.serialize_map(Some(keys.len()))?;
                 for key in keys {
