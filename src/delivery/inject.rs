@@ -353,7 +353,7 @@ fn inject_document(
         mutated: 0,
         notes: Vec::new(),
     };
-    let changed = inject_object(place, &mut value, options, role, &mut rewritten)?;
+    let changed = inject_object(place, &mut value, options, role, None, &mut rewritten)?;
     if !changed {
         return Ok(None);
     }
@@ -409,35 +409,49 @@ fn template_pointer(api_version: &str, kind: &str) -> Option<Option<&'static str
     }
 }
 
-/// Mutates the object (or the items of a list) in place; whether anything changed.
+/// Mutates the object (or the items of a list) in place; whether anything changed. `typed` is
+/// the `(apiVersion, kind)` of the items of a typed list such as `DeploymentList`, whose
+/// items the API server sends without their own.
 fn inject_object(
     place: &Place,
     value: &mut Value,
     options: &MutateOptions,
     role: Option<&str>,
+    typed: Option<(&str, &str)>,
     out: &mut Rewritten,
 ) -> Result<bool, InjectError> {
     let Value::Object(map) = value else {
         return Ok(false);
     };
-    let text = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
-    let kind = text("kind").to_string();
-    let api_version = text("apiVersion").to_string();
+    let text = |key: &str| map.get(key).and_then(Value::as_str);
+    let kind = text("kind")
+        .or(typed.map(|t| t.1))
+        .unwrap_or_default()
+        .to_string();
+    let api_version = text("apiVersion")
+        .or(typed.map(|t| t.0))
+        .unwrap_or_default()
+        .to_string();
     let fail = |object: &str, at: &str, error: MutateError| InjectError::Mutate {
         place: place.clone(),
         object: object.to_string(),
         at: at.to_string(),
         error: Box::new(error),
     };
-    if kind.ends_with("List") && api_version == "v1" {
+    // `kind: List` (kubectl's) and typed lists such as `DeploymentList`.
+    if kind.ends_with("List") {
         return match map.get_mut("items") {
             None | Some(Value::Null) => Ok(false),
+            // Some custom kind that merely ends in "List": not ours to judge.
+            Some(items) if !items.is_array() && kind != "List" => Ok(false),
             Some(Value::Array(items)) => {
+                let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+                let typed = item_kind.map(|k| (api_version.as_str(), k));
                 let mut changed = false;
                 for (i, item) in items.iter_mut().enumerate() {
                     let item_place = place.clone();
-                    changed |= inject_object(&item_place, item, options, role, out).map_err(
-                        |e| match e {
+                    changed |= inject_object(&item_place, item, options, role, typed, out)
+                        .map_err(|e| match e {
                             InjectError::Mutate {
                                 place,
                                 object,
@@ -450,8 +464,7 @@ fn inject_object(
                                 error,
                             },
                             other => other,
-                        },
-                    )?;
+                        })?;
                 }
                 Ok(changed)
             }

@@ -1,14 +1,461 @@
 //! `webhook`: a mutating admission webhook serving [`super::mutate`] as a JSON patch over TLS.
+//!
+//! One TLS listener serves `POST /mutate` (AdmissionReview `admission.k8s.io/v1`), `/healthz`,
+//! `/readyz` and `/metrics`. The webhook never talks to the Kubernetes API: the mutation is a
+//! pure function of the pod, so it needs no RBAC and cannot race an informer cache. The
+//! serving certificate is re-read when its files change ([`tls`]).
 
+pub mod admission;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 use clap::Args;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 
+use self::admission::{Answer, MAX_BODY_BYTES, Outcome};
+use self::tls::ReloadingCert;
+use super::MutationFlags;
+use super::mutate::MutateOptions;
 use crate::cli::Options;
 use crate::commands::CommandOutput;
+use crate::server::parse_addr;
 use crate::{Error, Result};
 
-#[derive(Debug, Args)]
-pub struct WebhookArgs {}
+/// A client that connects but never completes its TLS handshake is dropped after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-pub async fn run(_options: &Options, _args: &WebhookArgs) -> Result<CommandOutput> {
-    Err(Error::Unsupported("webhook is not built yet".into()))
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// Address of the TLS listener serving /mutate, /healthz, /readyz and /metrics (`:8443` =
+    /// all interfaces).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = ":8443",
+        env = "KUBE_AWS_IAM_CONTROLLER_WEBHOOK_ADDR"
+    )]
+    pub webhook_addr: String,
+    /// PEM certificate chain to serve (server certificate first); re-read when the file changes.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "KUBE_AWS_IAM_CONTROLLER_TLS_CERT_FILE"
+    )]
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of the certificate; re-read when the file changes.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "KUBE_AWS_IAM_CONTROLLER_TLS_KEY_FILE"
+    )]
+    pub tls_key_file: PathBuf,
+    #[command(flatten)]
+    pub mutation: MutationFlags,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The webhook's metrics, in its own registry (it shares no state with the controller loop).
+pub struct WebhookMetrics {
+    registry: Registry,
+    requests: Family<ResultLabel, Counter>,
+    duration: Histogram,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WebhookMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kube_aws_iam_controller_webhook");
+        let requests = Family::<ResultLabel, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "AdmissionReview requests by result (mutated, unchanged, denied, invalid)",
+            requests.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time from a /mutate request's headers to its answer, body read included",
+            duration.clone(),
+        );
+        registry.register(
+            "certificate_reloads",
+            "Serving certificate reloads after its files changed, by result (ok, failed)",
+            reloads.clone(),
+        );
+        for outcome in Outcome::ALL {
+            requests
+                .get_or_create(&ResultLabel {
+                    result: outcome.as_str(),
+                })
+                .inc_by(0);
+        }
+        for result in ["ok", "failed"] {
+            reloads.get_or_create(&ResultLabel { result }).inc_by(0);
+        }
+        WebhookMetrics {
+            registry,
+            requests,
+            duration,
+            reloads,
+        }
+    }
+
+    fn record(&self, outcome: Outcome, elapsed: Duration) {
+        self.requests
+            .get_or_create(&ResultLabel {
+                result: outcome.as_str(),
+            })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What every connection shares.
+struct Shared {
+    options: MutateOptions,
+    metrics: Arc<WebhookMetrics>,
+    stopping: AtomicBool,
+}
+
+pub async fn run(_options: &Options, args: &WebhookArgs) -> Result<CommandOutput> {
+    let addr =
+        parse_addr(&args.webhook_addr).map_err(|e| Error::Config(format!("--webhook-addr {e}")))?;
+    let metrics = Arc::new(WebhookMetrics::new());
+    let acceptor = acceptor(args, metrics.clone())?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("--webhook-addr {addr}: cannot listen: {e}")))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let shared = Arc::new(Shared {
+        options: args.mutation.options(),
+        metrics,
+        stopping: AtomicBool::new(false),
+    });
+    tracing::info!(
+        addr = %bound,
+        default_delivery = args.mutation.default_delivery.as_str(),
+        "serving the admission webhook at /mutate, with /healthz, /readyz and /metrics, over TLS"
+    );
+    serve(listener, acceptor, shared, crate::pass::shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(CommandOutput::default())
+}
+
+/// TLS 1.2/1.3 with the aws-lc-rs provider, HTTP/1.1, the reloading certificate.
+fn acceptor(args: &WebhookArgs, metrics: Arc<WebhookMetrics>) -> Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certs = ReloadingCert::new(
+        args.tls_cert_file.clone(),
+        args.tls_key_file.clone(),
+        provider.clone(),
+        Box::new(move |ok| metrics.reloaded(ok)),
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS set-up: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(certs));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts connections until `shutdown` resolves, then lets open connections finish their
+/// in-flight request (bounded by [`SHUTDOWN_GRACE`]).
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                connections.spawn(connection(tcp, peer, acceptor.clone(), shared.clone(), stop_rx.clone()));
+            }
+            _ = &mut shutdown => break,
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    tracing::info!("shutting down: answering in-flight requests");
+    shared.stopping.store(true, Ordering::SeqCst);
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let service = service_fn(move |req| respond(req, shared.clone()));
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let response = match (path, req.method()) {
+        ("/mutate", &Method::POST) => {
+            let started = Instant::now();
+            let answer = mutate(req, &shared.options).await;
+            shared.metrics.record(answer.outcome, started.elapsed());
+            log(&answer);
+            let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+            *response.status_mut() =
+                StatusCode::from_u16(answer.http_status).unwrap_or(StatusCode::BAD_REQUEST);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(answer.content_type),
+            );
+            response
+        }
+        ("/mutate", _) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n");
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+            r
+        }
+        ("/healthz", _) => text(StatusCode::OK, "ok\n"),
+        ("/readyz", _) if shared.stopping.load(Ordering::SeqCst) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        }
+        ("/readyz", _) => text(StatusCode::OK, "ok\n"),
+        ("/metrics", _) => {
+            let mut r = text(StatusCode::OK, shared.metrics.encode());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(response)
+}
+
+/// Reads the body (at most [`MAX_BODY_BYTES`]) and answers it.
+async fn mutate<B>(req: Request<B>, options: &MutateOptions) -> Answer
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large = || {
+        admission::bare_error(
+            413,
+            format!(
+                "the request body is larger than {} MiB; an AdmissionReview is far smaller",
+                MAX_BODY_BYTES / (1024 * 1024)
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            return admission::bare_error(400, format!("cannot read the request body: {e}"));
+        }
+    };
+    admission::review(&body, options)
+}
+
+fn log(answer: &Answer) {
+    let message = answer.message.as_deref().unwrap_or_default();
+    match answer.outcome {
+        Outcome::Mutated | Outcome::Unchanged => tracing::debug!(
+            uid = %answer.uid,
+            namespace = %answer.namespace,
+            pod = %answer.name,
+            result = answer.outcome.as_str(),
+            "admission"
+        ),
+        Outcome::Denied => tracing::warn!(
+            uid = %answer.uid,
+            namespace = %answer.namespace,
+            pod = %answer.name,
+            message,
+            "admission denied: the pod asks for credentials it cannot be given"
+        ),
+        Outcome::Invalid => tracing::warn!(
+            uid = %answer.uid,
+            status = answer.http_status,
+            message,
+            "admission request refused: not a usable AdmissionReview"
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Delivery;
+
+    fn options() -> MutateOptions {
+        MutateOptions {
+            default_delivery: Delivery::Process,
+            sidecar_image: "image".into(),
+            sidecar_port: 9911,
+            region: None,
+        }
+    }
+
+    /// A body beyond the cap is refused with 413 whether or not its length was declared
+    /// (chunked bodies carry none); one at the cap is read and decoded.
+    #[tokio::test]
+    async fn bodies_are_capped_with_or_without_a_declared_length() {
+        let big = Bytes::from(vec![b' '; MAX_BODY_BYTES + 1]);
+        let undeclared = Request::post("/mutate")
+            .body(Full::new(big.clone()))
+            .unwrap();
+        let a = mutate(undeclared, &options()).await;
+        assert_eq!((a.http_status, a.outcome), (413, Outcome::Invalid));
+        let declared = Request::post("/mutate")
+            .header(header::CONTENT_LENGTH, big.len().to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(mutate(declared, &options()).await.http_status, 413);
+        let at_cap = Request::post("/mutate")
+            .body(Full::new(Bytes::from(vec![b' '; MAX_BODY_BYTES])))
+            .unwrap();
+        let a = mutate(at_cap, &options()).await;
+        assert_eq!(a.http_status, 400, "read, then refused as not JSON");
+        assert!(a.message.unwrap().contains("not JSON"));
+    }
+
+    #[test]
+    fn metrics_start_at_zero_for_every_result() {
+        let m = WebhookMetrics::new();
+        m.record(Outcome::Denied, Duration::from_millis(1));
+        m.reloaded(false);
+        let text = m.encode();
+        for (sample, value) in [
+            ("admission_requests_total{result=\"mutated\"}", 0),
+            ("admission_requests_total{result=\"unchanged\"}", 0),
+            ("admission_requests_total{result=\"denied\"}", 1),
+            ("admission_requests_total{result=\"invalid\"}", 0),
+            ("admission_duration_seconds_count", 1),
+            ("certificate_reloads_total{result=\"failed\"}", 1),
+            ("certificate_reloads_total{result=\"ok\"}", 0),
+        ] {
+            let line = format!("kube_aws_iam_controller_webhook_{sample} {value}");
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
 }

@@ -207,8 +207,8 @@ fn injected_templates_equal_the_patched_input() {
     let input = read(&dir.join("input.yaml"));
     let out = inject::inject_text("in", &input, &options(), None).unwrap();
     assert_eq!(
-        out.mutated, 8,
-        "Pod, 5 workloads, CronJob and the List's Deployment"
+        out.mutated, 9,
+        "Pod, 5 workloads, CronJob and the Deployments of both lists"
     );
     let docs = |text: &str| -> Vec<serde_json::Value> {
         text.split("\n---")
@@ -263,7 +263,7 @@ fn injected_templates_equal_the_patched_input() {
             compared += 1;
         }
     }
-    assert_eq!(compared, 8);
+    assert_eq!(compared, 9);
 }
 
 /// A document larger than any Kubernetes object is refused before it is parsed.

@@ -57,7 +57,7 @@ fn read(rel: &str) -> String {
 }
 
 /// Every non-empty document of a multi-document YAML text.
-fn yaml_docs(text: &str, what: &str) -> Vec<Value> {
+pub(crate) fn yaml_docs(text: &str, what: &str) -> Vec<Value> {
     serde_saphyr::from_multiple::<Value>(text)
         .unwrap_or_else(|e| panic!("{what} is not valid YAML: {e}"))
         .into_iter()
@@ -69,12 +69,12 @@ fn docs_of(rel: &str) -> Vec<Value> {
     yaml_docs(&read(rel), rel)
 }
 
-fn kind_of(v: &Value) -> &str {
+pub(crate) fn kind_of(v: &Value) -> &str {
     v["kind"].as_str().unwrap_or_default()
 }
 
 /// The one object of `kind` in `docs`, decoded as `T`.
-fn only<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str, what: &str) -> T {
+pub(crate) fn only<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str, what: &str) -> T {
     let found: Vec<&Value> = docs.iter().filter(|d| kind_of(d) == kind).collect();
     assert_eq!(
         found.len(),
@@ -86,7 +86,7 @@ fn only<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str, what: &str) 
         .unwrap_or_else(|e| panic!("{what}: the {kind} does not decode: {e}"))
 }
 
-fn kinds(docs: &[Value]) -> BTreeSet<String> {
+pub(crate) fn kinds(docs: &[Value]) -> BTreeSet<String> {
     docs.iter().map(|d| kind_of(d).to_string()).collect()
 }
 
@@ -107,7 +107,7 @@ fn kubectl(args: &[&str], cwd: &Path) -> Output {
         })
 }
 
-fn kustomize(dir: &Path) -> Vec<Value> {
+pub(crate) fn kustomize(dir: &Path) -> Vec<Value> {
     let out = kubectl(&["kustomize", &dir.display().to_string()], &repo_root());
     assert!(
         out.status.success(),
@@ -235,7 +235,7 @@ fn assert_hardened(spec: &PodSpec, what: &str) {
 }
 
 /// The numeric user of the Dockerfile's last `USER` line.
-fn dockerfile_uid() -> i64 {
+pub(crate) fn dockerfile_uid() -> i64 {
     let dockerfile = read("Dockerfile");
     let user = dockerfile
         .lines()
@@ -339,7 +339,7 @@ fn kustomize_images_override_the_placeholder() {
 }
 
 /// `to` relative to `from` (both absolute).
-fn relative_path(from: &Path, to: &Path) -> PathBuf {
+pub(crate) fn relative_path(from: &Path, to: &Path) -> PathBuf {
     let from: Vec<_> = from.components().collect();
     let to: Vec<_> = to.components().collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();

@@ -26,12 +26,13 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// All `fixtures/<case>/` directories, sorted.
+/// All `fixtures/<case>/` directories, sorted. A plan case has a `now` file; other
+/// directories (e.g. `fixtures/webhook/`) hold inputs of other tests.
 pub fn fixture_cases() -> Vec<String> {
     let mut cases: Vec<String> = std::fs::read_dir(repo_root().join("fixtures"))
         .expect("fixtures/ exists")
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().is_dir() && e.path().join("now").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     cases.sort();

@@ -1,0 +1,429 @@
+//! One AdmissionReview in, one answer out: pure, so every path is unit-tested without TLS.
+//!
+//! The envelope is decoded with kube's `admission.k8s.io/v1` types, but the pod itself is kept
+//! as the raw JSON the API server sent and handed to [`mutate::patch`] untouched: a round trip
+//! through typed structs could drop or reorder fields, and the JSON patch must address the
+//! object exactly as the API server holds it. Decoding errors therefore never quote the pod
+//! (its environment may hold secrets).
+
+use base64::Engine as _;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionReview, META_API_VERSION_V1, META_KIND, Operation};
+use serde_json::{Value, json};
+
+use crate::delivery::mutate::{self, MutateOptions};
+
+/// The largest request body read. The API server never sends more (its own request limit is
+/// 3 MiB, and objects are far smaller); anything beyond is refused before decoding.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// What became of a request, the `result` label of the requests metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A labelled pod answered with a patch.
+    Mutated,
+    /// Allowed without a patch: not opted in, already mutated, or not a pod creation.
+    Unchanged,
+    /// A labelled pod that cannot get credentials: refused, so it never runs without them.
+    Denied,
+    /// A body that is not an `admission.k8s.io/v1` AdmissionReview.
+    Invalid,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Mutated,
+        Outcome::Unchanged,
+        Outcome::Denied,
+        Outcome::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Mutated => "mutated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Denied => "denied",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// The HTTP answer to one `/mutate` request, plus what to log.
+#[derive(Debug)]
+pub struct Answer {
+    /// 200 for every AdmissionReview answer; 400 or 413 when no request UID could be found
+    /// (the API server cannot match an answer without one).
+    pub http_status: u16,
+    /// `application/json` for an AdmissionReview, `text/plain` for a bare HTTP error.
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub outcome: Outcome,
+    /// The request's UID, namespace and pod name (or generateName), for logs.
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// Why the request was denied or invalid.
+    pub message: Option<String>,
+}
+
+/// Answers the body of a `POST /mutate`.
+pub fn review(body: &[u8], options: &MutateOptions) -> Answer {
+    let mut value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return bare_error(
+                400,
+                format!(
+                    "the request body is not JSON ({e}); expected an admission.k8s.io/v1 AdmissionReview"
+                ),
+            );
+        }
+    };
+    let uid = value
+        .pointer("/request/uid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        .map(String::from);
+    // The pod stays raw JSON: taken out before the envelope is decoded.
+    let object = value
+        .pointer_mut("/request/object")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
+    if let Some(old) = value.pointer_mut("/request/oldObject") {
+        *old = Value::Null;
+    }
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(value) {
+        Ok(r) => r,
+        Err(e) => {
+            return invalid(
+                uid,
+                format!("the body is not an admission.k8s.io/v1 AdmissionReview: {e}"),
+            );
+        }
+    };
+    if review.types.kind != META_KIND || review.types.api_version != META_API_VERSION_V1 {
+        return invalid(
+            uid,
+            format!(
+                "apiVersion/kind must be {META_API_VERSION_V1}/{META_KIND}, got {}/{} \
+                 (register the webhook with admissionReviewVersions: [v1])",
+                clip(&review.types.api_version),
+                clip(&review.types.kind)
+            ),
+        );
+    }
+    let Some(request) = review.request else {
+        return invalid(uid, "the AdmissionReview has no request".into());
+    };
+    if request.uid.is_empty() {
+        return invalid(None, "request.uid is empty".into());
+    }
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let name = if request.name.is_empty() {
+        object
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        request.name.clone()
+    };
+    let mut answer = Answer {
+        http_status: 200,
+        content_type: "application/json",
+        body: Vec::new(),
+        outcome: Outcome::Unchanged,
+        uid: request.uid.clone(),
+        namespace,
+        name,
+        message: None,
+    };
+    let is_pod_creation = request.operation == Operation::Create
+        && request.kind.group.is_empty()
+        && request.kind.kind == "Pod"
+        && request
+            .sub_resource
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty();
+    if !is_pod_creation {
+        // Only pod creations are registered; anything else passes untouched.
+        answer.body = response(&request.uid, json!({ "allowed": true }));
+        return answer;
+    }
+    if !object.is_object() {
+        answer.outcome = Outcome::Invalid;
+        let message = "request.object must be the Pod being created".to_string();
+        answer.body = response(&request.uid, refusal(&message));
+        answer.message = Some(message);
+        return answer;
+    }
+    match mutate::patch(&object, options) {
+        Ok(Some(patch)) if !patch.0.is_empty() => match serde_json::to_vec(&patch) {
+            Ok(bytes) => {
+                answer.outcome = Outcome::Mutated;
+                answer.body = response(
+                    &request.uid,
+                    json!({
+                        "allowed": true,
+                        "patchType": "JSONPatch",
+                        "patch": base64::engine::general_purpose::STANDARD.encode(bytes),
+                    }),
+                );
+            }
+            Err(e) => {
+                let message = format!("cannot serialise the patch: {e}");
+                answer.outcome = Outcome::Denied;
+                answer.body = response(&request.uid, refusal(&message));
+                answer.message = Some(message);
+            }
+        },
+        Ok(_) => {
+            answer.body = response(&request.uid, json!({ "allowed": true }));
+        }
+        Err(e) => {
+            let message = format!("kube-aws-iam-controller cannot give this pod credentials: {e}");
+            answer.outcome = Outcome::Denied;
+            answer.body = response(&request.uid, refusal(&message));
+            answer.message = Some(message);
+        }
+    }
+    answer
+}
+
+/// `{"allowed": false, "status": …}` with a 400 status the API server relays to the client.
+fn refusal(message: &str) -> Value {
+    json!({
+        "allowed": false,
+        "status": {
+            "status": "Failure",
+            "code": 400,
+            "reason": "BadRequest",
+            "message": message,
+        },
+    })
+}
+
+/// The AdmissionReview answer. TypeMeta is always `admission.k8s.io/v1` (the only version
+/// accepted), and the patch is base64 as the API server's `[]byte` field expects.
+fn response(uid: &str, mut fields: Value) -> Vec<u8> {
+    fields["uid"] = json!(uid);
+    let review = json!({
+        "apiVersion": META_API_VERSION_V1,
+        "kind": META_KIND,
+        "response": fields,
+    });
+    serde_json::to_vec(&review).unwrap_or_default()
+}
+
+/// A body that is no usable AdmissionReview: answered as one (so the API server shows the
+/// message) when its UID is known, else a plain HTTP 400.
+fn invalid(uid: Option<String>, message: String) -> Answer {
+    match uid {
+        Some(uid) => Answer {
+            http_status: 200,
+            content_type: "application/json",
+            body: response(&uid, refusal(&message)),
+            outcome: Outcome::Invalid,
+            uid,
+            namespace: String::new(),
+            name: String::new(),
+            message: Some(message),
+        },
+        None => bare_error(400, message),
+    }
+}
+
+/// A plain-text HTTP error (no AdmissionReview can be addressed without a UID).
+pub fn bare_error(http_status: u16, message: String) -> Answer {
+    Answer {
+        http_status,
+        content_type: "text/plain; charset=utf-8",
+        body: format!("{message}\n").into_bytes(),
+        outcome: Outcome::Invalid,
+        uid: String::new(),
+        namespace: String::new(),
+        name: String::new(),
+        message: Some(message),
+    }
+}
+
+/// At most 64 characters of a value quoted back in a message.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    format!("{out:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Delivery;
+
+    fn options() -> MutateOptions {
+        MutateOptions {
+            default_delivery: Delivery::Process,
+            sidecar_image: "registry.example.com/kube-aws-iam-controller:test".into(),
+            sidecar_port: 9911,
+            region: None,
+        }
+    }
+
+    fn request(object: Value) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "team-a",
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller", "uid": "u", "groups": ["system:serviceaccounts"]},
+                "object": object,
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+            }
+        })
+    }
+
+    fn pod(labels: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "app-7d9c-", "namespace": "team-a", "labels": labels},
+            "spec": {"containers": [{"name": "app", "image": "app:1", "env": [{"name": "DB_PASSWORD", "value": "hunter2-SECRETVALUE"}]}]}
+        })
+    }
+
+    fn decode(answer: &Answer) -> Value {
+        serde_json::from_slice(&answer.body).unwrap()
+    }
+
+    #[test]
+    fn unlabelled_pods_are_allowed_untouched_and_typemeta_and_uid_are_echoed() {
+        let a = review(
+            request(pod(json!({"app": "x"}))).to_string().as_bytes(),
+            &options(),
+        );
+        assert_eq!((a.http_status, a.outcome), (200, Outcome::Unchanged));
+        assert_eq!(a.name, "app-7d9c-");
+        let v = decode(&a);
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(
+            v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "{v}"
+        );
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none());
+        assert!(v["response"].get("patchType").is_none());
+    }
+
+    #[test]
+    fn other_operations_and_kinds_pass_untouched() {
+        let mut update = request(pod(json!({"kube-aws-iam-controller/role": "app"})));
+        update["request"]["operation"] = json!("UPDATE");
+        let mut sub = request(pod(json!({"kube-aws-iam-controller/role": "app"})));
+        sub["request"]["subResource"] = json!("binding");
+        for body in [update, sub] {
+            let a = review(body.to_string().as_bytes(), &options());
+            assert_eq!(a.outcome, Outcome::Unchanged);
+            assert_eq!(decode(&a)["response"]["allowed"], true);
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_bare_400_and_never_panics() {
+        for body in [
+            &b""[..],
+            b"\xff\xfe",
+            b"{",
+            b"null",
+            b"[1,2]",
+            b"{\"request\": 5}",
+        ] {
+            let a = review(body, &options());
+            assert_eq!(a.http_status, 400, "{body:?}");
+            assert_eq!(a.outcome, Outcome::Invalid);
+            let text = String::from_utf8(a.body).unwrap();
+            assert!(
+                text.contains("AdmissionReview") || text.contains("request"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_review_with_a_uid_is_refused_in_an_admission_review() {
+        let mut body = request(pod(json!({})));
+        body["request"]["operation"] = json!(42);
+        let a = review(body.to_string().as_bytes(), &options());
+        assert_eq!((a.http_status, a.outcome), (200, Outcome::Invalid));
+        let v = decode(&a);
+        assert_eq!(v["response"]["allowed"], false);
+        assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        let message = v["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains("AdmissionReview"), "{message}");
+        assert!(
+            !message.contains("SECRETVALUE"),
+            "the pod is never quoted: {message}"
+        );
+
+        let mut old = request(pod(json!({})));
+        old["apiVersion"] = json!("admission.k8s.io/v1beta1");
+        let a = review(old.to_string().as_bytes(), &options());
+        let message = decode(&a)["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains("admission.k8s.io/v1beta1"), "{message}");
+
+        let mut no_object = request(Value::Null);
+        no_object["request"]["object"] = Value::Null;
+        let a = review(no_object.to_string().as_bytes(), &options());
+        assert_eq!(a.outcome, Outcome::Invalid);
+        assert!(
+            a.message.unwrap().contains("request.object"),
+            "names the field"
+        );
+    }
+
+    #[test]
+    fn a_patch_from_the_mutation_is_answered_as_base64_json_patch() {
+        let object = pod(json!({"kube-aws-iam-controller/role": "app"}));
+        let a = review(request(object.clone()).to_string().as_bytes(), &options());
+        assert_eq!(a.outcome, Outcome::Mutated);
+        let v = decode(&a);
+        assert_eq!(v["response"]["allowed"], true);
+        assert_eq!(v["response"]["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let got: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let expected = mutate::patch(&object, &options()).unwrap().unwrap();
+        assert_eq!(got, expected);
+        assert!(!String::from_utf8_lossy(&a.body).contains("SECRETVALUE"));
+    }
+
+    #[test]
+    fn a_labelled_pod_that_cannot_be_mutated_is_denied_naming_the_field() {
+        let mut object = pod(json!({"kube-aws-iam-controller/role": "app"}));
+        object["metadata"]["annotations"] = json!({"kube-aws-iam-controller/delivery": "pigeon"});
+        let a = review(request(object).to_string().as_bytes(), &options());
+        assert_eq!((a.http_status, a.outcome), (200, Outcome::Denied));
+        let v = decode(&a);
+        assert_eq!(v["response"]["allowed"], false);
+        assert_eq!(v["response"]["status"]["code"], 400);
+        let message = v["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("kube-aws-iam-controller/delivery"),
+            "{message}"
+        );
+        assert!(!message.contains("SECRETVALUE"), "{message}");
+    }
+}
