@@ -962,6 +962,26 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_init_container_list_stays() {
+        let t = with(template(), "/spec/initContainers", json!([]));
+        for o in [options(), endpoint()] {
+            let p = patch(&t, &o).unwrap().unwrap();
+            assert!(
+                p.0.iter()
+                    .all(|op| matches!(op, json_patch::PatchOperation::Add(_))),
+                "{p:?}"
+            );
+            let out = mutate_ok(&t, &o);
+            let expected: &[&str] = match o.default_delivery {
+                Delivery::Process => &[],
+                Delivery::Endpoint => &[SIDECAR_NAME],
+            };
+            assert_eq!(names(&out["spec"]["initContainers"]), expected);
+            assert!(out["spec"]["initContainers"].is_array());
+        }
+    }
+
+    #[test]
     fn the_containers_annotation_chooses_containers_and_init_containers() {
         let out = mutate_ok(
             &annotated(CONTAINERS_ANNOTATION, " side , init,"),
