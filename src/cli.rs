@@ -62,7 +62,7 @@ pub struct Options {
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_INTERVAL")]
     pub interval: Duration,
     /// Smallest refresh margin: credentials are refreshed once no more than
-    /// max(refresh-limit, lifetime/2) + jitter remains (capped at lifetime - 5m).
+    /// max(refresh-limit, lifetime/2) + jitter remains (capped at lifetime - 3m).
     #[arg(long, global = true, default_value = "15m", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_REFRESH_LIMIT")]
     pub refresh_limit: Duration,
     /// Prefix for bare role names, e.g. arn:aws:iam::123456789012:role/ (default: discovered
