@@ -353,10 +353,24 @@ impl Executor {
         let message = match e.kind {
             StsErrorKind::Denied => format!("AssumeRole {arn} denied: {e}"),
             StsErrorKind::Throttled => format!("AssumeRole {arn} throttled: {e}"),
+            StsErrorKind::AboveMaxSessionDuration => format!(
+                "AssumeRole {arn} refused roleSessionDuration {}: it exceeds the IAM role's MaxSessionDuration (raise that or lower spec.roleSessionDuration): {e}",
+                crate::plan::human(issue.request.duration)
+            ),
+            StsErrorKind::UnusableReply => {
+                format!("AssumeRole {arn} gave unusable credentials, not written: {e}")
+            }
             _ => format!("AssumeRole {arn} failed: {e}"),
         };
-        tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "could not get credentials");
         let current = existing.and_then(|s| secret::decode(s).ok());
+        let message = match &current {
+            Some(c) => format!(
+                "{message}; the Secret in place is kept (valid until {})",
+                format_time(c.expire)
+            ),
+            None => message,
+        };
+        tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "could not get credentials");
         let status = plan::not_ready_status_with(
             role,
             reasons::GET_CREDENTIALS_FAILED,

@@ -26,8 +26,14 @@ pub enum StsErrorKind {
     Throttled,
     /// The controller may not assume the role (trust policy, permissions, SCP).
     Denied,
-    /// `DurationSeconds` above what the role or role chaining allows.
+    /// `DurationSeconds` above the one hour role chaining allows (retried once at 3600 s).
     DurationTooLong,
+    /// `DurationSeconds` above the IAM role's own `MaxSessionDuration`: only the role's owner
+    /// or the spec can fix that, so it is not retried.
+    AboveMaxSessionDuration,
+    /// STS answered 200 with credentials that cannot be used (empty fields, no or a past
+    /// expiry); writing them would replace working credentials with broken ones.
+    UnusableReply,
     /// Anything else: network, expired controller credentials, malformed requests.
     Other,
 }
@@ -37,7 +43,10 @@ impl StsErrorKind {
         match self {
             StsErrorKind::Throttled => "throttled",
             StsErrorKind::Denied => "denied",
-            StsErrorKind::DurationTooLong | StsErrorKind::Other => "error",
+            StsErrorKind::DurationTooLong
+            | StsErrorKind::AboveMaxSessionDuration
+            | StsErrorKind::UnusableReply
+            | StsErrorKind::Other => "error",
         }
     }
 }
@@ -129,22 +138,73 @@ impl StsCredentialSource {
                     },
                 }
             })?;
-        let creds = out.credentials().ok_or_else(|| StsError {
-            kind: StsErrorKind::Other,
-            message: "AssumeRole returned no credentials".into(),
-        })?;
-        let expiration =
-            Timestamp::from_second(creds.expiration().secs()).map_err(|_| StsError {
-                kind: StsErrorKind::Other,
-                message: "AssumeRole returned an unusable expiration".into(),
-            })?;
-        Ok(Credentials {
+        let unusable = |message: String| StsError {
+            kind: StsErrorKind::UnusableReply,
+            message,
+        };
+        let creds = out
+            .credentials()
+            .ok_or_else(|| unusable("STS returned no credentials".into()))?;
+        // The SDK turns a missing Expiration into the epoch, so zero means "none".
+        let expiration = match creds.expiration().secs() {
+            0 => None,
+            secs => Timestamp::from_second(secs).ok(),
+        };
+        let credentials = Credentials {
             access_key_id: creds.access_key_id().to_string(),
             secret_access_key: creds.secret_access_key().to_string(),
             session_token: creds.session_token().to_string(),
-            expiration,
-        })
+            expiration: expiration.unwrap_or(Timestamp::UNIX_EPOCH),
+        };
+        check_reply(&credentials, expiration.is_some(), Timestamp::now()).map_err(unusable)?;
+        Ok(credentials)
     }
+}
+
+/// Credentials must last at least this long (seconds) to be written: shorter ones would be
+/// useless to pods (SDKs want minutes of validity) and replaced at once.
+pub const MIN_VALIDITY: i64 = crate::plan::refresh::MIN_USE;
+
+/// Whether an AssumeRole reply can be written over the credentials in place. The message names
+/// what is wrong and never a value.
+pub fn check_reply(
+    credentials: &Credentials,
+    has_expiration: bool,
+    now: Timestamp,
+) -> std::result::Result<(), String> {
+    let empty = [
+        ("AccessKeyId", &credentials.access_key_id),
+        ("SecretAccessKey", &credentials.secret_access_key),
+        ("SessionToken", &credentials.session_token),
+    ]
+    .into_iter()
+    .filter(|(_, value)| value.trim().is_empty())
+    .map(|(field, _)| field)
+    .collect::<Vec<_>>();
+    if !empty.is_empty() {
+        return Err(format!(
+            "STS returned credentials with an empty {}",
+            empty.join(", ")
+        ));
+    }
+    if !has_expiration {
+        return Err("STS returned credentials without an Expiration".into());
+    }
+    let left = credentials.expiration.as_second() - now.as_second();
+    if left <= 0 {
+        return Err(format!(
+            "STS returned credentials that expired at {} (this controller's clock says {}: check it)",
+            crate::secret::format_time(credentials.expiration),
+            crate::secret::format_time(now)
+        ));
+    }
+    if left < MIN_VALIDITY {
+        return Err(format!(
+            "STS returned credentials valid for only {left}s (until {}), fewer than the {MIN_VALIDITY}s a credential must last",
+            crate::secret::format_time(credentials.expiration)
+        ));
+    }
+    Ok(())
 }
 
 /// Sorts an STS error code (and message) into the kinds the controller reacts to.
@@ -155,6 +215,9 @@ pub fn classify(code: &str, message: &str) -> StsErrorKind {
         | "RequestLimitExceeded"
         | "TooManyRequestsException" => StsErrorKind::Throttled,
         "AccessDenied" | "AccessDeniedException" => StsErrorKind::Denied,
+        "ValidationError" if message.contains("MaxSessionDuration") => {
+            StsErrorKind::AboveMaxSessionDuration
+        }
         "ValidationError" if message.contains("DurationSeconds") => StsErrorKind::DurationTooLong,
         _ => StsErrorKind::Other,
     }
@@ -280,6 +343,13 @@ mod tests {
                 "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining."
             ),
             StsErrorKind::DurationTooLong
+        );
+        assert_eq!(
+            classify(
+                "ValidationError",
+                "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
+            ),
+            StsErrorKind::AboveMaxSessionDuration
         );
         assert_eq!(
             classify("ValidationError", "bad session name"),

@@ -16,4 +16,5 @@ mod leaks;
 mod moto_smoke;
 mod sdk_matrix;
 mod ship;
+mod sts_replies;
 mod support;
