@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
@@ -25,7 +27,7 @@ use crate::model::{ObservedRole, ObservedSecret};
 use crate::plan::{self, Action, ActionKind, Issue, Op, Plan, status_matches};
 use crate::secret::{self, Credentials, format_time};
 use crate::sts::{CredentialSource, StsError, StsErrorKind};
-use crate::text::{kube_message, truncate};
+use crate::text::{kube_message, redact_echo, truncate};
 
 /// Event reasons (the original's three plus this project's).
 pub mod reasons {
@@ -415,11 +417,20 @@ impl Executor {
             }
         };
         written.map(|_| ()).map_err(|e| {
+            // The request carried the credentials; a server may quote it back.
+            let mut known = vec![
+                credentials.secret_access_key.clone(),
+                credentials.session_token.clone(),
+            ];
+            for value in desired.data.iter().flat_map(|d| d.values()) {
+                known.push(BASE64.encode(&value.0));
+                known.push(String::from_utf8_lossy(&value.0).into_owned());
+            }
             let message = format!(
                 "writing Secret {}/{}: {}",
                 role.namespace,
                 role.name,
-                kube_message(&e)
+                redact_echo(&kube_message(&e), &known)
             );
             tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "write failed");
             message

@@ -14,6 +14,7 @@ mod hostile;
 mod invariants;
 mod leaks;
 mod moto_smoke;
+mod redaction;
 mod sdk_matrix;
 mod ship;
 mod sts_replies;
