@@ -81,11 +81,71 @@ pub struct StsCredentialSource {
     limiter: Arc<DefaultDirectRateLimiter>,
 }
 
+/// Calls per second, possibly fewer than one (`0.5` = one call every two seconds).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CallRate(f64);
+
+impl CallRate {
+    /// Slower than this, a pass of a few roles would take hours.
+    pub const MIN: f64 = 0.01;
+    /// Faster than any STS account quota.
+    pub const MAX: f64 = 100_000.0;
+
+    pub fn per_second(&self) -> f64 {
+        self.0
+    }
+
+    /// Time between two calls at this rate.
+    pub fn period(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(1.0 / self.0)
+    }
+}
+
+impl From<NonZeroU32> for CallRate {
+    fn from(rate: NonZeroU32) -> Self {
+        CallRate(f64::from(rate.get()))
+    }
+}
+
+impl std::str::FromStr for CallRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let rate: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| "not a number of calls per second (e.g. 10 or 0.5)".to_string())?;
+        if !rate.is_finite() || !(Self::MIN..=Self::MAX).contains(&rate) {
+            return Err(format!(
+                "must be between {} and {} calls per second",
+                Self::MIN,
+                Self::MAX
+            ));
+        }
+        Ok(CallRate(rate))
+    }
+}
+
+impl fmt::Display for CallRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A token bucket of `rate` calls per second and `burst` calls at once. The burst is set
 /// explicitly: governor's default (burst = rate) would let twice the rate start in the first
 /// second.
 pub fn rate_limiter(rate: NonZeroU32, burst: NonZeroU32) -> DefaultDirectRateLimiter {
-    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+    limiter(rate.into(), burst)
+}
+
+/// As [`rate_limiter`], for any [`CallRate`]: one call every `period`, `burst` at once.
+pub fn limiter(rate: CallRate, burst: NonZeroU32) -> DefaultDirectRateLimiter {
+    // The period is at least 10 µs (MAX), never zero, so the quota always exists.
+    let quota = Quota::with_period(rate.period())
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst);
+    RateLimiter::direct(quota)
 }
 
 impl StsCredentialSource {
@@ -251,7 +311,7 @@ pub struct AwsOptions {
     pub base_role_arn: Option<BaseArn>,
     /// `--assume-role`: a role name or ARN to assume first.
     pub assume_role: Option<String>,
-    pub rate: Option<NonZeroU32>,
+    pub rate: Option<CallRate>,
     pub burst: Option<NonZeroU32>,
 }
 
@@ -294,10 +354,8 @@ pub async fn connect(options: &AwsOptions) -> Result<(StsCredentialSource, BaseA
             aws_sdk_sts::Client::new(&chained)
         }
     };
-    let limiter = rate_limiter(
-        options
-            .rate
-            .unwrap_or(NonZeroU32::new(10).expect("nonzero")),
+    let limiter = limiter(
+        options.rate.unwrap_or(CallRate(10.0)),
         options.burst.unwrap_or(NonZeroU32::MIN),
     );
     Ok((StsCredentialSource::new(client, limiter), base))
@@ -326,6 +384,24 @@ async fn discover_base(client: &aws_sdk_sts::Client) -> Result<BaseArn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fractional_rates_space_calls_out() {
+        let rate: CallRate = "0.5".parse().unwrap();
+        assert_eq!(rate.period(), std::time::Duration::from_secs(2));
+        let bucket = limiter(rate, NonZeroU32::MIN);
+        assert!(bucket.check().is_ok());
+        let wait = bucket
+            .check()
+            .expect_err("the second call waits")
+            .wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+        assert!(wait > std::time::Duration::from_millis(1900), "{wait:?}");
+        for bad in ["0", "-1", "nan", "inf", "x", "0.001", "1e9"] {
+            assert!(bad.parse::<CallRate>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn classifies_sts_errors() {
