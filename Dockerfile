@@ -7,11 +7,12 @@
 
 FROM docker.io/library/rust:1-bookworm AS build
 WORKDIR /src
-# Only what the build needs (see also .dockerignore). Cargo.toml declares the bench target, so
-# its source must be present for cargo to read the manifest.
+# Only what the build needs (see also .dockerignore). Cargo.toml declares the bench targets and
+# the test-apiserver workspace member, so their sources must be present for cargo to read it.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY test-apiserver ./test-apiserver
 RUN cargo build --release --locked --bin kube-aws-iam-controller \
  && install -D -m 0755 target/release/kube-aws-iam-controller /out/kube-aws-iam-controller
 

@@ -11,7 +11,7 @@
 //! - planner scaling is `cargo bench --bench plan`.
 //!
 //! The API is kube-fake-client behind the tests' loopback HTTP server
-//! (`tests/it/support/apiserver.rs`), not the in-process fake: the fake cuts a list at `limit`
+//! (`test-apiserver/`), not the in-process fake: the fake cuts a list at `limit`
 //! and never returns a `continue` token, so an in-process pass over more than 500 roles would
 //! observe 500 random roles and 500 random Secrets. The server pages like a real API server, but
 //! every list makes the fake clone and serialise every stored object of that kind (Secrets are
@@ -42,11 +42,7 @@ use kube_aws_iam_controller::secret::{self, Credentials};
 use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
 use serde::de::DeserializeOwned;
 
-#[allow(dead_code, unused_imports)] // the tests use all of it; its unit tests are not built here
-#[path = "../tests/it/support/apiserver.rs"]
-mod apiserver;
-
-use apiserver::ApiServer;
+use test_apiserver::ApiServer;
 
 const BASE: &str = "arn:aws:iam::123456789012:role/";
 

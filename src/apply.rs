@@ -373,7 +373,7 @@ impl Executor {
             None => message,
         };
         tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "could not get credentials");
-        let status = plan::not_ready_status_with(
+        let status = plan::not_ready_status(
             role,
             reasons::GET_CREDENTIALS_FAILED,
             &message,

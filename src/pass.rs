@@ -50,7 +50,7 @@ pub struct Rendering {
 
 /// What a pass does with its plan, decided once when the controller is built.
 enum Mode {
-    Apply(Executor),
+    Apply(Box<Executor>),
     /// No STS calls and no writes: the plan is rendered instead.
     DryRun(Rendering),
 }
@@ -104,7 +104,7 @@ impl Controller {
         source: Arc<dyn CredentialSource>,
     ) -> Self {
         let executor = Executor::new(client.clone(), source, config.concurrency);
-        Self::with_mode(client, config, Mode::Apply(executor))
+        Self::with_mode(client, config, Mode::Apply(Box::new(executor)))
     }
 
     /// A controller that only renders its plans.

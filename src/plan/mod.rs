@@ -609,7 +609,8 @@ impl<'a> RolePlanner<'a, '_> {
         } = refusal;
         let (message, op) = match secret {
             Some(secret) if reason == BlockReason::NotPermitted => {
-                let status = not_ready_status(role, Reason::NotPermitted, &message, None, now);
+                let status =
+                    not_ready_status(role, Reason::NotPermitted.as_str(), &message, None, now);
                 let op = Op::Delete {
                     secret,
                     revoked: Some((role, status)),
@@ -617,7 +618,8 @@ impl<'a> RolePlanner<'a, '_> {
                 (format!("{message}; its Secret is deleted"), op)
             }
             _ => {
-                let desired = not_ready_status(role, reason.into(), &message, readable, now);
+                let reason_text = Reason::from(reason).as_str();
+                let desired = not_ready_status(role, reason_text, &message, readable, now);
                 let status = (!status_matches(role.status.as_ref(), &desired)).then_some(desired);
                 let op = Op::Blocked {
                     role,
@@ -832,20 +834,10 @@ pub fn ready_status(
     )
 }
 
-/// Status for an AWSIAMRole that is not served. `secret` is the readable Secret left in place,
-/// if any, whose role and expiration the status keeps reporting.
+/// Status for an AWSIAMRole that is not served, with the plan's reason or the executor's
+/// `GetCredentialsFailed`. `secret` is the readable Secret left in place, if any, whose role and
+/// expiration the status keeps reporting.
 pub fn not_ready_status(
-    role: &ObservedRole,
-    reason: Reason,
-    message: &str,
-    secret: Option<&SecretContent>,
-    now: Timestamp,
-) -> AWSIAMRoleStatus {
-    not_ready_status_with(role, reason.as_str(), message, secret, now)
-}
-
-/// As [`not_ready_status`] with a free-form reason (the executor's `GetCredentialsFailed`).
-pub fn not_ready_status_with(
     role: &ObservedRole,
     reason: &str,
     message: &str,

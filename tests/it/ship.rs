@@ -3,7 +3,7 @@
 //!
 //! The RBAC proof runs the compiled binary (`plan`, `once --dry-run`, `once`, `run`,
 //! `--namespace-restrictions`, `--namespace`) against the recording loopback API server
-//! (`support/apiserver.rs`) and moto's STS, collects every (verb, group, resource, subresource)
+//! (`test-apiserver/`) and moto's STS, collects every (verb, group, resource, subresource)
 //! it requested, and compares that set with the ClusterRole in `deploy/rbac.yaml` both ways.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,8 @@
 //! Shared test helpers: loading fixture cases and applying a plan in memory.
 
-pub mod apiserver;
+/// The loopback API server lives in its own crate, shared with the benchmarks.
+pub use test_apiserver as apiserver;
+
 pub mod harness;
 pub mod moto;
 pub mod simulate;
