@@ -194,7 +194,7 @@ impl Done {
 impl Executor {
     pub fn new(client: Client, source: Arc<dyn CredentialSource>, concurrency: usize) -> Self {
         let reporter = Reporter {
-            controller: "kube-aws-iam-controller".into(),
+            controller: REPORTING_CONTROLLER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
         Executor {
@@ -583,8 +583,77 @@ impl Executor {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, reference).await {
+        let name = reference.name.as_deref().unwrap_or_default();
+        let published = if name.len() <= MAX_RECORDER_NAME {
+            self.recorder.publish(&event, reference).await
+        } else {
+            self.publish_long(&event, reference, name).await
+        };
+        if let Err(e) = published {
             tracing::debug!(reason, error = %kube_message(&e), "could not publish event");
         }
     }
+
+    /// kube's Recorder names an Event `<object name>.<hex nanoseconds>`, which a real API server
+    /// rejects above 253 characters; objects with longer names get their Event written here, named
+    /// from a shortened, hashed object name. Its `regarding` still names the object in full, so
+    /// `kubectl describe` finds it.
+    async fn publish_long(
+        &self,
+        event: &Event,
+        reference: &ObjectReference,
+        name: &str,
+    ) -> Result<(), kube::Error> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let now = Timestamp::now();
+        let namespace = reference.namespace.clone().unwrap_or_default();
+        let k8s_event = K8sEvent {
+            metadata: kube::api::ObjectMeta {
+                name: Some(event_name(name, now)),
+                namespace: Some(namespace.clone()),
+                ..kube::api::ObjectMeta::default()
+            },
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            note: event.note.clone(),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(reference.clone()),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(
+                std::env::var("POD_NAME").unwrap_or_else(|_| REPORTING_CONTROLLER.into()),
+            ),
+            type_: Some(
+                match event.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            ..K8sEvent::default()
+        };
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
+        api.create(&PostParams::default(), &k8s_event)
+            .await
+            .map(|_| ())
+    }
+}
+
+const REPORTING_CONTROLLER: &str = "kube-aws-iam-controller";
+
+/// Longest object name whose Recorder-built Event name (`<name>.<up to 16 hex digits>`) stays
+/// within the 253 characters of a DNS subdomain.
+const MAX_RECORDER_NAME: usize = 253 - 1 - 16;
+
+/// `<name cut to fit>-<8 hex digits of its SHA-256>.<hex nanoseconds>`: at most 253 characters, a
+/// valid DNS subdomain for any valid object name, distinct for names that share their first 220
+/// characters.
+pub fn event_name(object_name: &str, now: Timestamp) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(object_name.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let keep = MAX_RECORDER_NAME - 1 - hash.len();
+    let prefix = truncate(object_name, keep);
+    let prefix = prefix.trim_end_matches(['.', '-']);
+    format!("{prefix}-{hash}.{:x}", now.as_nanosecond())
 }

@@ -7,6 +7,7 @@ mod credentials_server;
 mod delivery_inject;
 mod delivery_webhook;
 mod e2e;
+mod event_names;
 mod executor;
 mod fixtures;
 mod fuzz;
