@@ -185,17 +185,17 @@ impl StsCredentialSource {
             .await
             .map_err(|e| {
                 let code = e.code().unwrap_or_default().to_string();
-                let message = e
-                    .message()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| DisplayErrorContext(&e).to_string());
+                let message = match e.message() {
+                    Some(message) => message.to_string(),
+                    None => summary(&e),
+                };
                 StsError {
                     kind: classify(&code, &message),
-                    message: if code.is_empty() {
+                    message: short(&if code.is_empty() {
                         message
                     } else {
                         format!("{code}: {message}")
-                    },
+                    }),
                 }
             })?;
         let unusable = |message: String| StsError {
@@ -265,6 +265,49 @@ pub fn check_reply(
         ));
     }
     Ok(())
+}
+
+/// An STS error message as statuses, Events and logs show it: its first line (STS puts
+/// canonical requests, which carry the session token, on the following ones), long base64 runs
+/// redacted, at most 200 characters.
+fn short(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim();
+    let first = crate::text::redact_echo(first, &[]);
+    if first.chars().count() > 200 {
+        let cut: String = first.chars().take(200).collect();
+        format!("{cut}…")
+    } else {
+        first
+    }
+}
+
+/// A failure without an STS error message in a few words, instead of the SDK's full error chain
+/// (hundreds of characters of internal types).
+fn summary<E, R>(e: &aws_sdk_sts::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    use aws_sdk_sts::error::SdkError;
+    let innermost = || {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        let mut last = None;
+        while let Some(s) = source {
+            last = Some(s.to_string());
+            source = s.source();
+        }
+        last.map(|s| format!(": {s}")).unwrap_or_default()
+    };
+    match e {
+        SdkError::DispatchFailure(d) if d.is_timeout() => "STS did not answer in time".into(),
+        SdkError::DispatchFailure(_) => format!("could not reach STS{}", innermost()),
+        SdkError::TimeoutError(_) => "STS did not answer in time".into(),
+        SdkError::ResponseError(_) => "STS sent a reply that could not be read".into(),
+        SdkError::ConstructionFailure(_) => {
+            format!("could not build the AssumeRole request{}", innermost())
+        }
+        _ => DisplayErrorContext(e).to_string(),
+    }
 }
 
 /// Sorts an STS error code (and message) into the kinds the controller reacts to.

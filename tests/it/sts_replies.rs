@@ -237,3 +237,116 @@ async fn unusable_sts_replies_fail_the_action_and_keep_the_secret() {
     let (code, _) = ctl.once().await.unwrap();
     assert_eq!(code, 1);
 }
+
+fn sts_error_body(status: u16, code: &str, message: &str) -> HttpResponse {
+    let body = format!(
+        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+    );
+    HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body))
+}
+
+async fn ready_message(client: &Client, name: &str) -> (String, String) {
+    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), "team-a");
+    let status = roles.get(name).await.unwrap().status.unwrap();
+    let ready = &status.conditions[0];
+    (ready.reason.clone(), ready.message.clone())
+}
+
+/// GetCredentialsFailed messages stay short and carry no credentials: STS's
+/// SignatureDoesNotMatch puts the canonical request (with the session token) on the lines
+/// after its first; another error has a 2000-character message; an unreachable STS makes the
+/// SDK's error chain hundreds of characters long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_failure_messages_are_short_and_hold_no_credentials() {
+    let rule = mock!(aws_sdk_sts::Client::assume_role).then_compute_response(|req| {
+        let name = req.role_arn().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string();
+        match name.as_str() {
+            "signature" => MockResponse::Http(sts_error_body(
+                403,
+                "SignatureDoesNotMatch",
+                &format!(
+                    "The request signature we calculated does not match the signature you provided.\n\nThe Canonical String for this request should have been\n'POST\n/\n\nx-amz-security-token:{MARKER}{}\n'",
+                    "T0K3N".repeat(80)
+                ),
+            )),
+            _ => MockResponse::Http(sts_error_body(
+                400,
+                "InvalidParameterValue",
+                &format!("internal {}", "detail ".repeat(300)),
+            )),
+        }
+    });
+    let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
+    let source = StsCredentialSource::new(
+        sts,
+        rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
+    );
+    let roles = [role("signature", None), role("verbose", None)];
+    let client = api(&roles).await;
+    let mut config = ControllerConfig::default();
+    config.plan.base_role_arn = Some("arn:aws:iam::123456789012:role/".parse().unwrap());
+    let ctl = Controller::new(client.clone(), config.clone(), Arc::new(source));
+    let report = ctl.pass().await.unwrap().report;
+    assert_eq!(report.failed(), 2, "{report}");
+
+    // STS unreachable: the real SDK client against a closed port, no retries.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let unreachable = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new("eu-central-1"))
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .credentials_provider(aws_sdk_sts::config::Credentials::new(
+                "AKIDEXAMPLE",
+                format!("{MARKER}-controller"),
+                None,
+                None,
+                "test",
+            ))
+            .retry_config(aws_sdk_sts::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let down_client = api(&[role("down", None)]).await;
+    let ctl = Controller::new(
+        down_client.clone(),
+        config,
+        Arc::new(StsCredentialSource::new(
+            unreachable,
+            rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
+        )),
+    );
+    let report = ctl.pass().await.unwrap().report;
+    assert_eq!(report.failed(), 1, "{report}");
+
+    for (client, name, says) in [
+        (
+            &client,
+            "signature",
+            "SignatureDoesNotMatch: The request signature",
+        ),
+        (&client, "verbose", "InvalidParameterValue: internal detail"),
+        (&down_client, "down", "could not reach STS"),
+    ] {
+        let (reason, message) = ready_message(client, name).await;
+        assert_eq!(reason, "GetCredentialsFailed", "{name}");
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(!message.contains(MARKER), "{name}: {message}");
+        assert!(!message.contains("T0K3N"), "{name}: {message}");
+        // Role ARN, the error in a few words and the kept Secret's expiry.
+        assert!(
+            message.chars().count() <= 400,
+            "{name}: {} characters: {message}",
+            message.chars().count()
+        );
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+        for e in events.list(&ListParams::default()).await.unwrap().items {
+            let note = e.note.unwrap_or_default();
+            assert!(
+                !note.contains(MARKER) && note.chars().count() <= 400,
+                "{note}"
+            );
+        }
+    }
+}
