@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
@@ -25,7 +27,7 @@ use crate::model::{ObservedRole, ObservedSecret};
 use crate::plan::{self, Action, ActionKind, Issue, Op, Plan, status_matches};
 use crate::secret::{self, Credentials, format_time};
 use crate::sts::{CredentialSource, StsError, StsErrorKind};
-use crate::text::{kube_message, truncate};
+use crate::text::{kube_message, redact_echo, truncate};
 
 /// Event reasons (the original's three plus this project's).
 pub mod reasons {
@@ -195,7 +197,7 @@ impl Done {
 impl Executor {
     pub fn new(client: Client, source: Arc<dyn CredentialSource>, concurrency: usize) -> Self {
         let reporter = Reporter {
-            controller: "kube-aws-iam-controller".into(),
+            controller: REPORTING_CONTROLLER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
         Executor {
@@ -378,10 +380,24 @@ impl Executor {
         let message = match e.kind {
             StsErrorKind::Denied => format!("AssumeRole {arn} denied: {e}"),
             StsErrorKind::Throttled => format!("AssumeRole {arn} throttled: {e}"),
+            StsErrorKind::AboveMaxSessionDuration => format!(
+                "AssumeRole {arn} refused roleSessionDuration {}: it exceeds the IAM role's MaxSessionDuration (raise that or lower spec.roleSessionDuration): {e}",
+                crate::plan::human(issue.request.duration)
+            ),
+            StsErrorKind::UnusableReply => {
+                format!("AssumeRole {arn} gave unusable credentials, not written: {e}")
+            }
             _ => format!("AssumeRole {arn} failed: {e}"),
         };
-        tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "could not get credentials");
         let current = existing.and_then(|s| secret::decode(s).ok());
+        let message = match &current {
+            Some(c) => format!(
+                "{message}; the Secret in place is kept (valid until {})",
+                format_time(c.expire)
+            ),
+            None => message,
+        };
+        tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "could not get credentials");
         let status = plan::not_ready_status(
             role,
             reasons::GET_CREDENTIALS_FAILED,
@@ -426,11 +442,20 @@ impl Executor {
             }
         };
         written.map(|_| ()).map_err(|e| {
+            // The request carried the credentials; a server may quote it back.
+            let mut known = vec![
+                credentials.secret_access_key.clone(),
+                credentials.session_token.clone(),
+            ];
+            for value in desired.data.iter().flat_map(|d| d.values()) {
+                known.push(BASE64.encode(&value.0));
+                known.push(String::from_utf8_lossy(&value.0).into_owned());
+            }
             let message = format!(
                 "writing Secret {}/{}: {}",
                 role.namespace,
                 role.name,
-                kube_message(&e)
+                redact_echo(&kube_message(&e), &known)
             );
             tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "write failed");
             message
@@ -583,8 +608,77 @@ impl Executor {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, reference).await {
+        let name = reference.name.as_deref().unwrap_or_default();
+        let published = if name.len() <= MAX_RECORDER_NAME {
+            self.recorder.publish(&event, reference).await
+        } else {
+            self.publish_long(&event, reference, name).await
+        };
+        if let Err(e) = published {
             tracing::debug!(reason, error = %kube_message(&e), "could not publish event");
         }
     }
+
+    /// kube's Recorder names an Event `<object name>.<hex nanoseconds>`, which a real API server
+    /// rejects above 253 characters; objects with longer names get their Event written here, named
+    /// from a shortened, hashed object name. Its `regarding` still names the object in full, so
+    /// `kubectl describe` finds it.
+    async fn publish_long(
+        &self,
+        event: &Event,
+        reference: &ObjectReference,
+        name: &str,
+    ) -> Result<(), kube::Error> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let now = Timestamp::now();
+        let namespace = reference.namespace.clone().unwrap_or_default();
+        let k8s_event = K8sEvent {
+            metadata: kube::api::ObjectMeta {
+                name: Some(event_name(name, now)),
+                namespace: Some(namespace.clone()),
+                ..kube::api::ObjectMeta::default()
+            },
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            note: event.note.clone(),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(reference.clone()),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(
+                std::env::var("POD_NAME").unwrap_or_else(|_| REPORTING_CONTROLLER.into()),
+            ),
+            type_: Some(
+                match event.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            ..K8sEvent::default()
+        };
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
+        api.create(&PostParams::default(), &k8s_event)
+            .await
+            .map(|_| ())
+    }
+}
+
+const REPORTING_CONTROLLER: &str = "kube-aws-iam-controller";
+
+/// Longest object name whose Recorder-built Event name (`<name>.<up to 16 hex digits>`) stays
+/// within the 253 characters of a DNS subdomain.
+const MAX_RECORDER_NAME: usize = 253 - 1 - 16;
+
+/// `<name cut to fit>-<8 hex digits of its SHA-256>.<hex nanoseconds>`: at most 253 characters, a
+/// valid DNS subdomain for any valid object name, distinct for names that share their first 220
+/// characters.
+pub fn event_name(object_name: &str, now: Timestamp) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(object_name.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let keep = MAX_RECORDER_NAME - 1 - hash.len();
+    let prefix = truncate(object_name, keep);
+    let prefix = prefix.trim_end_matches(['.', '-']);
+    format!("{prefix}-{hash}.{:x}", now.as_nanosecond())
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::plan::render::OutputFormat;
+use crate::sts::CallRate;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -61,12 +62,12 @@ pub struct Options {
     /// Debug logging.
     #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_DEBUG")]
     pub debug: bool,
-    /// Time between passes of `run`.
-    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_INTERVAL")]
+    /// Time between passes of `run` (at least 1s).
+    #[arg(long, global = true, default_value = "10s", value_parser = interval, env = "KUBE_AWS_IAM_CONTROLLER_INTERVAL")]
     pub interval: Duration,
     /// Smallest refresh margin: credentials are refreshed once no more than
-    /// max(refresh-limit, lifetime/2) + jitter remains (capped at lifetime - 5m).
-    #[arg(long, global = true, default_value = "15m", value_parser = humantime::parse_duration, env = "KUBE_AWS_IAM_CONTROLLER_REFRESH_LIMIT")]
+    /// max(refresh-limit, lifetime/2) + jitter remains (capped at lifetime - 3m); at least 1m.
+    #[arg(long, global = true, default_value = "15m", value_parser = refresh_limit, env = "KUBE_AWS_IAM_CONTROLLER_REFRESH_LIMIT")]
     pub refresh_limit: Duration,
     /// Prefix for bare role names, e.g. arn:aws:iam::123456789012:role/ (default: discovered
     /// with STS GetCallerIdentity; required offline when a role uses a bare name).
@@ -90,6 +91,7 @@ pub struct Options {
         long,
         global = true,
         value_name = "NAMESPACE",
+        value_parser = namespace,
         env = "KUBE_AWS_IAM_CONTROLLER_NAMESPACE"
     )]
     pub namespace: Option<String>,
@@ -150,14 +152,15 @@ pub struct Options {
     /// AWS region for STS (default: the standard AWS chain, e.g. AWS_REGION).
     #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_REGION")]
     pub region: Option<String>,
-    /// STS AssumeRole calls per second, at most.
+    /// STS AssumeRole calls per second, at most; fractions allowed (0.5 = one every 2s).
     #[arg(
         long,
         global = true,
         default_value = "10",
+        value_parser = sts_rate,
         env = "KUBE_AWS_IAM_CONTROLLER_STS_RATE"
     )]
-    pub sts_rate: NonZeroU32,
+    pub sts_rate: CallRate,
     /// STS calls that may start at once before the rate applies.
     #[arg(
         long,
@@ -243,6 +246,53 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Below a second, passes follow each other as fast as the API server answers, and /healthz
+/// (which expects a pass within a few intervals) cannot be met.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// A smaller margin would replace credentials so late that pods fail before kubelet delivers.
+const MIN_REFRESH_LIMIT: Duration = Duration::from_secs(60);
+
+fn at_least(value: &str, min: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if d < min {
+        return Err(format!(
+            "must be at least {}",
+            humantime::format_duration(min)
+        ));
+    }
+    Ok(d)
+}
+
+fn interval(value: &str) -> Result<Duration, String> {
+    at_least(value, MIN_INTERVAL)
+}
+
+fn refresh_limit(value: &str) -> Result<Duration, String> {
+    at_least(value, MIN_REFRESH_LIMIT)
+}
+
+/// A Namespace name is an RFC 1123 label; empty means all namespaces, as in the original.
+fn namespace(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let valid = value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err("not a namespace name: at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit".into())
+    }
+}
+
+fn sts_rate(value: &str) -> Result<CallRate, String> {
+    value.parse()
 }
 
 impl Options {

@@ -26,8 +26,14 @@ pub enum StsErrorKind {
     Throttled,
     /// The controller may not assume the role (trust policy, permissions, SCP).
     Denied,
-    /// `DurationSeconds` above what the role or role chaining allows.
+    /// `DurationSeconds` above the one hour role chaining allows (retried once at 3600 s).
     DurationTooLong,
+    /// `DurationSeconds` above the IAM role's own `MaxSessionDuration`: only the role's owner
+    /// or the spec can fix that, so it is not retried.
+    AboveMaxSessionDuration,
+    /// STS answered 200 with credentials that cannot be used (empty fields, no or a past
+    /// expiry); writing them would replace working credentials with broken ones.
+    UnusableReply,
     /// Anything else: network, expired controller credentials, malformed requests.
     Other,
 }
@@ -37,7 +43,10 @@ impl StsErrorKind {
         match self {
             StsErrorKind::Throttled => "throttled",
             StsErrorKind::Denied => "denied",
-            StsErrorKind::DurationTooLong | StsErrorKind::Other => "error",
+            StsErrorKind::DurationTooLong
+            | StsErrorKind::AboveMaxSessionDuration
+            | StsErrorKind::UnusableReply
+            | StsErrorKind::Other => "error",
         }
     }
 }
@@ -72,11 +81,71 @@ pub struct StsCredentialSource {
     limiter: Arc<DefaultDirectRateLimiter>,
 }
 
+/// Calls per second, possibly fewer than one (`0.5` = one call every two seconds).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CallRate(f64);
+
+impl CallRate {
+    /// Slower than this, a pass of a few roles would take hours.
+    pub const MIN: f64 = 0.01;
+    /// Faster than any STS account quota.
+    pub const MAX: f64 = 100_000.0;
+
+    pub fn per_second(&self) -> f64 {
+        self.0
+    }
+
+    /// Time between two calls at this rate.
+    pub fn period(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(1.0 / self.0)
+    }
+}
+
+impl From<NonZeroU32> for CallRate {
+    fn from(rate: NonZeroU32) -> Self {
+        CallRate(f64::from(rate.get()))
+    }
+}
+
+impl std::str::FromStr for CallRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let rate: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| "not a number of calls per second (e.g. 10 or 0.5)".to_string())?;
+        if !rate.is_finite() || !(Self::MIN..=Self::MAX).contains(&rate) {
+            return Err(format!(
+                "must be between {} and {} calls per second",
+                Self::MIN,
+                Self::MAX
+            ));
+        }
+        Ok(CallRate(rate))
+    }
+}
+
+impl fmt::Display for CallRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A token bucket of `rate` calls per second and `burst` calls at once. The burst is set
 /// explicitly: governor's default (burst = rate) would let twice the rate start in the first
 /// second.
 pub fn rate_limiter(rate: NonZeroU32, burst: NonZeroU32) -> DefaultDirectRateLimiter {
-    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+    limiter(rate.into(), burst)
+}
+
+/// As [`rate_limiter`], for any [`CallRate`]: one call every `period`, `burst` at once.
+pub fn limiter(rate: CallRate, burst: NonZeroU32) -> DefaultDirectRateLimiter {
+    // The period is at least 10 µs (MAX), never zero, so the quota always exists.
+    let quota = Quota::with_period(rate.period())
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst);
+    RateLimiter::direct(quota)
 }
 
 impl StsCredentialSource {
@@ -116,34 +185,128 @@ impl StsCredentialSource {
             .await
             .map_err(|e| {
                 let code = e.code().unwrap_or_default().to_string();
-                let message = e
-                    .message()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| DisplayErrorContext(&e).to_string());
+                let message = match e.message() {
+                    Some(message) => message.to_string(),
+                    None => summary(&e),
+                };
                 StsError {
                     kind: classify(&code, &message),
-                    message: if code.is_empty() {
+                    message: short(&if code.is_empty() {
                         message
                     } else {
                         format!("{code}: {message}")
-                    },
+                    }),
                 }
             })?;
-        let creds = out.credentials().ok_or_else(|| StsError {
-            kind: StsErrorKind::Other,
-            message: "AssumeRole returned no credentials".into(),
-        })?;
-        let expiration =
-            Timestamp::from_second(creds.expiration().secs()).map_err(|_| StsError {
-                kind: StsErrorKind::Other,
-                message: "AssumeRole returned an unusable expiration".into(),
-            })?;
-        Ok(Credentials {
+        let unusable = |message: String| StsError {
+            kind: StsErrorKind::UnusableReply,
+            message,
+        };
+        let creds = out
+            .credentials()
+            .ok_or_else(|| unusable("STS returned no credentials".into()))?;
+        // The SDK turns a missing Expiration into the epoch, so zero means "none".
+        let expiration = match creds.expiration().secs() {
+            0 => None,
+            secs => Timestamp::from_second(secs).ok(),
+        };
+        let credentials = Credentials {
             access_key_id: creds.access_key_id().to_string(),
             secret_access_key: creds.secret_access_key().to_string(),
             session_token: creds.session_token().to_string(),
-            expiration,
-        })
+            expiration: expiration.unwrap_or(Timestamp::UNIX_EPOCH),
+        };
+        check_reply(&credentials, expiration.is_some(), Timestamp::now()).map_err(unusable)?;
+        Ok(credentials)
+    }
+}
+
+/// Credentials must last at least this long (seconds) to be written: shorter ones would be
+/// useless to pods (SDKs want minutes of validity) and replaced at once.
+pub const MIN_VALIDITY: i64 = crate::plan::refresh::MIN_USE;
+
+/// Whether an AssumeRole reply can be written over the credentials in place. The message names
+/// what is wrong and never a value.
+pub fn check_reply(
+    credentials: &Credentials,
+    has_expiration: bool,
+    now: Timestamp,
+) -> std::result::Result<(), String> {
+    let empty = [
+        ("AccessKeyId", &credentials.access_key_id),
+        ("SecretAccessKey", &credentials.secret_access_key),
+        ("SessionToken", &credentials.session_token),
+    ]
+    .into_iter()
+    .filter(|(_, value)| value.trim().is_empty())
+    .map(|(field, _)| field)
+    .collect::<Vec<_>>();
+    if !empty.is_empty() {
+        return Err(format!(
+            "STS returned credentials with an empty {}",
+            empty.join(", ")
+        ));
+    }
+    if !has_expiration {
+        return Err("STS returned credentials without an Expiration".into());
+    }
+    let left = credentials.expiration.as_second() - now.as_second();
+    if left <= 0 {
+        return Err(format!(
+            "STS returned credentials that expired at {} (this controller's clock says {}: check it)",
+            crate::secret::format_time(credentials.expiration),
+            crate::secret::format_time(now)
+        ));
+    }
+    if left < MIN_VALIDITY {
+        return Err(format!(
+            "STS returned credentials valid for only {left}s (until {}), fewer than the {MIN_VALIDITY}s a credential must last",
+            crate::secret::format_time(credentials.expiration)
+        ));
+    }
+    Ok(())
+}
+
+/// An STS error message as statuses, Events and logs show it: its first line (STS puts
+/// canonical requests, which carry the session token, on the following ones), long base64 runs
+/// redacted, at most 200 characters.
+fn short(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim();
+    let first = crate::text::redact_echo(first, &[]);
+    if first.chars().count() > 200 {
+        let cut: String = first.chars().take(200).collect();
+        format!("{cut}…")
+    } else {
+        first
+    }
+}
+
+/// A failure without an STS error message in a few words, instead of the SDK's full error chain
+/// (hundreds of characters of internal types).
+fn summary<E, R>(e: &aws_sdk_sts::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    use aws_sdk_sts::error::SdkError;
+    let innermost = || {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        let mut last = None;
+        while let Some(s) = source {
+            last = Some(s.to_string());
+            source = s.source();
+        }
+        last.map(|s| format!(": {s}")).unwrap_or_default()
+    };
+    match e {
+        SdkError::DispatchFailure(d) if d.is_timeout() => "STS did not answer in time".into(),
+        SdkError::DispatchFailure(_) => format!("could not reach STS{}", innermost()),
+        SdkError::TimeoutError(_) => "STS did not answer in time".into(),
+        SdkError::ResponseError(_) => "STS sent a reply that could not be read".into(),
+        SdkError::ConstructionFailure(_) => {
+            format!("could not build the AssumeRole request{}", innermost())
+        }
+        _ => DisplayErrorContext(e).to_string(),
     }
 }
 
@@ -155,6 +318,9 @@ pub fn classify(code: &str, message: &str) -> StsErrorKind {
         | "RequestLimitExceeded"
         | "TooManyRequestsException" => StsErrorKind::Throttled,
         "AccessDenied" | "AccessDeniedException" => StsErrorKind::Denied,
+        "ValidationError" if message.contains("MaxSessionDuration") => {
+            StsErrorKind::AboveMaxSessionDuration
+        }
         "ValidationError" if message.contains("DurationSeconds") => StsErrorKind::DurationTooLong,
         _ => StsErrorKind::Other,
     }
@@ -188,7 +354,7 @@ pub struct AwsOptions {
     pub base_role_arn: Option<BaseArn>,
     /// `--assume-role`: a role name or ARN to assume first.
     pub assume_role: Option<String>,
-    pub rate: Option<NonZeroU32>,
+    pub rate: Option<CallRate>,
     pub burst: Option<NonZeroU32>,
     /// Seed credentials (see [`crate::seed`]) instead of the SDK's default chain.
     pub seed: Option<Arc<crate::seed::SeedCredentials>>,
@@ -245,10 +411,8 @@ pub async fn connect(options: &AwsOptions) -> Result<(StsCredentialSource, BaseA
             aws_sdk_sts::Client::new(&chained)
         }
     };
-    let limiter = rate_limiter(
-        options
-            .rate
-            .unwrap_or(NonZeroU32::new(10).expect("nonzero")),
+    let limiter = limiter(
+        options.rate.unwrap_or(CallRate(10.0)),
         options.burst.unwrap_or(NonZeroU32::MIN),
     );
     Ok((StsCredentialSource::new(client, limiter), base))
@@ -279,6 +443,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fractional_rates_space_calls_out() {
+        let rate: CallRate = "0.5".parse().unwrap();
+        assert_eq!(rate.period(), std::time::Duration::from_secs(2));
+        let bucket = limiter(rate, NonZeroU32::MIN);
+        assert!(bucket.check().is_ok());
+        let wait = bucket
+            .check()
+            .expect_err("the second call waits")
+            .wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+        assert!(wait > std::time::Duration::from_millis(1900), "{wait:?}");
+        for bad in ["0", "-1", "nan", "inf", "x", "0.001", "1e9"] {
+            assert!(bad.parse::<CallRate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn classifies_sts_errors() {
         assert_eq!(
             classify("Throttling", "Rate exceeded"),
@@ -294,6 +476,13 @@ mod tests {
                 "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining."
             ),
             StsErrorKind::DurationTooLong
+        );
+        assert_eq!(
+            classify(
+                "ValidationError",
+                "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
+            ),
+            StsErrorKind::AboveMaxSessionDuration
         );
         assert_eq!(
             classify("ValidationError", "bad session name"),

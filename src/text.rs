@@ -63,6 +63,50 @@ pub fn kube_message(e: &kube::Error) -> String {
     }
 }
 
+/// An error message about a write that carried credentials, safe to log and show: servers and
+/// admission webhooks may quote the request body, so every `known` value (in any form the
+/// caller passes) and every long run of base64 characters (encoded Secret data, keys, tokens)
+/// is replaced by `<redacted>`, and the result is bounded.
+pub fn redact_echo(message: &str, known: &[String]) -> String {
+    const MIN_RUN: usize = 32;
+    let mut text = message.to_string();
+    let mut known: Vec<&str> = known
+        .iter()
+        .map(String::as_str)
+        .filter(|v| v.len() >= 4)
+        .collect();
+    // Longest first, so a value containing another is replaced whole.
+    known.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for value in known {
+        text = text.replace(value, "<redacted>");
+    }
+    let is_b64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    for c in text.chars().chain(std::iter::once('\0')) {
+        if is_b64(c) {
+            run.push(c);
+            continue;
+        }
+        if run.len() >= MIN_RUN {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    const MAX: usize = 300;
+    if out.chars().count() > MAX {
+        let cut: String = out.chars().take(MAX).collect();
+        format!("{cut}… (cut)")
+    } else {
+        out
+    }
+}
+
 /// `s` cut to at most `max` bytes, on a character boundary.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -78,6 +122,29 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_echo_removes_known_values_and_long_base64() {
+        let echoed = format!(
+            "admission webhook denied the request: {{\"data\":{{\"credentials\":\"{}\"}}, \"token\":\"tok-123456\"}}",
+            "QUJD".repeat(20)
+        );
+        let out = redact_echo(&echoed, &["tok-123456".into()]);
+        assert!(
+            !out.contains("QUJD") && !out.contains("tok-123456"),
+            "{out}"
+        );
+        assert!(
+            out.starts_with("admission webhook denied the request"),
+            "{out}"
+        );
+        let long = redact_echo(&"word ".repeat(200), &[]);
+        assert!(long.chars().count() < 320, "{long}");
+        // Names, UIDs and ARNs stay readable.
+        let plain =
+            "422 Invalid (Secret team-a/app-1 uid 0000-1111 arn:aws:iam::123456789012:role/app)";
+        assert_eq!(redact_echo(plain, &[]), plain);
+    }
 
     #[test]
     fn excerpt_cuts_and_escapes() {

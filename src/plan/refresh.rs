@@ -1,18 +1,20 @@
 //! When credentials are refreshed (the refresh policy of `docs/design.md`).
 //!
-//! `margin = min(max(refresh_limit, L/2) + jitter, L − 5 min)`, where `L` is the lifetime of
+//! `margin = min(max(refresh_limit, L/2) + jitter, L − 3 min)`, where `L` is the lifetime of
 //! the current credentials and `jitter` a fraction of up to `L/10` derived from the
 //! AWSIAMRole's UID. Credentials are refreshed once no more than `margin` remains.
 //!
 //! Why: boto3 starts re-reading 15 minutes before expiry and fails from 10 minutes before, so a
 //! fixed 15-minute margin leaves kubelet no time to deliver the new Secret; half the lifetime
 //! does. The jitter spreads roles created together; the cap keeps every credential in use for
-//! at least five minutes, which bounds STS calls per role even for 900 s sessions.
+//! at least three minutes, which bounds STS calls per role even for 900 s sessions, and still
+//! replaces a 900 s session with 12 minutes left: two minutes for kubelet to deliver it before
+//! boto3 gives up at ten.
 
 use sha2::{Digest, Sha256};
 
 /// Every credential stays in use at least this long (seconds).
-pub const MIN_USE: i64 = 300;
+pub const MIN_USE: i64 = 180;
 
 /// Deterministic value in `[0, 1)` (as a fraction of 2^64) from a stable key, normally the
 /// AWSIAMRole UID.
@@ -43,15 +45,16 @@ mod tests {
             let m = margin(3600, 900, key);
             assert!((1800..2160).contains(&m), "{m}");
         }
-        // 900 s: capped so each credential is used for 5 minutes.
-        assert_eq!(margin(900, 900, "a"), 600);
+        // 900 s: capped so each credential is used for 3 minutes.
+        assert_eq!(margin(900, 900, "a"), 720);
         // 12 h: between 6 h and 7.2 h.
         let m = margin(43200, 900, "a");
         assert!((21600..25920).contains(&m));
         // A large refresh limit is still capped.
-        assert_eq!(margin(3600, 7200, "a"), 3300);
+        assert_eq!(margin(3600, 7200, "a"), 3420);
         // Degenerate lifetimes never give a negative margin.
         assert_eq!(margin(100, 900, "a"), 0);
+        assert_eq!(margin(180, 900, "a"), 0);
     }
 
     #[test]

@@ -389,6 +389,22 @@ preferences: {{}}
         };
     }
 
+    /// While on, every write to `resource` answers `status_code` with the request body quoted
+    /// in its message, as some admission webhooks and API servers do; the quoted bodies are
+    /// kept for [`Self::echoed_bodies`].
+    pub fn echo_writes(&self, resource: &str, status_code: Option<u16>) {
+        let mut faults = lock(&self.state.faults);
+        match status_code {
+            Some(code) => faults.echoing_writes.insert(resource.to_string(), code),
+            None => faults.echoing_writes.remove(resource),
+        };
+    }
+
+    /// The request bodies [`Self::echo_writes`] quoted back, oldest first.
+    pub fn echoed_bodies(&self) -> Vec<Bytes> {
+        lock(&self.state.faults).echoed.clone()
+    }
+
     /// While on, list requests for `resource` (first pages and continuations) answer 500.
     pub fn fail_lists(&self, resource: &str, on: bool) {
         let mut faults = lock(&self.state.faults);
@@ -453,6 +469,8 @@ struct Faults {
     nth_writes: Vec<(u64, u16)>,
     failing_lists: HashSet<String>,
     failing_writes: HashMap<String, u16>,
+    echoing_writes: HashMap<String, u16>,
+    echoed: Vec<Bytes>,
     continue_410: bool,
 }
 
@@ -493,7 +511,7 @@ impl State {
     }
 
     /// A fault configured for this request, if any.
-    fn injected_fault(&self, info: &RequestInfo) -> Option<Response<Body>> {
+    fn injected_fault(&self, info: &RequestInfo, body: &Bytes) -> Option<Response<Body>> {
         let mut faults = lock(&self.faults);
         if info.verb == "list" && faults.failing_lists.contains(&info.resource) {
             return Some(status_response(
@@ -523,6 +541,17 @@ impl State {
                     info.details(),
                 ));
             }
+        }
+        if let Some(&code) = faults.echoing_writes.get(&info.resource) {
+            faults.echoed.push(body.clone());
+            return Some(status_response(
+                code,
+                &format!(
+                    "admission webhook \"echo.apiserver.test\" denied the request: {}",
+                    String::from_utf8_lossy(body)
+                ),
+                info.details(),
+            ));
         }
         if let Some(&code) = faults.failing_writes.get(&info.resource) {
             return Some(status_response(
@@ -615,7 +644,7 @@ async fn route(
             ),
         };
     }
-    if !from_test && let Some(fault) = state.injected_fault(info) {
+    if !from_test && let Some(fault) = state.injected_fault(info, &body) {
         return fault;
     }
     let query = parse_query(parts.uri.query().unwrap_or(""));

@@ -247,3 +247,65 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Flag values that cannot work exit 2 with a message naming the flag, before anything runs;
+/// `--sts-rate` takes fractions.
+#[test]
+fn bad_flag_values_exit_2_and_fractional_rates_work() {
+    let plan = ["plan", "--from", "fixtures/quickstart"];
+    let long_ns = "a".repeat(64);
+    let bad: [(&str, &str); 14] = [
+        ("--interval", "0s"),
+        ("--interval", "1ms"),
+        ("--interval", "999ms"),
+        ("--refresh-limit", "0s"),
+        ("--refresh-limit", "59s"),
+        ("--namespace", "Team-A"),
+        ("--namespace", "team_a"),
+        ("--namespace", "-team"),
+        ("--namespace", "team-"),
+        ("--namespace", &long_ns),
+        ("--sts-rate", "0"),
+        ("--sts-rate", "-1"),
+        ("--sts-rate", "NaN"),
+        ("--sts-rate", "0.001"),
+    ];
+    for (flag, value) in bad {
+        let arg = format!("{flag}={value}");
+        let mut args = plan.to_vec();
+        args.push(&arg);
+        let out = bin(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+        assert!(stdout(&out).is_empty(), "{flag} {value}");
+    }
+    // The environment variables are checked the same way.
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
+        .args(plan)
+        .current_dir(repo_root())
+        .env("KUBE_AWS_IAM_CONTROLLER_INTERVAL", "0s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // Good values, at the bounds and fractional, are accepted.
+    for (flag, value) in [
+        ("--interval", "1s"),
+        ("--refresh-limit", "1m"),
+        ("--namespace", "team-a"),
+        ("--namespace", ""),
+        ("--sts-rate", "0.5"),
+        ("--sts-rate", "2.5"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let mut args = plan.to_vec();
+        args.push(&arg);
+        let out = bin(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{flag} {value}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! What STS returns is checked before it is written: a 200 reply with an empty field, without
+//! an Expiration, or with credentials that are expired or about to be fails its action, keeps
+//! the Secret in place, says why in the status and an Event, and is tried once per pass. A
+//! duration above the IAM role's MaxSessionDuration is reported as that, not as role chaining.
+//! STS is aws-smithy-mocks behind the real SDK client (so replies go through its deserializer);
+//! the API is kube-fake-client.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
+use aws_sdk_sts::primitives::DateTime;
+use aws_sdk_sts::types::Credentials as StsCredentials;
+use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::http::StatusCode;
+use aws_smithy_types::body::SdkBody;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use kube_aws_iam_controller::apply::{Outcome, Stage};
+use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::model::ObservedRole;
+use kube_aws_iam_controller::pass::{Controller, ControllerConfig};
+use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
+use kube_fake_client::ClientBuilder;
+
+const MARKER: &str = "REPLYSECRET";
+
+fn role(name: &str, duration: Option<i64>) -> AWSIAMRole {
+    let mut r = crate::support::harness::role("team-a", name, name);
+    r.metadata.uid = Some(format!("uid-{name}"));
+    r.metadata.generation = Some(1);
+    r.spec.role_session_duration = duration;
+    r
+}
+
+/// A managed Secret whose one-hour credentials expire in ten minutes: due for refresh.
+fn due_secret(role: &AWSIAMRole) -> Secret {
+    let observed = ObservedRole::from_value(&serde_json::to_value(role).unwrap(), "").unwrap();
+    let now = Timestamp::now();
+    let creds = Credentials {
+        access_key_id: "ASIAOLDKEY".into(),
+        secret_access_key: format!("{MARKER}-old"),
+        session_token: format!("{MARKER}-old-token"),
+        expiration: now + SignedDuration::from_mins(10),
+    };
+    let arn = format!(
+        "arn:aws:iam::123456789012:role/{}",
+        role.spec.role_reference
+    );
+    secret::build(&observed, &arn, &creds, now - SignedDuration::from_mins(50))
+}
+
+fn output(key: &str, secret: &str, token: &str, expires_in: i64) -> AssumeRoleOutput {
+    AssumeRoleOutput::builder()
+        .credentials(
+            StsCredentials::builder()
+                .access_key_id(key)
+                .secret_access_key(secret)
+                .session_token(token)
+                .expiration(DateTime::from_secs(
+                    Timestamp::now().as_second() + expires_in,
+                ))
+                .build()
+                .unwrap(),
+        )
+        .build()
+}
+
+/// A 200 AssumeRole reply whose Credentials element has no Expiration.
+fn without_expiration() -> HttpResponse {
+    let body = format!(
+        "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult>\
+         <AssumedRoleUser><AssumedRoleId>AROA:x</AssumedRoleId><Arn>arn:aws:sts::123456789012:assumed-role/no-expiry/x</Arn></AssumedRoleUser>\
+         <Credentials><AccessKeyId>ASIANEW</AccessKeyId><SecretAccessKey>{MARKER}-new</SecretAccessKey><SessionToken>{MARKER}-new-token</SessionToken></Credentials>\
+         </AssumeRoleResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></AssumeRoleResponse>"
+    );
+    HttpResponse::new(StatusCode::try_from(200).unwrap(), SdkBody::from(body))
+}
+
+fn max_duration_error() -> HttpResponse {
+    let body = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>ValidationError</Code><Message>The requested DurationSeconds exceeds the MaxSessionDuration set for this role.</Message></Error><RequestId>r</RequestId></ErrorResponse>";
+    HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::from(body))
+}
+
+/// The reply each role gets, by the last segment of its ARN; every call is recorded.
+fn scripted_sts(calls: Arc<Mutex<Vec<(String, i32)>>>) -> StsCredentialSource {
+    let rule = mock!(aws_sdk_sts::Client::assume_role).then_compute_response(move |req| {
+        let arn = req.role_arn().unwrap_or_default().to_string();
+        let name = arn.rsplit('/').next().unwrap_or_default().to_string();
+        calls
+            .lock()
+            .unwrap()
+            .push((name.clone(), req.duration_seconds().unwrap_or_default()));
+        let new_secret = format!("{MARKER}-new");
+        let new_token = format!("{MARKER}-new-token");
+        match name.as_str() {
+            "empty-key" => MockResponse::Output(output("", &new_secret, &new_token, 3600)),
+            "empty-secret" => MockResponse::Output(output("ASIANEW", "", &new_token, 3600)),
+            "empty-token" => MockResponse::Output(output("ASIANEW", &new_secret, "", 3600)),
+            "no-expiry" => MockResponse::Http(without_expiration()),
+            "expired" => MockResponse::Output(output("ASIANEW", &new_secret, &new_token, -60)),
+            "short" => MockResponse::Output(output("ASIANEW", &new_secret, &new_token, 60)),
+            // Would succeed at 3600 s if the controller retried as for role chaining.
+            "max-duration" if req.duration_seconds() == Some(7200) => {
+                MockResponse::Http(max_duration_error())
+            }
+            _ => MockResponse::Output(output("ASIANEW", &new_secret, &new_token, 3600)),
+        }
+    });
+    let client = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
+    StsCredentialSource::new(
+        client,
+        rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
+    )
+}
+
+async fn api(roles: &[AWSIAMRole]) -> Client {
+    let mut builder = ClientBuilder::new()
+        .with_resource::<AWSIAMRole>()
+        .with_status_subresource::<AWSIAMRole>();
+    for r in roles {
+        builder = builder.with_object(r.clone()).with_object(due_secret(r));
+    }
+    builder.build().await.expect("fake API builds")
+}
+
+async fn secret_data(client: &Client) -> BTreeMap<String, Secret> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "team-a");
+    secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_sts_replies_fail_the_action_and_keep_the_secret() {
+    // (role, what its status message must say)
+    let cases: [(&str, Option<i64>, &str); 7] = [
+        ("empty-key", None, "empty AccessKeyId"),
+        ("empty-secret", None, "empty SecretAccessKey"),
+        ("empty-token", None, "empty SessionToken"),
+        ("no-expiry", None, "without an Expiration"),
+        ("expired", None, "that expired at"),
+        ("short", None, "valid for only"),
+        ("max-duration", Some(7200), "MaxSessionDuration"),
+    ];
+    let roles: Vec<AWSIAMRole> = cases.iter().map(|(n, d, _)| role(n, *d)).collect();
+    let client = api(&roles).await;
+    let before = secret_data(&client).await;
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let mut config = ControllerConfig::default();
+    config.plan.base_role_arn = Some("arn:aws:iam::123456789012:role/".parse().unwrap());
+    let ctl = Controller::new(
+        client.clone(),
+        config,
+        Arc::new(scripted_sts(calls.clone())),
+    );
+
+    let pass = ctl.pass().await.expect("observation works");
+    let report = &pass.report;
+    for (name, _, _) in &cases {
+        let action = report.actions.iter().find(|a| a.name == *name).unwrap();
+        assert!(
+            matches!(
+                &action.outcome,
+                Outcome::Failed {
+                    stage: Stage::Sts,
+                    ..
+                }
+            ),
+            "{name}: {:?}",
+            action.outcome
+        );
+    }
+    // One STS call per role: no retry inside the pass, none at 3600 s for MaxSessionDuration.
+    let mut seen = calls.lock().unwrap().clone();
+    seen.sort();
+    let mut wanted: Vec<(String, i32)> = cases
+        .iter()
+        .map(|(n, d, _)| (n.to_string(), d.unwrap_or(3600) as i32))
+        .collect();
+    wanted.sort();
+    assert_eq!(seen, wanted);
+
+    // Every Secret is exactly as it was.
+    let after = secret_data(&client).await;
+    for (name, secret) in &before {
+        assert_eq!(
+            after[name].data, secret.data,
+            "{name}: the Secret in place was overwritten"
+        );
+    }
+
+    let roles_api: Api<AWSIAMRole> = Api::namespaced(client.clone(), "team-a");
+    for (name, _, says) in &cases {
+        let status = roles_api.get(name).await.unwrap().status.unwrap();
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "GetCredentialsFailed"),
+            "{name}"
+        );
+        let message = &ready.message;
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(
+            message.contains("the Secret in place is kept (valid until"),
+            "{name}: {message}"
+        );
+        assert!(!message.contains("1970"), "{name}: {message}");
+        assert!(!message.contains("chaining"), "{name}: {message}");
+        assert!(!message.contains(MARKER), "{name}: {message}");
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let events = events.list(&ListParams::default()).await.unwrap().items;
+    for (name, _, _) in &cases {
+        assert!(
+            events.iter().any(|e| {
+                e.reason.as_deref() == Some("GetCredentialsFailed")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(*name)
+            }),
+            "{name}: no GetCredentialsFailed Event"
+        );
+    }
+    for e in &events {
+        assert!(!e.note.clone().unwrap_or_default().contains(MARKER));
+    }
+
+    // `once` exits 1 while STS keeps answering so.
+    let (code, _) = ctl.once().await.unwrap();
+    assert_eq!(code, 1);
+}
+
+fn sts_error_body(status: u16, code: &str, message: &str) -> HttpResponse {
+    let body = format!(
+        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+    );
+    HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body))
+}
+
+async fn ready_message(client: &Client, name: &str) -> (String, String) {
+    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), "team-a");
+    let status = roles.get(name).await.unwrap().status.unwrap();
+    let ready = &status.conditions[0];
+    (ready.reason.clone(), ready.message.clone())
+}
+
+/// GetCredentialsFailed messages stay short and carry no credentials: STS's
+/// SignatureDoesNotMatch puts the canonical request (with the session token) on the lines
+/// after its first; another error has a 2000-character message; an unreachable STS makes the
+/// SDK's error chain hundreds of characters long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_failure_messages_are_short_and_hold_no_credentials() {
+    let rule = mock!(aws_sdk_sts::Client::assume_role).then_compute_response(|req| {
+        let name = req.role_arn().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string();
+        match name.as_str() {
+            "signature" => MockResponse::Http(sts_error_body(
+                403,
+                "SignatureDoesNotMatch",
+                &format!(
+                    "The request signature we calculated does not match the signature you provided.\n\nThe Canonical String for this request should have been\n'POST\n/\n\nx-amz-security-token:{MARKER}{}\n'",
+                    "T0K3N".repeat(80)
+                ),
+            )),
+            _ => MockResponse::Http(sts_error_body(
+                400,
+                "InvalidParameterValue",
+                &format!("internal {}", "detail ".repeat(300)),
+            )),
+        }
+    });
+    let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
+    let source = StsCredentialSource::new(
+        sts,
+        rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
+    );
+    let roles = [role("signature", None), role("verbose", None)];
+    let client = api(&roles).await;
+    let mut config = ControllerConfig::default();
+    config.plan.base_role_arn = Some("arn:aws:iam::123456789012:role/".parse().unwrap());
+    let ctl = Controller::new(client.clone(), config.clone(), Arc::new(source));
+    let report = ctl.pass().await.unwrap().report;
+    assert_eq!(report.failed(), 2, "{report}");
+
+    // STS unreachable: the real SDK client against a closed port, no retries.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let unreachable = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new("eu-central-1"))
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .credentials_provider(aws_sdk_sts::config::Credentials::new(
+                "AKIDEXAMPLE",
+                format!("{MARKER}-controller"),
+                None,
+                None,
+                "test",
+            ))
+            .retry_config(aws_sdk_sts::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let down_client = api(&[role("down", None)]).await;
+    let ctl = Controller::new(
+        down_client.clone(),
+        config,
+        Arc::new(StsCredentialSource::new(
+            unreachable,
+            rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
+        )),
+    );
+    let report = ctl.pass().await.unwrap().report;
+    assert_eq!(report.failed(), 1, "{report}");
+
+    for (client, name, says) in [
+        (
+            &client,
+            "signature",
+            "SignatureDoesNotMatch: The request signature",
+        ),
+        (&client, "verbose", "InvalidParameterValue: internal detail"),
+        (&down_client, "down", "could not reach STS"),
+    ] {
+        let (reason, message) = ready_message(client, name).await;
+        assert_eq!(reason, "GetCredentialsFailed", "{name}");
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(!message.contains(MARKER), "{name}: {message}");
+        assert!(!message.contains("T0K3N"), "{name}: {message}");
+        // Role ARN, the error in a few words and the kept Secret's expiry.
+        assert!(
+            message.chars().count() <= 400,
+            "{name}: {} characters: {message}",
+            message.chars().count()
+        );
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+        for e in events.list(&ListParams::default()).await.unwrap().items {
+            let note = e.note.unwrap_or_default();
+            assert!(
+                !note.contains(MARKER) && note.chars().count() <= 400,
+                "{note}"
+            );
+        }
+    }
+}
