@@ -1645,7 +1645,11 @@ mod tests {
                 default_delivery: if default_endpoint { Delivery::Endpoint } else { Delivery::Process },
                 ..options()
             };
-            let p = patch(&t, &o).unwrap().unwrap();
+            let Some(p) = patch(&t, &o).unwrap() else {
+                // The user wrote everything already: nothing to add, and the typed form agrees.
+                prop_assert_eq!(mutate(&decode(&t).unwrap(), &o).unwrap(), None);
+                return Ok(());
+            };
             prop_assert!(p.0.iter().all(|op| matches!(op, json_patch::PatchOperation::Add(_))));
             let once = mutate_ok(&t, &o);
             prop_assert_eq!(patch(&once, &o), Ok(None));
