@@ -373,11 +373,9 @@ fn inject_document(
             message: format!("cannot be written as YAML: {e}"),
         }),
     })?;
-    if let Some(marker) = &segment.marker {
-        rewritten.text.push_str(marker);
-        if !marker.ends_with('\n') {
-            rewritten.text.push('\n');
-        }
+    // Whatever followed `---` on its line is part of the body, printed below.
+    if segment.marker.is_some() {
+        rewritten.text.push_str("---\n");
     }
     // Comment lines heading the document stay (the re-serialised rest loses its comments).
     for line in segment

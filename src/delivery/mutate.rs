@@ -281,10 +281,11 @@ pub fn decode(object: &Value) -> Result<PodTemplateSpec, MutateError> {
     let spec = match map.get("spec") {
         None | Some(Value::Null) => return Err(malformed("spec", "missing")),
         Some(Value::Object(_)) => {
-            let raw = &map["spec"];
-            match PodSpec::deserialize(raw) {
+            let mut raw = map["spec"].clone();
+            quantities_as_strings(&mut raw);
+            match PodSpec::deserialize(&raw) {
                 Ok(spec) => spec,
-                Err(e) => return Err(locate_spec_error(raw, &e.to_string())),
+                Err(e) => return Err(locate_spec_error(&raw, &e.to_string())),
             }
         }
         Some(_) => return Err(malformed("spec", "not a mapping")),
@@ -306,6 +307,33 @@ pub fn decode(object: &Value) -> Result<PodTemplateSpec, MutateError> {
         metadata,
         spec: Some(spec),
     })
+}
+
+/// Kubernetes reads a resource quantity written as a number (`cpu: 0.5`, `memory: 1000000`)
+/// as if it were the string; the typed decoder does not. Only the copy used for decoding is
+/// changed: the patch never touches these values, so the pod keeps them as written.
+fn quantities_as_strings(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match (key.as_str(), &mut *v) {
+                    ("limits" | "requests" | "overhead", Value::Object(q)) => {
+                        for n in q.values_mut() {
+                            if let Value::Number(number) = n {
+                                *n = Value::String(number.to_string());
+                            }
+                        }
+                    }
+                    ("sizeLimit", Value::Number(number)) => {
+                        *v = Value::String(number.to_string());
+                    }
+                    _ => quantities_as_strings(v),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(quantities_as_strings),
+        _ => {}
+    }
 }
 
 /// Finds the list entry of a spec that fails to decode, for a message naming it.
@@ -934,6 +962,26 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_init_container_list_stays() {
+        let t = with(template(), "/spec/initContainers", json!([]));
+        for o in [options(), endpoint()] {
+            let p = patch(&t, &o).unwrap().unwrap();
+            assert!(
+                p.0.iter()
+                    .all(|op| matches!(op, json_patch::PatchOperation::Add(_))),
+                "{p:?}"
+            );
+            let out = mutate_ok(&t, &o);
+            let expected: &[&str] = match o.default_delivery {
+                Delivery::Process => &[],
+                Delivery::Endpoint => &[SIDECAR_NAME],
+            };
+            assert_eq!(names(&out["spec"]["initContainers"]), expected);
+            assert!(out["spec"]["initContainers"].is_array());
+        }
+    }
+
+    #[test]
     fn the_containers_annotation_chooses_containers_and_init_containers() {
         let out = mutate_ok(
             &annotated(CONTAINERS_ANNOTATION, " side , init,"),
@@ -1383,6 +1431,35 @@ mod tests {
             msg.starts_with("spec.containers[app]: invalid type: string \"…\""),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn numeric_quantities_decode_and_stay_as_written() {
+        let t = json!({
+            "metadata": {"labels": {ROLE_LABEL: "r"}},
+            "spec": {
+                "overhead": {"cpu": 0.25},
+                "containers": [{
+                    "name": "app",
+                    "resources": {"limits": {"cpu": 1, "memory": 1_000_000}, "requests": {"cpu": 0.5}}
+                }],
+                "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": 1024}}]
+            }
+        });
+        let out = mutate_ok(&t, &endpoint());
+        assert_eq!(
+            out["spec"]["containers"][0]["resources"],
+            t["spec"]["containers"][0]["resources"]
+        );
+        assert_eq!(out["spec"]["volumes"][0], t["spec"]["volumes"][0]);
+        assert_eq!(out["spec"]["overhead"], json!({"cpu": 0.25}));
+        assert_eq!(patch(&out, &endpoint()), Ok(None));
+        // Elsewhere a number where a string belongs is still an error.
+        let t = with(t, "/spec/containers/0/image", json!(5));
+        assert!(matches!(
+            err(&t, &endpoint()),
+            MutateError::Malformed { .. }
+        ));
     }
 
     #[test]

@@ -448,3 +448,32 @@ fn examples_are_what_inject_prints() {
     }
     assert!(checked >= 2, "examples/delivery/ has {checked} examples");
 }
+
+/// Content on the `---` line (flow style, or a comment) is printed once, not twice.
+#[test]
+fn content_on_the_marker_line_is_not_duplicated() {
+    let text = "kind: ConfigMap\n--- {apiVersion: v1, kind: Pod, metadata: {name: p, labels: {kube-aws-iam-controller/role: r}}, spec: {containers: [{name: c, image: i}]}}\n--- # heading comment\napiVersion: v1\nkind: Pod\nmetadata: {name: q, labels: {kube-aws-iam-controller/role: r}}\nspec: {containers: [{name: c, image: i}]}\n";
+    let out = inject::inject_text("m", text, &options(), None).unwrap();
+    assert_eq!(out.mutated, 2);
+    assert_eq!(out.text.matches("name: p").count(), 1, "{}", out.text);
+    assert_eq!(
+        out.text.matches("# heading comment").count(),
+        1,
+        "{}",
+        out.text
+    );
+    assert!(
+        out.text
+            .starts_with("kind: ConfigMap\n---\napiVersion: v1\nkind: Pod\n"),
+        "{}",
+        out.text
+    );
+    assert!(
+        out.text
+            .contains("---\n# heading comment\napiVersion: v1\n"),
+        "{}",
+        out.text
+    );
+    let again = inject::inject_text("m", &out.text, &options(), None).unwrap();
+    assert_eq!(again.text, out.text);
+}
