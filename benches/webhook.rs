@@ -213,6 +213,11 @@ async fn run_connection(
             .header(http::header::ACCEPT, "application/json, */*")
             .body(Full::new(body.clone()))
             .unwrap();
+        // The previous answer is read; wait until the connection takes the next request.
+        sender
+            .ready()
+            .await
+            .unwrap_or_else(|e| fail(&format!("connection before request {i}: {e}")));
         let started = Instant::now();
         let response = sender
             .send_request(request)
