@@ -19,7 +19,12 @@ use serde_json::Value;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kube-aws-iam-controller");
+/// The server: this build's binary, or `WEBHOOK_BENCH_BIN` (e.g. a release binary built
+/// earlier, when the client is built quickly without optimisation).
+fn server_bin() -> String {
+    std::env::var("WEBHOOK_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kube-aws-iam-controller").to_string())
+}
 const BUDGET_P99: Duration = Duration::from_millis(5);
 
 struct Child(std::process::Child);
@@ -31,8 +36,16 @@ impl Drop for Child {
     }
 }
 
+/// The server's process id, so that [`fail`] (which exits without running destructors) stops it.
+static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
 fn fail(message: &str) -> ! {
     eprintln!("webhook bench: {message}");
+    if let Some(pid) = SERVER_PID.get() {
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
     std::process::exit(1)
 }
 
@@ -74,7 +87,7 @@ async fn bench(requests: usize) {
         .map(|a| a.port())
         .unwrap_or_else(|e| fail(&e.to_string()));
     let _server = Child(
-        std::process::Command::new(BIN)
+        std::process::Command::new(server_bin())
             .args([
                 "webhook",
                 "--webhook-addr",
@@ -88,8 +101,9 @@ async fn bench(requests: usize) {
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| fail(&format!("starting {BIN}: {e}"))),
+            .unwrap_or_else(|e| fail(&format!("starting {}: {e}", server_bin()))),
     );
+    let _ = SERVER_PID.set(_server.0.id());
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -185,7 +199,11 @@ async fn run_connection(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap_or_else(|e| fail(&e.to_string()));
-    tokio::spawn(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            eprintln!("webhook bench: connection: {e}");
+        }
+    });
     let mut latencies = Vec::with_capacity(n);
     let mut patched = true;
     for i in 0..warm_up + n {
@@ -195,6 +213,11 @@ async fn run_connection(
             .header(http::header::ACCEPT, "application/json, */*")
             .body(Full::new(body.clone()))
             .unwrap();
+        // The previous answer is read; wait until the connection takes the next request.
+        sender
+            .ready()
+            .await
+            .unwrap_or_else(|e| fail(&format!("connection before request {i}: {e}")));
         let started = Instant::now();
         let response = sender
             .send_request(request)
