@@ -70,9 +70,9 @@ pub enum Error {
     /// The controller's own seed credentials file is unusable.
     #[error(transparent)]
     Seed(#[from] seed::SeedError),
-    /// The command exists but its implementation has not landed yet.
-    #[error("{0}")]
-    Unsupported(String),
+    /// `inject` refused its input (it prints nothing rather than half a bundle).
+    #[error("inject: {0}")]
+    Inject(String),
 }
 
 impl Error {
@@ -83,7 +83,7 @@ impl Error {
             Error::NoInput(_) => "no_input",
             Error::Io { .. } => "io",
             Error::Serialize { .. } => "serialize",
-            Error::Unsupported(_) => "unsupported",
+            Error::Inject(_) => "inject",
             Error::Aws(_) => "aws",
             Error::Kube { .. } => "kube",
             Error::Server { .. } => "server",

@@ -158,7 +158,7 @@ pub fn inject_sources(
     if !errors.is_empty() {
         let count = errors.len();
         let list: Vec<String> = errors.iter().map(|e| format!("\n  {e}")).collect();
-        return Err(Error::NoInput(format!(
+        return Err(Error::Inject(format!(
             "{count} document{} cannot be injected, so nothing was printed:{}",
             if count == 1 { "" } else { "s" },
             list.concat()
