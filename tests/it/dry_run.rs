@@ -319,3 +319,37 @@ async fn offline_plan_without_a_base_blames_the_plan_not_the_spec() {
         "{bare}"
     );
 }
+
+/// A live dry run whose `GetCallerIdentity` fails still plans: it warns, and bare names are
+/// blocked as the plan's missing flag rather than failing the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_dry_run_without_sts_warns_and_blames_the_plan() {
+    let env = Env::start(
+        "dry-run-no-sts",
+        ApiServer::builder().object(role("team-a", "bare", "app-bare")),
+    )
+    .await;
+    // Nothing listens there: the discovery fails at once.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        env.command(&["plan", "--output", "json"])
+            .env("AWS_ENDPOINT_URL_STS", &closed)
+            .env("AWS_ENDPOINT_URL", &closed)
+            .output(),
+    )
+    .await
+    .expect("the dry run finishes within a minute")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("dry run without a base role ARN"),
+        "{stderr}"
+    );
+    let (plan, _) = planned(&text(&out.stdout));
+    let (reason, _) = &plan[&("blocked".into(), "team-a".into(), "bare".into())];
+    assert_eq!(reason, "NeedsBaseRoleArn");
+    assert_eq!(env.api.write_count(), 0);
+    assert_no_leak(&out, &[]);
+}
