@@ -123,8 +123,11 @@ impl std::str::FromStr for BaseArn {
 /// Why a `roleReference` does not resolve.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
-    /// A bare role name and no base ARN to put in front of it.
-    #[error("{0} is a role name, which needs a base role ARN (--base-role-arn) to resolve")]
+    /// A bare role name (or `path/name`) and no base ARN to put in front of it: the planning
+    /// run lacks `--base-role-arn`, the reference itself may be fine.
+    #[error(
+        "this plan has no base role ARN to resolve the role name {0}: pass --base-role-arn (e.g. arn:aws:iam::123456789012:role/); a live pass discovers it"
+    )]
     NeedsBase(String),
     #[error("{0}")]
     Invalid(String),

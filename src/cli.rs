@@ -70,7 +70,8 @@ pub struct Options {
     #[arg(long, global = true, default_value = "15m", value_parser = refresh_limit, env = "KUBE_AWS_IAM_CONTROLLER_REFRESH_LIMIT")]
     pub refresh_limit: Duration,
     /// Prefix for bare role names, e.g. arn:aws:iam::123456789012:role/ (default: discovered
-    /// with STS GetCallerIdentity; required offline when a role uses a bare name).
+    /// with STS GetCallerIdentity, in dry runs too; required by `plan --from` when a role uses
+    /// a bare name).
     #[arg(
         long,
         global = true,
@@ -109,7 +110,8 @@ pub struct Options {
     /// Also list up-to-date roles in text and diff output.
     #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_VERBOSE")]
     pub verbose: bool,
-    /// Make no STS calls and no writes; print the plan of each pass.
+    /// Assume no role and write nothing; print the plan of each pass (only the read-only
+    /// GetCallerIdentity is called, to discover the base role ARN when it is not given).
     #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_DRY_RUN")]
     pub dry_run: bool,
     /// Only allow roles a namespace lists in its iam.amazonaws.com/allowed-roles annotation.

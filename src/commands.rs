@@ -61,31 +61,41 @@ pub fn controller_config(options: &Options) -> Result<ControllerConfig> {
     })
 }
 
-/// Connects to Kubernetes and, unless this is a dry run, to STS (discovering the base role
-/// ARN when it is not given).
+/// Connects to Kubernetes and STS, discovering the base role ARN when it is not given. A dry
+/// run makes only that read-only `GetCallerIdentity` call, so it resolves bare role names as
+/// the real pass will; it never assumes a role.
 async fn connect(options: &Options, dry_run: bool) -> Result<Controller> {
     let mut config = controller_config(options)?;
     let client = kube_client(options.apiserver.as_deref()).await?;
-    if dry_run {
-        let rendering = Rendering {
-            format: options.output,
-            verbose: options.verbose,
-        };
-        return Ok(Controller::dry_run(client, config, rendering));
-    }
     let seed = crate::seed::detect()?.map(Arc::new);
-    if let Some(seed) = &seed {
-        tracing::info!(file = %seed.path().display(), "signing with seed credentials (re-read when the file changes)");
-    }
-    let (source, base) = sts::connect(&AwsOptions {
+    let aws = AwsOptions {
         region: options.region.clone(),
         base_role_arn: config.plan.base_role_arn.clone(),
         assume_role: options.assume_role.clone(),
         rate: Some(options.sts_rate),
         burst: Some(options.sts_burst),
         seed: seed.clone(),
-    })
-    .await?;
+    };
+    if dry_run {
+        match sts::discover(&aws).await {
+            Ok(base) => {
+                tracing::info!(base_role_arn = %base, "dry run: base role ARN known, no role is assumed");
+                config.plan.base_role_arn = Some(base);
+            }
+            // Planning still works without AWS: bare names are then blocked with a hint to
+            // pass --base-role-arn, where a real pass would stop here.
+            Err(e) => tracing::warn!("dry run without a base role ARN (pass --base-role-arn): {e}"),
+        }
+        let rendering = Rendering {
+            format: options.output,
+            verbose: options.verbose,
+        };
+        return Ok(Controller::dry_run(client, config, rendering));
+    }
+    if let Some(seed) = &seed {
+        tracing::info!(file = %seed.path().display(), "signing with seed credentials (re-read when the file changes)");
+    }
+    let (source, base) = sts::connect(&aws).await?;
     tracing::info!(base_role_arn = %base, "connected to STS");
     config.plan.base_role_arn = Some(base);
     config.own_role = self_role(options, seed.is_some())?;
@@ -164,7 +174,7 @@ pub fn crd() -> Result<CommandOutput> {
 }
 
 /// `plan`: compute and render the plan, offline (`--from`) or from the cluster (a dry-run
-/// pass: no STS calls, no writes).
+/// pass: no writes, and no STS call but `GetCallerIdentity` when the base ARN is not given).
 pub async fn plan(options: &Options, args: &PlanArgs) -> Result<CommandOutput> {
     match &args.from {
         Some(_) => plan_offline(options, args),

@@ -364,26 +364,7 @@ pub struct AwsOptions {
 /// checks there is a region, discovers the base role ARN with `GetCallerIdentity` unless given,
 /// and wraps the client in the `--assume-role` provider (which refreshes itself) when asked.
 pub async fn connect(options: &AwsOptions) -> Result<(StsCredentialSource, BaseArn)> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = &options.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    if let Some(seed) = &options.seed {
-        // No SDK cache in front of the file: the provider checks it on every use, which is
-        // what makes a kubelet swap take effect at once and an expired session unusable.
-        loader = loader
-            .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(
-                crate::seed::SharedSeed(seed.clone()),
-            ))
-            .identity_cache(aws_config::identity::IdentityCache::no_cache());
-    }
-    let config = loader.load().await;
-    if config.region().is_none() {
-        return Err(Error::Config(
-            "no AWS region: pass --region or set AWS_REGION (STS is called at a regional endpoint)"
-                .into(),
-        ));
-    }
+    let config = sdk_config(options).await?;
     let client = aws_sdk_sts::Client::new(&config);
     let base = match &options.base_role_arn {
         Some(base) => base.clone(),
@@ -416,6 +397,43 @@ pub async fn connect(options: &AwsOptions) -> Result<(StsCredentialSource, BaseA
         options.burst.unwrap_or(NonZeroU32::MIN),
     );
     Ok((StsCredentialSource::new(client, limiter), base))
+}
+
+/// The SDK configuration of the controller's own credentials (seed file or default chain),
+/// refusing to go on without a region.
+async fn sdk_config(options: &AwsOptions) -> Result<aws_config::SdkConfig> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &options.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(seed) = &options.seed {
+        // No SDK cache in front of the file: the provider checks it on every use, which is
+        // what makes a kubelet swap take effect at once and an expired session unusable.
+        loader = loader
+            .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(
+                crate::seed::SharedSeed(seed.clone()),
+            ))
+            .identity_cache(aws_config::identity::IdentityCache::no_cache());
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err(Error::Config(
+            "no AWS region: pass --region or set AWS_REGION (STS is called at a regional endpoint)"
+                .into(),
+        ));
+    }
+    Ok(config)
+}
+
+/// The base role ARN a real pass would use: the given one, or the one `GetCallerIdentity`
+/// reports for the controller's own credentials. Read-only, so dry runs may call it and
+/// plan bare role names exactly as the following pass resolves them.
+pub async fn discover(options: &AwsOptions) -> Result<BaseArn> {
+    if let Some(base) = &options.base_role_arn {
+        return Ok(base.clone());
+    }
+    let config = sdk_config(options).await?;
+    discover_base(&aws_sdk_sts::Client::new(&config)).await
 }
 
 /// `arn:<partition>:iam::<account>:role/` of the controller's own account.

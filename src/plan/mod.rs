@@ -118,6 +118,9 @@ pub enum Reason {
     NotPermitted,
     UpToDate,
     InvalidSpec,
+    /// A bare role name in a plan made without a base role ARN: the planning run lacks
+    /// `--base-role-arn`; the spec is fine.
+    NeedsBaseRoleArn,
     SecretConflict,
 }
 
@@ -135,6 +138,7 @@ impl Reason {
             Reason::NotPermitted => "NotPermitted",
             Reason::UpToDate => "UpToDate",
             Reason::InvalidSpec => "InvalidSpec",
+            Reason::NeedsBaseRoleArn => "NeedsBaseRoleArn",
             Reason::SecretConflict => "SecretConflict",
         }
     }
@@ -160,8 +164,9 @@ pub enum RefreshReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BlockReason {
     InvalidSpec,
-    /// A bare role name and no base role ARN to resolve it with (offline planning only);
-    /// reported as `InvalidSpec`, kept apart so `plan` can suggest `--base-role-arn`.
+    /// A bare role name and no base role ARN to resolve it with (a plan made offline, or a
+    /// dry run that could not call `GetCallerIdentity`): the plan lacks `--base-role-arn`, so
+    /// it is not reported as `InvalidSpec`. A real pass always has a base.
     NeedsBaseArn,
     NotPermitted,
     SecretConflict,
@@ -182,7 +187,8 @@ impl From<RefreshReason> for Reason {
 impl From<BlockReason> for Reason {
     fn from(r: BlockReason) -> Reason {
         match r {
-            BlockReason::InvalidSpec | BlockReason::NeedsBaseArn => Reason::InvalidSpec,
+            BlockReason::InvalidSpec => Reason::InvalidSpec,
+            BlockReason::NeedsBaseArn => Reason::NeedsBaseRoleArn,
             BlockReason::NotPermitted => Reason::NotPermitted,
             BlockReason::SecretConflict => Reason::SecretConflict,
         }
@@ -559,11 +565,17 @@ impl<'a> RolePlanner<'a, '_> {
             .map_err(|e| refuse(BlockReason::InvalidSpec, e.clone(), None))?;
         let arn =
             arn::resolve(&spec.role_reference, config.base_role_arn.as_ref()).map_err(|e| {
-                let reason = match e {
-                    ResolveError::NeedsBase(_) => BlockReason::NeedsBaseArn,
-                    ResolveError::Invalid(_) => BlockReason::InvalidSpec,
-                };
-                refuse(reason, format!("spec.roleReference: {e}"), None)
+                // Only a spec error names the field; a missing base is the plan's.
+                match e {
+                    ResolveError::NeedsBase(_) => {
+                        refuse(BlockReason::NeedsBaseArn, e.to_string(), None)
+                    }
+                    ResolveError::Invalid(_) => refuse(
+                        BlockReason::InvalidSpec,
+                        format!("spec.roleReference: {e}"),
+                        None,
+                    ),
+                }
             })?;
         let arn_text = arn.to_string();
         if let Err(why) = config.policy.check(

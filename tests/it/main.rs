@@ -6,6 +6,7 @@ mod crd;
 mod credentials_server;
 mod delivery_inject;
 mod delivery_webhook;
+mod dry_run;
 mod e2e;
 mod event_names;
 mod executor;
