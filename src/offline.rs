@@ -87,12 +87,14 @@ pub fn load_str(source: &str, text: &str) -> Loaded {
     collector.finish()
 }
 
-fn input_files(path: &Path) -> Result<Vec<PathBuf>> {
+/// A file, or the sorted `*.yaml`/`*.yml` files of a directory (shared with `inject`).
+pub(crate) fn input_files(path: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
     })?;
-    if meta.is_file() {
+    // Anything but a directory is read as one file (a pipe such as `<(kustomize build)` too).
+    if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let entries = std::fs::read_dir(path).map_err(|source| Error::Io {

@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::{Map, Value};
@@ -108,7 +108,7 @@ pub fn run(args: &InjectArgs) -> Result<CommandOutput> {
                 })?;
             sources.push(("(stdin)".into(), bytes));
         } else {
-            for file in input_files(path)? {
+            for file in crate::offline::input_files(path)? {
                 let bytes = std::fs::read(&file).map_err(|source| Error::Io {
                     path: file.display().to_string(),
                     source,
@@ -593,35 +593,6 @@ fn describe(kind: &str, map: &Map<String, Value>) -> String {
         (None, Some(name)) => format!(" ({kind} {name})"),
         _ => format!(" ({kind})"),
     }
-}
-
-/// A file, or the sorted `*.yaml`/`*.yml` files of a directory.
-fn input_files(path: &Path) -> Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let entries = std::fs::read_dir(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::NoInput(format!(
-            "{}: no *.yaml or *.yml files in this directory",
-            path.display()
-        )));
-    }
-    Ok(files)
 }
 
 /// The shape of a parsed document without its values: the order of every mapping's keys, and
