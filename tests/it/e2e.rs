@@ -377,17 +377,11 @@ async fn run_serves_new_roles_health_and_metrics_and_stops_on_sigterm() {
         );
     }
 
-    let pid = child.id().expect("running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits within 10 s of SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        crate::support::harness::terminate(&mut child, Duration::from_secs(10)).await,
+        Some(0),
+        "exits 0 within 10 s of SIGTERM"
+    );
     let mut stderr = String::new();
     use tokio::io::AsyncReadExt;
     child

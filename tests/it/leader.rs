@@ -85,16 +85,7 @@ impl Replica {
     }
 
     async fn terminate(mut self) -> Option<i32> {
-        let pid = self.child.id().expect("running").to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .unwrap()
-            .code()
+        crate::support::harness::terminate(&mut self.child, Duration::from_secs(20)).await
     }
 }
 

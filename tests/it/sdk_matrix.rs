@@ -782,26 +782,7 @@ fn swap_and_expect_refresh(
 /// What every client gets besides its credentials: moto's endpoint, a region, no config file,
 /// no instance metadata, no proxy. No credentials and no shared credentials file.
 fn consumer_env(moto: &Moto) -> Vec<(String, String)> {
-    let nowhere = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sdk-matrix-nonexistent");
-    [
-        ("AWS_ENDPOINT_URL_STS", moto.endpoint()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_DEFAULT_REGION", "us-east-1".into()),
-        (
-            "AWS_CONFIG_FILE",
-            nowhere.join("config").display().to_string(),
-        ),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            nowhere.join("credentials").display().to_string(),
-        ),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ("NO_PROXY", "127.0.0.1,localhost".into()),
-        ("no_proxy", "127.0.0.1,localhost".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    crate::support::moto::consumer_env(&moto.endpoint())
 }
 
 /// `consumer_env` plus what `process` delivery gives a container: the profile file naming

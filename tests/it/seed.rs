@@ -329,19 +329,10 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
     .await;
     assert!(healthy, "/healthz recovers once the file is valid again");
 
-    let pid = child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+    assert_eq!(
+        crate::support::harness::terminate(&mut child, Duration::from_secs(15)).await,
+        Some(0)
     );
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         logs.contains("read the controller's own credentials"),

@@ -948,19 +948,10 @@ async fn record_every_mode() -> Usage {
         })
         .await;
     assert!(patched, "the repeated Event was patched");
-    let pid = child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+    assert_eq!(
+        crate::support::harness::terminate(&mut child, Duration::from_secs(15)).await,
+        Some(0)
     );
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
     usage.collect(&env.api, "run");
     drop(env);
 

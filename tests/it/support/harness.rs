@@ -313,3 +313,18 @@ where
     }
     false
 }
+
+/// Sends SIGTERM to a running child and waits for it to exit (at most `within`); its exit code.
+pub async fn terminate(child: &mut tokio::process::Child, within: Duration) -> Option<i32> {
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "SIGTERM delivered to {pid}");
+    tokio::time::timeout(within, child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait for the child")
+        .code()
+}

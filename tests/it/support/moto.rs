@@ -202,7 +202,7 @@ pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
 }
 
 /// `aws_env` without any credentials: for clients that must find them in the Secret's files.
-fn consumer_env(endpoint: &str) -> Vec<(String, String)> {
+pub fn consumer_env(endpoint: &str) -> Vec<(String, String)> {
     let nowhere = nonexistent_dir();
     [
         ("AWS_ENDPOINT_URL_STS", endpoint.to_string()),
