@@ -185,8 +185,11 @@ impl StsCredentialSource {
             .await
             .map_err(|e| {
                 let code = e.code().unwrap_or_default().to_string();
+                // What STS says may quote the signed request (session token included), so its
+                // long base64 runs are redacted. A summary is this controller's own words about a
+                // transport or credentials failure: it names files, whose paths must survive.
                 let message = match e.message() {
-                    Some(message) => message.to_string(),
+                    Some(message) => crate::text::redact_echo(message, &[]),
                     None => summary(&e),
                 };
                 StsError {
@@ -267,17 +270,15 @@ pub fn check_reply(
     Ok(())
 }
 
-/// An STS error message as statuses, Events and logs show it: its first line (STS puts
-/// canonical requests, which carry the session token, on the following ones), long base64 runs
-/// redacted, at most 200 characters.
+/// An STS failure as statuses, Events and logs show it: its first line (STS puts canonical
+/// requests, which carry the session token, on the following ones), at most 200 characters.
 fn short(message: &str) -> String {
     let first = message.lines().next().unwrap_or_default().trim();
-    let first = crate::text::redact_echo(first, &[]);
     if first.chars().count() > 200 {
         let cut: String = first.chars().take(200).collect();
         format!("{cut}…")
     } else {
-        first
+        first.to_string()
     }
 }
 
@@ -507,5 +508,55 @@ mod tests {
             StsErrorKind::Other
         );
         assert_eq!(StsErrorKind::DurationTooLong.metric_label(), "error");
+    }
+
+    /// A credentials provider that always fails with `message`.
+    #[derive(Debug)]
+    struct Failing(String);
+
+    impl aws_credential_types::provider::ProvideCredentials for Failing {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                aws_credential_types::provider::error::CredentialsError::provider_error(
+                    self.0.clone(),
+                ),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_credentials_failure_keeps_the_file_it_names() {
+        // A scratch directory whose path is one long run of letters, digits and slashes, as CI
+        // machines' temporary directories can be: it looks like base64 but is no secret.
+        let path = format!("/tmp/{}/run-volume-1-1/credentials", "ab12".repeat(10));
+        let sts = aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(aws_sdk_sts::config::Region::new("eu-central-1"))
+                .endpoint_url("http://127.0.0.1:9")
+                .credentials_provider(Failing(format!("the credentials in {path} expired")))
+                .retry_config(aws_sdk_sts::config::retry::RetryConfig::disabled())
+                .build(),
+        );
+        let source =
+            StsCredentialSource::new(sts, limiter("100".parse().unwrap(), NonZeroU32::MIN));
+        let request = CredentialRequest {
+            role_arn: "arn:aws:iam::123456789012:role/app".parse().unwrap(),
+            duration: 3600,
+            session_name: "app".into(),
+            extras: Default::default(),
+        };
+        let err = source.assume(&request).await.unwrap_err();
+        assert!(err.message.contains(&path), "{}", err.message);
+        assert!(
+            err.message.starts_with("could not reach STS"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -269,6 +269,12 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
                     "T0K3N".repeat(80)
                 ),
             )),
+            // A first line quoting the token: only redaction keeps it out.
+            "echo" => MockResponse::Http(sts_error_body(
+                403,
+                "InvalidClientTokenId",
+                &format!("The security token {} is invalid", "T0K3N".repeat(10)),
+            )),
             _ => MockResponse::Http(sts_error_body(
                 400,
                 "InvalidParameterValue",
@@ -281,13 +287,17 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
         sts,
         rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
     );
-    let roles = [role("signature", None), role("verbose", None)];
+    let roles = [
+        role("signature", None),
+        role("verbose", None),
+        role("echo", None),
+    ];
     let client = api(&roles).await;
     let mut config = ControllerConfig::default();
     config.plan.base_role_arn = Some("arn:aws:iam::123456789012:role/".parse().unwrap());
     let ctl = Controller::new(client.clone(), config.clone(), Arc::new(source));
     let report = ctl.pass().await.unwrap().report;
-    assert_eq!(report.failed(), 2, "{report}");
+    assert_eq!(report.failed(), 3, "{report}");
 
     // STS unreachable: the real SDK client against a closed port, no retries.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -327,6 +337,11 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
             "SignatureDoesNotMatch: The request signature",
         ),
         (&client, "verbose", "InvalidParameterValue: internal detail"),
+        (
+            &client,
+            "echo",
+            "InvalidClientTokenId: The security token <redacted> is invalid",
+        ),
         (&down_client, "down", "could not reach STS"),
     ] {
         let (reason, message) = ready_message(client, name).await;
