@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::crd::{AWSIAMRole, AWSIAMRoleStatus};
 use crate::model::{ObservedRole, ObservedSecret};
-use crate::plan::{self, Action, ActionKind, Issue, Op, Plan, status_matches};
+use crate::plan::{self, Action, ActionKind, Issue, Op, Plan};
 use crate::secret::{self, Credentials, format_time};
 use crate::sts::{CredentialSource, StsError, StsErrorKind};
 use crate::text::{kube_message, redact_echo, truncate};
@@ -34,6 +34,9 @@ pub mod reasons {
     pub const CREATE_CREDENTIALS: &str = "CreateCredentials";
     pub const UPDATE_CREDENTIALS: &str = "UpdateCredentials";
     pub const GET_CREDENTIALS_FAILED: &str = "GetCredentialsFailed";
+    /// New credentials were issued but the API server refused the Secret write (an immutable
+    /// Secret, RBAC, an admission webhook's denial).
+    pub const WRITE_SECRET_FAILED: &str = "WriteSecretFailed";
     pub const DELETE_CREDENTIALS: &str = "DeleteCredentials";
 }
 
@@ -110,6 +113,16 @@ impl PassReport {
             .iter()
             .filter(|a| matches!(a.outcome, Outcome::Failed { .. }))
             .count()
+    }
+
+    /// Whether the pass left credentials unrenewed: an action failed, or a role is still
+    /// waiting out earlier failures (its status says why). `once` exits 1 then.
+    pub fn unresolved(&self) -> bool {
+        self.failed() > 0
+            || self
+                .actions
+                .iter()
+                .any(|a| a.reason == plan::Reason::BackingOff)
     }
 
     /// Counts by (action kind, outcome label).
@@ -340,7 +353,12 @@ impl Executor {
             .write_secret(role, existing, &arn, credentials, issued_at)
             .await
         {
-            return done.fail(Stage::Secret, message);
+            let message = format!("new credentials for {arn} were not stored: {message}");
+            let reason = reasons::WRITE_SECRET_FAILED;
+            let (writes, message) = self
+                .report_failure(role, existing, reason, message, true)
+                .await;
+            return Done { writes, ..done }.fail(Stage::Secret, message);
         }
         let (reason, verb) = match existing {
             None => (reasons::CREATE_CREDENTIALS, "created"),
@@ -389,6 +407,33 @@ impl Executor {
             }
             _ => format!("AssumeRole {arn} failed: {e}"),
         };
+        let reason = reasons::GET_CREDENTIALS_FAILED;
+        // A request that never reached STS cost nothing there and is no fault of the role's:
+        // it is tried again on the next pass.
+        let back_off = e.kind != StsErrorKind::Unreachable;
+        let (writes, message) = self
+            .report_failure(role, existing, reason, message, back_off)
+            .await;
+        let done = Done {
+            sts: Some(e.kind.metric_label()),
+            writes,
+            ..Done::default()
+        };
+        done.fail(Stage::Sts, message)
+    }
+
+    /// Tells the AWSIAMRole why its credentials were not renewed: a Warning Event, the log, and
+    /// a not-ready status naming the failure and the expiry of the Secret still in place; with
+    /// `back_off`, the status also counts the failure and says when the next attempt may be
+    /// made. Returns the writes made (0 or 1) and the message as told.
+    async fn report_failure(
+        &self,
+        role: &ObservedRole,
+        existing: Option<&ObservedSecret>,
+        reason: &str,
+        message: String,
+        back_off: bool,
+    ) -> (usize, String) {
         let current = existing.and_then(|s| secret::decode(s).ok());
         let message = match &current {
             Some(c) => format!(
@@ -397,29 +442,23 @@ impl Executor {
             ),
             None => message,
         };
-        tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "could not get credentials");
-        let status = plan::not_ready_status(
-            role,
-            reasons::GET_CREDENTIALS_FAILED,
-            &message,
-            current.as_ref(),
-            Timestamp::now(),
-        );
-        let mut writes = 0;
-        if !status_matches(role.status.as_ref(), &status)
-            && self.patch_status(role, &status).await.is_ok()
-        {
-            writes += 1;
-        }
-        let reason = reasons::GET_CREDENTIALS_FAILED;
-        self.event(role, EventType::Warning, reason, "AssumeRole", &message)
-            .await;
-        let done = Done {
-            sts: Some(e.kind.metric_label()),
-            writes,
-            ..Done::default()
+        let (action, what) = if reason == reasons::GET_CREDENTIALS_FAILED {
+            ("AssumeRole", "could not get credentials")
+        } else {
+            ("WriteSecret", "could not store credentials")
         };
-        done.fail(Stage::Sts, message)
+        tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "{what}");
+        let now = Timestamp::now();
+        let status = if back_off {
+            plan::failed_status(role, reason, &message, current.as_ref(), now)
+        } else {
+            plan::not_ready_status(role, reason, &message, current.as_ref(), now)
+        };
+        let written = !plan::status_matches(role.status.as_ref(), &status)
+            && self.patch_status(role, &status).await.is_ok();
+        self.event(role, EventType::Warning, reason, action, &message)
+            .await;
+        (usize::from(written), message)
     }
 
     /// Creates the Secret, or replaces the observed one (its resourceVersion guards the write).
@@ -451,14 +490,12 @@ impl Executor {
                 known.push(BASE64.encode(&value.0));
                 known.push(String::from_utf8_lossy(&value.0).into_owned());
             }
-            let message = format!(
+            format!(
                 "writing Secret {}/{}: {}",
                 role.namespace,
                 role.name,
                 redact_echo(&kube_message(&e), &known)
-            );
-            tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "write failed");
-            message
+            )
         })
     }
 
@@ -556,6 +593,8 @@ impl Executor {
                 "roleARN": status.role_arn,
                 "expiration": status.expiration,
                 "conditions": status.conditions,
+                "failedAttempts": status.failed_attempts,
+                "retryAfter": status.retry_after,
             }
         });
         api.patch_status(&role.name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -60,6 +60,14 @@ pub struct AWSIAMRoleStatus {
     /// Standard conditions; the controller maintains `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Attempts to issue credentials for this generation that failed in a row (STS refused or
+    /// answered unusably, or the Secret could not be written). Cleared on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_attempts: Option<u32>,
+    /// After a failed attempt: no new attempt (no STS call) before this time (RFC 3339), unless
+    /// the spec changes. Cleared on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
 }
 
 impl AWSIAMRoleSpec {

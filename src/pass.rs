@@ -186,7 +186,7 @@ impl Controller {
     pub async fn once(&self) -> Result<(u8, Option<String>)> {
         let Some(elector) = &self.elector else {
             let outcome = self.pass().await?;
-            let code = if outcome.report.failed() > 0 { 1 } else { 0 };
+            let code = u8::from(outcome.report.unresolved());
             return Ok((code, outcome.rendered));
         };
         // The same Lease as `run`: a CronJob never passes beside a Deployment or another Job.
@@ -215,7 +215,7 @@ impl Controller {
         renew.abort();
         elector.release().await;
         let outcome = outcome?;
-        let code = if outcome.report.failed() > 0 { 1 } else { 0 };
+        let code = u8::from(outcome.report.unresolved());
         Ok((code, outcome.rendered))
     }
 

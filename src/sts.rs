@@ -34,7 +34,11 @@ pub enum StsErrorKind {
     /// STS answered 200 with credentials that cannot be used (empty fields, no or a past
     /// expiry); writing them would replace working credentials with broken ones.
     UnusableReply,
-    /// Anything else: network, expired controller credentials, malformed requests.
+    /// No answer from STS: unreachable, timed out, or the request was never sent (the
+    /// controller's own credentials are missing or expired). Nothing was spent at STS and the
+    /// cause is not the AWSIAMRole's, so the role is tried again on the next pass.
+    Unreachable,
+    /// Anything else STS answered.
     Other,
 }
 
@@ -46,6 +50,7 @@ impl StsErrorKind {
             StsErrorKind::DurationTooLong
             | StsErrorKind::AboveMaxSessionDuration
             | StsErrorKind::UnusableReply
+            | StsErrorKind::Unreachable
             | StsErrorKind::Other => "error",
         }
     }
@@ -192,8 +197,18 @@ impl StsCredentialSource {
                     Some(message) => crate::text::redact_echo(message, &[]),
                     None => summary(&e),
                 };
+                let unanswered = matches!(
+                    e,
+                    aws_sdk_sts::error::SdkError::DispatchFailure(_)
+                        | aws_sdk_sts::error::SdkError::TimeoutError(_)
+                        | aws_sdk_sts::error::SdkError::ConstructionFailure(_)
+                );
                 StsError {
-                    kind: classify(&code, &message),
+                    kind: if unanswered {
+                        StsErrorKind::Unreachable
+                    } else {
+                        classify(&code, &message)
+                    },
                     message: short(&if code.is_empty() {
                         message
                     } else {
@@ -552,6 +567,7 @@ mod tests {
             extras: Default::default(),
         };
         let err = source.assume(&request).await.unwrap_err();
+        assert_eq!(err.kind, StsErrorKind::Unreachable);
         assert!(err.message.contains(&path), "{}", err.message);
         assert!(
             err.message.starts_with("could not reach STS"),

@@ -122,6 +122,8 @@ pub enum Reason {
     /// `--base-role-arn`; the spec is fine.
     NeedsBaseRoleArn,
     SecretConflict,
+    /// Issuing credentials failed lately; no STS call before the status's `retryAfter`.
+    BackingOff,
 }
 
 impl Reason {
@@ -140,6 +142,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::NeedsBaseRoleArn => "NeedsBaseRoleArn",
             Reason::SecretConflict => "SecretConflict",
+            Reason::BackingOff => "BackingOff",
         }
     }
 }
@@ -170,6 +173,9 @@ pub enum BlockReason {
     NeedsBaseArn,
     NotPermitted,
     SecretConflict,
+    /// The last attempts to issue credentials failed (see [`refresh::retry_delay`]); the next
+    /// one waits for the status's `retryAfter`. Whatever Secret is in place stays.
+    BackingOff,
 }
 
 impl From<RefreshReason> for Reason {
@@ -191,6 +197,7 @@ impl From<BlockReason> for Reason {
             BlockReason::NeedsBaseArn => Reason::NeedsBaseRoleArn,
             BlockReason::NotPermitted => Reason::NotPermitted,
             BlockReason::SecretConflict => Reason::SecretConflict,
+            BlockReason::BackingOff => Reason::BackingOff,
         }
     }
 }
@@ -512,7 +519,7 @@ impl<'a> RolePlanner<'a, '_> {
                 target.arn,
                 human(target.request.duration)
             );
-            return self.action(&target, message, Op::Create(self.issue(&target)));
+            return self.attempt(&target, message, Op::Create(self.issue(&target)));
         };
         let checked = content
             .map_err(|why| {
@@ -535,7 +542,7 @@ impl<'a> RolePlanner<'a, '_> {
                     secret,
                     reason,
                 };
-                self.action(&target, message, op)
+                self.attempt(&target, message, op)
             }
         }
     }
@@ -548,6 +555,44 @@ impl<'a> RolePlanner<'a, '_> {
             message,
             op,
         }
+    }
+
+    /// Last step of a Create or Refresh: after failed attempts the role waits for its
+    /// `retryAfter`, so a role that keeps failing costs no STS call each pass. A changed spec
+    /// is tried at once.
+    fn attempt(&self, target: &Target, message: String, op: Op<'a>) -> Action<'a> {
+        let Some((attempts, until)) = self.backing_off() else {
+            return self.action(target, message, op);
+        };
+        let secret = match &op {
+            Op::Refresh { secret, .. } => Some(*secret),
+            _ => None,
+        };
+        let message = format!(
+            "{attempts} failed attempt(s) in a row; no STS call before {} (then: {message})",
+            format_time(until)
+        );
+        let op = Op::Blocked {
+            role: self.role,
+            secret,
+            reason: BlockReason::BackingOff,
+            status: None,
+        };
+        self.action(target, message, op)
+    }
+
+    /// The failed attempts and the time to wait for, while the status asks to wait. A
+    /// `retryAfter` further ahead than any delay the controller sets (a hand edit, another
+    /// clock) is not obeyed.
+    fn backing_off(&self) -> Option<(u32, Timestamp)> {
+        let status = self.role.status.as_ref()?;
+        if status.observed_generation != Some(self.role.generation) {
+            return None;
+        }
+        let until: Timestamp = status.retry_after.as_deref()?.parse().ok()?;
+        let waits =
+            until > self.now && until.as_second() - self.now.as_second() <= refresh::MAX_RETRY;
+        waits.then_some((status.failed_attempts.unwrap_or(1), until))
     }
 
     /// Step 1: the spec decodes, its role resolves, the policy allows it and the session
@@ -905,6 +950,37 @@ fn with_ready(
         role_arn,
         expiration,
         conditions,
+        failed_attempts: None,
+        retry_after: None,
+    }
+}
+
+/// Status after a failed attempt to issue credentials (`reason` says which step failed): not
+/// ready, with one more failed attempt for this generation and the time before which the
+/// planner makes no new one (see [`refresh::retry_delay`]).
+pub fn failed_status(
+    role: &ObservedRole,
+    reason: &str,
+    message: &str,
+    secret: Option<&SecretContent>,
+    now: Timestamp,
+) -> AWSIAMRoleStatus {
+    let before = role
+        .status
+        .as_ref()
+        .filter(|s| s.observed_generation == Some(role.generation))
+        .and_then(|s| s.failed_attempts)
+        .unwrap_or(0);
+    let attempts = before.saturating_add(1);
+    let until = now
+        .checked_add(jiff::SignedDuration::from_secs(refresh::retry_delay(
+            attempts,
+        )))
+        .unwrap_or(now);
+    AWSIAMRoleStatus {
+        failed_attempts: Some(attempts),
+        retry_after: Some(format_time(until)),
+        ..not_ready_status(role, reason, message, secret, now)
     }
 }
 
@@ -954,5 +1030,51 @@ fn stale_fields(
     if ready_fields(current) != ready_fields(desired) {
         stale.push("Ready condition");
     }
+    if current.failed_attempts != desired.failed_attempts
+        || !same_time(&current.retry_after, &desired.retry_after)
+    {
+        stale.push("retry state");
+    }
     stale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_per_generation_and_cleared_by_success() {
+        let now: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let mut role = ObservedRole {
+            generation: 2,
+            ..ObservedRole::default()
+        };
+        let first = failed_status(&role, "GetCredentialsFailed", "denied", None, now);
+        assert_eq!(first.failed_attempts, Some(1));
+        assert_eq!(first.retry_after.as_deref(), Some("2026-11-26T12:00:30Z"));
+        assert_eq!(first.observed_generation, Some(2));
+        role.status = Some(first);
+        let second = failed_status(&role, "WriteSecretFailed", "refused", None, now);
+        assert_eq!(second.failed_attempts, Some(2));
+        assert_eq!(second.retry_after.as_deref(), Some("2026-11-26T12:01:00Z"));
+        role.status = Some(second.clone());
+        // A spec edit starts the count again.
+        role.generation = 3;
+        let edited = failed_status(&role, "GetCredentialsFailed", "denied", None, now);
+        assert_eq!(edited.failed_attempts, Some(1));
+        // Success clears the retry state, and a status still holding it is stale.
+        let arn = "arn:aws:iam::123456789012:role/x";
+        let ready = ready_status(&role, arn, now, None, now);
+        assert_eq!(
+            (ready.failed_attempts, ready.retry_after.clone()),
+            (None, None)
+        );
+        let mut leftover = ready.clone();
+        leftover.failed_attempts = Some(2);
+        assert!(!status_matches(Some(&leftover), &ready));
+        let mut leftover = ready.clone();
+        leftover.retry_after = second.retry_after;
+        assert!(!status_matches(Some(&leftover), &ready));
+        assert!(status_matches(Some(&ready), &ready));
+    }
 }

@@ -34,9 +34,30 @@ pub fn margin(lifetime: i64, refresh_limit: i64, jitter_key: &str) -> i64 {
     wanted.min(lifetime - MIN_USE).max(0)
 }
 
+/// The first wait after a failed attempt (seconds): one default pass interval.
+pub const FIRST_RETRY: i64 = 30;
+/// The longest wait between attempts (seconds). Short enough that even a 900 s session's
+/// refresh margin sees several attempts, long enough that a role that keeps failing costs a
+/// few STS calls an hour, not one a pass.
+pub const MAX_RETRY: i64 = 300;
+
+/// How long to wait after the `attempts`-th failure in a row before calling STS again for the
+/// role: 30 s, 1 min, 2 min, 4 min, then 5 min.
+pub fn retry_delay(attempts: u32) -> i64 {
+    let doublings = attempts.saturating_sub(1).min(16);
+    (FIRST_RETRY << doublings).min(MAX_RETRY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_to_five_minutes() {
+        let delays: Vec<i64> = (0..=7).map(retry_delay).collect();
+        assert_eq!(delays, [30, 30, 60, 120, 240, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY);
+    }
 
     #[test]
     fn margins_for_the_session_lengths() {

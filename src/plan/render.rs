@@ -162,6 +162,12 @@ fn status_view(status: Option<&AWSIAMRoleStatus>) -> String {
             clean(&c.message)
         );
     }
+    if let Some(n) = s.failed_attempts {
+        let _ = writeln!(out, "  failedAttempts: {n}");
+    }
+    if let Some(t) = &s.retry_after {
+        let _ = writeln!(out, "  retryAfter: {}", clean(t));
+    }
     out
 }
 

@@ -213,7 +213,7 @@ fn outcome<'a>(report: &'a kube_aws_iam_controller::apply::PassReport, name: &st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_fail_single_actions_and_the_next_pass_converges() {
+async fn faults_fail_single_actions_back_off_and_then_converge() {
     let faults = Arc::new(Faults::default());
     for flag in [
         &faults.fail_create_b,
@@ -306,13 +306,51 @@ async fn faults_fail_single_actions_and_the_next_pass_converges() {
     let (code, _) = ctl.once().await.unwrap();
     assert_eq!(code, 1);
 
-    // Faults clear: one pass converges …
+    // Faults clear, but the failed roles back off: no STS call for them before their
+    // retryAfter, and `once` still reports them.
     for flag in [
         &faults.fail_create_b,
         &faults.conflict_replace_c,
         &faults.deny_d,
     ] {
         flag.store(false, Ordering::SeqCst);
+    }
+    let sts_before = calls.load(Ordering::SeqCst);
+    let waiting = ctl.pass().await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        sts_before,
+        "{}",
+        waiting.report
+    );
+    for name in ["b", "c", "d"] {
+        let action = waiting.report.actions.iter().find(|a| a.name == name);
+        assert_eq!(
+            action.map(|a| a.reason),
+            Some(kube_aws_iam_controller::plan::Reason::BackingOff),
+            "{name}"
+        );
+    }
+    let (code, _) = ctl.once().await.unwrap();
+    assert_eq!(code, 1, "backing off is not resolved");
+
+    // Time passes beyond every retryAfter: one pass converges …
+    let all_roles: Api<AWSIAMRole> = Api::all(client.clone());
+    for r in all_roles.list(&ListParams::default()).await.unwrap().items {
+        let status = r.status.unwrap_or_default();
+        if status.retry_after.is_some() {
+            let ns = r.metadata.namespace.unwrap();
+            let name = r.metadata.name.unwrap();
+            let api: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
+            let patch = serde_json::json!({"status": {"retryAfter": "2000-01-01T00:00:00Z"}});
+            api.patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+        }
     }
     let second = ctl.pass().await.unwrap();
     assert_eq!(second.report.failed(), 0, "{}", second.report);

@@ -23,3 +23,4 @@ mod seed;
 mod ship;
 mod sts_replies;
 mod support;
+mod write_refused;

@@ -1,6 +1,7 @@
 //! What STS returns is checked before it is written: a 200 reply with an empty field, without
 //! an Expiration, or with credentials that are expired or about to be fails its action, keeps
-//! the Secret in place, says why in the status and an Event, and is tried once per pass. A
+//! the Secret in place, says why in the status and an Event, and is not tried again before the
+//! status's `retryAfter`. A
 //! duration above the IAM role's MaxSessionDuration is reported as that, not as role chaining.
 //! STS is aws-smithy-mocks behind the real SDK client (so replies go through its deserializer);
 //! the API is kube-fake-client.
@@ -233,9 +234,22 @@ async fn unusable_sts_replies_fail_the_action_and_keep_the_secret() {
         assert!(!e.note.clone().unwrap_or_default().contains(MARKER));
     }
 
-    // `once` exits 1 while STS keeps answering so.
+    // Each failure is counted and the role backs off: the next pass makes no STS call for
+    // it, and `once` still exits 1 while the failures stand.
+    for (name, _, _) in &cases {
+        let status = roles_api.get(name).await.unwrap().status.unwrap();
+        assert_eq!(status.failed_attempts, Some(1), "{name}");
+        let until: Timestamp = status.retry_after.unwrap().parse().unwrap();
+        let wait = until.as_second() - Timestamp::now().as_second();
+        assert!((20..=31).contains(&wait), "{name}: retry in {wait}s");
+    }
     let (code, _) = ctl.once().await.unwrap();
     assert_eq!(code, 1);
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        cases.len(),
+        "no STS call while backing off"
+    );
 }
 
 fn sts_error_body(status: u16, code: &str, message: &str) -> HttpResponse {
