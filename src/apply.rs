@@ -115,14 +115,13 @@ impl PassReport {
             .count()
     }
 
-    /// Whether the pass left credentials unrenewed: an action failed, or a role is still
-    /// waiting out earlier failures (its status says why). `once` exits 1 then.
+    /// Whether the pass left work undone: an action failed or was not started (the controller
+    /// stopped, or lost the leader Lease, mid-pass), or a role is still waiting out earlier
+    /// failures (its status says why). `once` exits 1 then.
     pub fn unresolved(&self) -> bool {
-        self.failed() > 0
-            || self
-                .actions
-                .iter()
-                .any(|a| a.reason == plan::Reason::BackingOff)
+        self.actions
+            .iter()
+            .any(|a| a.outcome != Outcome::Done || a.reason == plan::Reason::BackingOff)
     }
 
     /// Counts by (action kind, outcome label).
@@ -449,11 +448,10 @@ impl Executor {
         };
         tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "{what}");
         let now = Timestamp::now();
-        let status = if back_off {
-            plan::failed_status(role, reason, &message, current.as_ref(), now)
-        } else {
-            plan::not_ready_status(role, reason, &message, current.as_ref(), now)
-        };
+        let mut status = plan::not_ready_status(role, reason, &message, current.as_ref(), now);
+        if back_off {
+            status = plan::count_failure(role, status, now);
+        }
         let written = !plan::status_matches(role.status.as_ref(), &status)
             && self.patch_status(role, &status).await.is_ok();
         self.event(role, EventType::Warning, reason, action, &message)

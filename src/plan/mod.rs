@@ -955,14 +955,12 @@ fn with_ready(
     }
 }
 
-/// Status after a failed attempt to issue credentials (`reason` says which step failed): not
-/// ready, with one more failed attempt for this generation and the time before which the
-/// planner makes no new one (see [`refresh::retry_delay`]).
-pub fn failed_status(
+/// `status` (a not-ready one, after a failed attempt to issue credentials) with one more failed
+/// attempt for this generation and the time before which the planner makes no new one (see
+/// [`refresh::retry_delay`]).
+pub fn count_failure(
     role: &ObservedRole,
-    reason: &str,
-    message: &str,
-    secret: Option<&SecretContent>,
+    status: AWSIAMRoleStatus,
     now: Timestamp,
 ) -> AWSIAMRoleStatus {
     let before = role
@@ -980,7 +978,7 @@ pub fn failed_status(
     AWSIAMRoleStatus {
         failed_attempts: Some(attempts),
         retry_after: Some(format_time(until)),
-        ..not_ready_status(role, reason, message, secret, now)
+        ..status
     }
 }
 
@@ -1049,18 +1047,21 @@ mod tests {
             generation: 2,
             ..ObservedRole::default()
         };
-        let first = failed_status(&role, "GetCredentialsFailed", "denied", None, now);
+        let failed = |role: &ObservedRole| {
+            count_failure(role, not_ready_status(role, "X", "failed", None, now), now)
+        };
+        let first = failed(&role);
         assert_eq!(first.failed_attempts, Some(1));
         assert_eq!(first.retry_after.as_deref(), Some("2026-11-26T12:00:30Z"));
         assert_eq!(first.observed_generation, Some(2));
         role.status = Some(first);
-        let second = failed_status(&role, "WriteSecretFailed", "refused", None, now);
+        let second = failed(&role);
         assert_eq!(second.failed_attempts, Some(2));
         assert_eq!(second.retry_after.as_deref(), Some("2026-11-26T12:01:00Z"));
         role.status = Some(second.clone());
         // A spec edit starts the count again.
         role.generation = 3;
-        let edited = failed_status(&role, "GetCredentialsFailed", "denied", None, now);
+        let edited = failed(&role);
         assert_eq!(edited.failed_attempts, Some(1));
         // Success clears the retry state, and a status still holding it is stale.
         let arn = "arn:aws:iam::123456789012:role/x";

@@ -1,6 +1,7 @@
 //! Leader election end to end: two `run` replicas against the loopback API server share the
 //! work of one (only the Lease holder writes or calls STS), the standby takes over when the
-//! leader is killed, and `once` takes the same Lease, so two controllers never pass together.
+//! leader is killed, and `once` takes the same Lease, so two controllers never pass together;
+//! a `once` whose Lease is taken mid-pass starts no further action and exits 1.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -251,4 +252,74 @@ async fn once_takes_the_same_lease_as_run() {
     let out = env.run(&["once", "--leader-elect=false"]).await;
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     assert!(env.api.requests().iter().all(|r| r.resource != "leases"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_stops_starting_actions_when_its_lease_is_taken_mid_pass() {
+    let n = 40;
+    let env = Env::start("leader-lost", roles(n)).await;
+    let client = env.client();
+    // Slow answers and one action at a time stretch the pass over several renewals.
+    env.api.set_delay(Duration::from_millis(100));
+    let mut args = vec!["once", "--concurrency", "1"];
+    args.extend_from_slice(&FAST);
+    let once = env.command(&args).output();
+    let steal = async {
+        let started = eventually(Duration::from_secs(30), || async {
+            secret_creates(&env) >= 2
+        })
+        .await;
+        assert!(started, "the pass did not start");
+        // Another controller takes the Lease (as after this one missed its renew deadline).
+        let leases = Api::<Lease>::namespaced(client.clone(), LEASE_NS);
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+        let patch = serde_json::json!({"spec": {
+            "holderIdentity": "intruder",
+            "renewTime": now,
+            "leaseDurationSeconds": 60,
+        }});
+        leases
+            .patch(
+                LEASE_NAME,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+        secret_creates(&env)
+    };
+    let (out, at_steal) = tokio::join!(
+        async {
+            tokio::time::timeout(Duration::from_secs(90), once)
+                .await
+                .expect("once finishes")
+                .unwrap()
+        },
+        steal
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("lost the leader lease to another holder")
+            && stderr.contains("lost the leader lease during the pass"),
+        "{stderr}"
+    );
+    // Work was left undone, so the Job fails and the next run (or the new leader) does it.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // It noticed within a renewal (1s) and the action then in flight; it started no more.
+    let created = secret_creates(&env);
+    assert!(
+        created < n && created <= at_steal + 12,
+        "{created} Secrets created, {at_steal} when the Lease was taken"
+    );
+    assert!(stderr.contains("not started"), "{stderr}");
+    // The new holder's Lease is left as it is: not renewed over, not released.
+    assert_eq!(lease_holder(&client).await.as_deref(), Some("intruder"));
+}
+
+fn secret_creates(env: &Env) -> usize {
+    env.api
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "secrets" && r.verb == "create" && r.status < 300)
+        .count()
 }
