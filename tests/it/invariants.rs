@@ -10,7 +10,9 @@ use kube_aws_iam_controller::arn::BaseArn;
 use kube_aws_iam_controller::crd::AWSIAMRoleSpec;
 use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
 use kube_aws_iam_controller::plan::render::{OutputFormat, render};
-use kube_aws_iam_controller::plan::{ActionKind, PlanConfig, plan, ready_status};
+use kube_aws_iam_controller::plan::{
+    ActionKind, PlanConfig, count_failure, not_ready_status, plan, ready_status,
+};
 use kube_aws_iam_controller::policy::{ALLOWED_ROLES_ANNOTATION, Policy};
 use kube_aws_iam_controller::secret::{self, Credentials};
 use kube_aws_iam_controller::session::SessionOptions;
@@ -98,7 +100,7 @@ fn role_seed() -> impl Strategy<Value = RoleSeed> {
                 Just(Some(899))
             ],
         ),
-        (prop::bool::weighted(0.1), 0u8..3, secret_seed()),
+        (prop::bool::weighted(0.1), 0u8..4, secret_seed()),
     )
         .prop_map(
             |(
@@ -264,6 +266,11 @@ fn build(s: &Scenario) -> (Observed, PlanConfig) {
         if r.status == 2 {
             role.status = Some(Default::default());
         }
+        if r.status == 3 {
+            // An attempt failed just now: the role backs off for 30 s.
+            let failed = not_ready_status(&role, "GetCredentialsFailed", "denied", None, now());
+            role.status = Some(count_failure(&role, failed, now()));
+        }
         roles.push(role);
     }
     for (ns, idx, readable) in &s.orphans {
@@ -355,6 +362,14 @@ proptest! {
             .chain(observed.secrets.iter().map(|s| (s.namespace.as_str(), s.name.as_str())))
             .collect();
         prop_assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), expected);
+        // Each managed Secret is carried by exactly one action (the executor and renderers
+        // find it there).
+        let mut carried: Vec<(&str, &str)> = p.actions.iter().filter_map(|a| a.secret())
+            .map(|s| (s.namespace.as_str(), s.name.as_str())).collect();
+        carried.sort();
+        let managed: Vec<(&str, &str)> = observed.secrets.iter().filter(|s| secret::is_managed(&s.labels))
+            .map(|s| (s.namespace.as_str(), s.name.as_str())).collect::<BTreeSet<_>>().into_iter().collect();
+        prop_assert_eq!(carried, managed);
         let summary = p.summary();
         prop_assert_eq!(ActionKind::ALL.iter().map(|k| summary.count(*k)).sum::<usize>(), p.actions.len());
     }
