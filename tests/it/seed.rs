@@ -1,7 +1,8 @@
 //! Seed credentials end to end: `bootstrap` writes the controller's own AWSIAMRole Secret with
 //! the operator's credentials; `run` then signs with that Secret mounted as a kubelet-style
 //! volume, follows kubelet's `..data` swaps without a restart, never signs with an expired
-//! session, reports its own expiry, and refreshes its own role before any other.
+//! session, reports its own expiry, and refreshes its own role before any other; with
+//! `--assume-role` it chains through that role from the seed session.
 //!
 //! moto is reached through the counting proxy, which records the access key ID of every call
 //! (SigV4 `Credential=AKID/…`), so each assertion names the key that actually signed.
@@ -443,4 +444,70 @@ async fn an_expired_seed_at_start_up_reaches_no_sts_and_exits_2() {
         Vec::<SignedCall>::new(),
         "nothing reached STS"
     );
+}
+
+/// `--assume-role` on seed credentials: the intermediate role is assumed with the mounted
+/// session, and every AssumeRole for an AWSIAMRole is signed with the intermediate session,
+/// never with the seed itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assume_role_chains_from_the_seed_session() {
+    const HOP: &str = "arn:aws:iam::123456789012:role/hop";
+    let env = Env::start(
+        "seed-hop",
+        ApiServer::builder().object(role("team-a", "app", "app-one")),
+    )
+    .await;
+    let client = env.client();
+    let out = env.run(&["bootstrap", "--role-arn", SELF_ARN]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    let seed_key = access_key(&self_secret(&client).await);
+    let volume = SecretVolume::with("seed-hop-volume", data_map(&self_secret(&client).await));
+    let mark = env.moto.signed_calls().len();
+    // Force the controller's own role to be renewed too (through the hop).
+    delete_secret(&client, SELF_NS, SELF_NAME).await;
+    let out = env
+        .command(&["once", "--assume-role", HOP])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", volume.file("credentials"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    let calls = env.moto.signed_calls().split_off(mark);
+    let assumed = assume_calls(&calls);
+    let hops: Vec<_> = assumed
+        .iter()
+        .filter(|c| c.role_arn.as_deref() == Some(HOP))
+        .collect();
+    assert_eq!(
+        hops.len(),
+        1,
+        "the hop is assumed once and cached: {calls:?}"
+    );
+    assert_eq!(hops[0].access_key_id.as_deref(), Some(seed_key.as_str()));
+    let chained: Vec<_> = assumed
+        .iter()
+        .filter(|c| c.role_arn.as_deref() != Some(HOP))
+        .collect();
+    let targets: std::collections::BTreeSet<_> = chained
+        .iter()
+        .filter_map(|c| c.role_arn.as_deref())
+        .collect();
+    assert_eq!(
+        targets,
+        [SELF_ARN, "arn:aws:iam::123456789012:role/app-one"].into(),
+        "{calls:?}"
+    );
+    let keys: std::collections::BTreeSet<_> =
+        chained.iter().map(|c| c.access_key_id.clone()).collect();
+    assert_eq!(keys.len(), 1, "one hop session signs them all: {calls:?}");
+    for c in &chained {
+        let key = c.access_key_id.as_deref().unwrap_or_default();
+        assert!(
+            key != seed_key && key != OPERATOR_KEY && !key.is_empty(),
+            "{c:?} is signed with the hop's session, not the seed"
+        );
+    }
+    assert_no_leak(&out, &credential_values(&self_secret(&client).await));
 }
