@@ -46,7 +46,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{CustomResourceExt as _, Resource};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
@@ -813,26 +813,22 @@ async fn list(
         items,
         has_selector: !labels.is_empty() || !fields.is_empty(),
     };
-    match limit {
+    let snapshot = Arc::new(snapshot);
+    // Kept for its continuations only when it spans pages (id 0: served whole).
+    let id = match limit {
         Some(limit) if snapshot.items.len() > limit => {
-            let snapshot = Arc::new(snapshot);
-            let id = {
-                let mut snapshots = lock(&state.snapshots);
-                snapshots.next_id += 1;
-                let id = snapshots.next_id;
-                snapshots.lists.push_back((id, Arc::clone(&snapshot)));
-                while snapshots.lists.len() > MAX_SNAPSHOTS {
-                    snapshots.lists.pop_front();
-                }
-                id
-            };
-            page(state, id, &snapshot, 0, Some(limit))
+            let mut snapshots = lock(&state.snapshots);
+            snapshots.next_id += 1;
+            let id = snapshots.next_id;
+            snapshots.lists.push_back((id, Arc::clone(&snapshot)));
+            while snapshots.lists.len() > MAX_SNAPSHOTS {
+                snapshots.lists.pop_front();
+            }
+            id
         }
-        _ => json_response(
-            StatusCode::OK,
-            &list_body(&snapshot, snapshot.items.clone(), None, None),
-        ),
-    }
+        _ => 0,
+    };
+    page(state, id, &snapshot, 0, limit)
 }
 
 fn page(
@@ -845,41 +841,23 @@ fn page(
     let total = snapshot.items.len();
     let start = start.min(total);
     let end = limit.map_or(total, |l| start.saturating_add(l).min(total));
-    let items = snapshot.items[start..end].to_vec();
-    let (token, remaining) = if end < total {
+    let mut metadata = json!({"resourceVersion": snapshot.resource_version});
+    if end < total {
+        metadata["continue"] = json!(encode_token(id, end));
         // The real server cannot count what a selector would keep, so it leaves this out.
-        let remaining = (!snapshot.has_selector).then_some(total - end);
-        (Some(encode_token(id, end)), remaining)
+        if !snapshot.has_selector {
+            metadata["remainingItemCount"] = json!(total - end);
+        }
     } else {
         lock(&state.snapshots).lists.retain(|(i, _)| *i != id);
-        (None, None)
-    };
-    json_response(
-        StatusCode::OK,
-        &list_body(snapshot, items, token, remaining),
-    )
-}
-
-fn list_body(
-    snapshot: &Snapshot,
-    items: Vec<Value>,
-    token: Option<String>,
-    remaining: Option<usize>,
-) -> Value {
-    let mut metadata = Map::new();
-    metadata.insert("resourceVersion".into(), json!(snapshot.resource_version));
-    if let Some(token) = token {
-        metadata.insert("continue".into(), json!(token));
     }
-    if let Some(remaining) = remaining {
-        metadata.insert("remainingItemCount".into(), json!(remaining));
-    }
-    json!({
+    let list = json!({
         "kind": snapshot.kind,
         "apiVersion": snapshot.api_version,
         "metadata": metadata,
-        "items": items,
-    })
+        "items": snapshot.items[start..end],
+    });
+    json_response(StatusCode::OK, &list)
 }
 
 fn sort_key(item: &Value) -> (String, String) {
@@ -988,7 +966,7 @@ async fn write(
             if let Some(rejection) = check_body(info, resource, obj, true) {
                 return rejection;
             }
-            if let Some(rejection) = check_uid(state, info, obj).await {
+            if let Some(rejection) = check_preconditions(state, info, obj).await {
                 return rejection;
             }
             if info.subresource.as_deref() == Some("status") {
@@ -1024,7 +1002,7 @@ async fn write(
                 .as_mut()
                 .filter(|b| b.is_object() && !is_json_patch)
             {
-                if let Some(rejection) = check_uid(state, info, patch).await {
+                if let Some(rejection) = check_preconditions(state, info, patch).await {
                     return rejection;
                 }
                 if info.subresource.as_deref() == Some("status") {
@@ -1035,30 +1013,10 @@ async fn write(
             }
         }
         "delete" => {
-            if let Some(pre) = body_json.as_ref().map(|b| &b["preconditions"])
-                && pre.is_object()
+            if let Some(body) = &body_json
+                && let Some(rejection) = check_preconditions(state, info, body).await
             {
-                let Some(existing) = get_existing(state, info).await else {
-                    return forward(state, Method::DELETE, info, query, None, body)
-                        .await
-                        .into_response(info);
-                };
-                let meta = &existing["metadata"];
-                for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
-                    if let Some(want) = pre[field].as_str()
-                        && meta[field].as_str() != Some(want)
-                    {
-                        return status_response(
-                            409,
-                            &format!(
-                                "Precondition failed: {label} in precondition: {want}, \
-                                 {label} in object meta: {}",
-                                meta[field].as_str().unwrap_or("")
-                            ),
-                            info.details(),
-                        );
-                    }
-                }
+                return rejection;
             }
         }
         _ => {}
@@ -1119,19 +1077,40 @@ fn check_body(
     None
 }
 
-/// `metadata.uid` in an update or patch body is a precondition on the stored object.
-async fn check_uid(state: &State, info: &RecordedRequest, body: &Value) -> Option<Response<Body>> {
-    let want = body["metadata"]["uid"].as_str().filter(|s| !s.is_empty())?;
+/// Preconditions on the stored object, which the fake ignores: `uid` and `resourceVersion` of a
+/// delete's `preconditions`, a non-empty `metadata.uid` in an update or patch body.
+async fn check_preconditions(
+    state: &State,
+    info: &RecordedRequest,
+    body: &Value,
+) -> Option<Response<Body>> {
+    let pre = if info.verb == "delete" {
+        body["preconditions"].clone()
+    } else {
+        json!({"uid": body["metadata"]["uid"].as_str().filter(|s| !s.is_empty())})
+    };
+    let fields = [("uid", "UID"), ("resourceVersion", "ResourceVersion")];
+    if fields
+        .iter()
+        .all(|(field, _)| pre[field].as_str().is_none())
+    {
+        return None;
+    }
     let existing = get_existing(state, info).await?;
-    let have = existing["metadata"]["uid"].as_str().unwrap_or("");
-    (have != want).then(|| {
-        status_response(
-            409,
-            &format!(
-                "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
-            ),
-            info.details(),
-        )
+    fields.into_iter().find_map(|(field, label)| {
+        let want = pre[field].as_str()?;
+        let have = existing["metadata"][field].as_str();
+        (have != Some(want)).then(|| {
+            status_response(
+                409,
+                &format!(
+                    "Precondition failed: {label} in precondition: {want}, \
+                     {label} in object meta: {}",
+                    have.unwrap_or("")
+                ),
+                info.details(),
+            )
+        })
     })
 }
 

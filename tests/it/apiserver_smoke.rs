@@ -3,7 +3,7 @@
 //! the way the other tests assume.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
@@ -17,20 +17,12 @@ use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec, AWSIAMRoleStatus}
 use serde_json::{Value, json};
 
 use crate::support::apiserver::ApiServer;
-
-/// A fresh directory for one test under cargo's per-target temp dir.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("apiserver_smoke")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create test dir");
-    dir
-}
+use crate::support::moto::ScratchDir;
 
 /// A client built from the kubeconfig the server writes (what the controller binary does).
-async fn kubeconfig_client(server: &ApiServer, dir: &Path) -> kube::Client {
-    let path = server.write_kubeconfig(dir);
+async fn kubeconfig_client(server: &ApiServer) -> kube::Client {
+    let dir = ScratchDir::new("apiserver-smoke");
+    let path = server.write_kubeconfig(dir.path());
     let kubeconfig = Kubeconfig::read_from(&path).expect("kubeconfig parses");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -141,7 +133,8 @@ fn names(list: &Value) -> Vec<(&str, &str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_reads_the_fake_through_the_kubeconfig() {
-    let dir = test_dir("kubectl");
+    let dir = ScratchDir::new("apiserver-smoke-kubectl");
+    let dir = dir.path();
     // Seeded objects are stored in the fake and served over HTTP; Namespaces are seeded through
     // the server (the fake cannot address them by path).
     let server = ApiServer::builder()
@@ -157,14 +150,8 @@ async fn kubectl_reads_the_fake_through_the_kubeconfig() {
         .start()
         .await;
 
-    let out = kubectl(
-        &server,
-        &dir,
-        false,
-        &["get", "secrets", "-A", "-o", "json"],
-    )
-    .await;
-    let list: Value = serde_json::from_str(&out).unwrap();
+    let args = ["get", "secrets", "-A", "-o", "json"];
+    let list: Value = serde_json::from_str(&kubectl(&server, dir, false, &args).await).unwrap();
     assert_eq!(names(&list), vec![("team-a", "db")]);
     assert_eq!(
         list["items"][0]["data"]["credentials"],
@@ -180,7 +167,7 @@ async fn kubectl_reads_the_fake_through_the_kubeconfig() {
     assert_eq!(lists[0].param("limit").as_deref(), Some("500"));
     assert_eq!(lists[0].namespace, None);
 
-    let table = kubectl(&server, &dir, false, &["get", "awsiamroles", "-A"]).await;
+    let table = kubectl(&server, dir, false, &["get", "awsiamroles", "-A"]).await;
     assert!(table.contains("team-a") && table.contains("app"), "{table}");
 
     let args = [
@@ -191,13 +178,13 @@ async fn kubectl_reads_the_fake_through_the_kubeconfig() {
         "-o",
         "json",
     ];
-    let list: Value = serde_json::from_str(&kubectl(&server, &dir, false, &args).await).unwrap();
+    let list: Value = serde_json::from_str(&kubectl(&server, dir, false, &args).await).unwrap();
     assert_eq!(names(&list), vec![("team-a", "app")]);
     assert_eq!(list["items"][0]["spec"]["roleReference"], json!("app-role"));
 
     // What the README's offline `plan --from` reads.
     let args = ["get", "awsiamroles,secrets,namespaces", "-A", "-o", "json"];
-    let list: Value = serde_json::from_str(&kubectl(&server, &dir, false, &args).await).unwrap();
+    let list: Value = serde_json::from_str(&kubectl(&server, dir, false, &args).await).unwrap();
     let kinds: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
@@ -207,11 +194,11 @@ async fn kubectl_reads_the_fake_through_the_kubeconfig() {
     assert_eq!(kinds, vec!["AWSIAMRole", "Secret", "Namespace"], "{list}");
 
     // KUBECONFIG in the environment works as well as --kubeconfig.
-    let out = kubectl(&server, &dir, true, &["get", "namespaces", "-o", "name"]).await;
+    let out = kubectl(&server, dir, true, &["get", "namespaces", "-o", "name"]).await;
     assert_eq!(out, "namespace/team-a\n");
 
     // Namespaces behave like any object at their real paths.
-    let namespaces: Api<Namespace> = Api::all(kubeconfig_client(&server, &dir).await);
+    let namespaces: Api<Namespace> = Api::all(kubeconfig_client(&server).await);
     let ns = namespaces.get("team-a").await.unwrap();
     assert_eq!(ns.status.and_then(|s| s.phase).as_deref(), Some("Active"));
     let annotation =
@@ -264,7 +251,6 @@ async fn kubectl_reads_the_fake_through_the_kubeconfig() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubeconfig_client_creates_lists_and_patches_status() {
-    let dir = test_dir("status");
     // Seeded objects are stored as given, status included (as if written before the test).
     let server = ApiServer::builder()
         .json(json!({
@@ -276,7 +262,7 @@ async fn kubeconfig_client_creates_lists_and_patches_status() {
         }))
         .start()
         .await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     let roles: Api<AWSIAMRole> = Api::namespaced(client, "team-a");
 
     // A status in the create body is dropped, as with a real status subresource.
@@ -382,7 +368,6 @@ async fn list_pages(api: &Api<Secret>, mut params: ListParams) -> (Vec<Secret>, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_are_paged_sorted_and_complete() {
-    let dir = test_dir("paging");
     // Names chosen so that creation order is not the sorted order.
     let secrets: Vec<Secret> = (0..1234)
         .map(|i| {
@@ -395,7 +380,7 @@ async fn lists_are_paged_sorted_and_complete() {
     let mut expected: Vec<(String, String)> = secrets.iter().map(ns_name).collect();
     expected.sort();
     let server = ApiServer::builder().objects(secrets).start().await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     server.clear_requests();
 
     let api: Api<Secret> = Api::all(client.clone());
@@ -448,12 +433,11 @@ async fn lists_are_paged_sorted_and_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continue_can_expire_with_410() {
-    let dir = test_dir("expired");
     let server = ApiServer::builder()
         .objects((0..10).map(|i| secret("default", &format!("s{i}"), &[])))
         .start()
         .await;
-    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server, &dir).await);
+    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server).await);
 
     let limit4 = ListParams::default().limit(4);
     let first = api.list(&limit4).await.unwrap();
@@ -478,9 +462,8 @@ async fn continue_can_expire_with_410() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_nth_write_fails_exactly_that_write() {
-    let dir = test_dir("nth-write");
     let server = ApiServer::start().await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     let events: Api<Event> = Api::namespaced(client, "default");
 
@@ -522,12 +505,11 @@ async fn fail_nth_write_fails_exactly_that_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_preconditions_are_enforced() {
-    let dir = test_dir("preconditions");
     let server = ApiServer::builder()
         .object(secret("default", "s", &[]))
         .start()
         .await;
-    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server, &dir).await);
+    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server).await);
     let current = api.get("s").await.unwrap();
     let uid = current.metadata.uid.clone().unwrap();
     let rv = current.metadata.resource_version.clone().unwrap();
@@ -568,13 +550,12 @@ async fn delete_preconditions_are_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_delay_and_shutdown() {
-    let dir = test_dir("faults");
     let server = ApiServer::builder()
         .object(secret("default", "s", &[]))
         .object(role("default", "r"))
         .start()
         .await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     let secrets: Api<Secret> = Api::all(client.clone());
     let roles: Api<AWSIAMRole> = Api::all(client.clone());
 
@@ -647,12 +628,11 @@ async fn faults_delay_and_shutdown() {
 async fn event_recorder_creates_then_patches_events() {
     use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
 
-    let dir = test_dir("events");
     let server = ApiServer::builder()
         .object(role("team-a", "app"))
         .start()
         .await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     let role = Api::<AWSIAMRole>::namespaced(client.clone(), "team-a")
         .get("app")
         .await

@@ -5,7 +5,7 @@
 //!
 //! moto keeps no call counts, so every request reaches it through a small hyper proxy that
 //! counts STS actions: "a second pass makes zero STS calls" is counted at the server, not
-//! inferred from our own code. The proxy runs on its own thread with its own tokio runtime, so
+//! inferred from our own code. The proxy runs on its own tokio runtime (its own thread), so
 //! `Moto` works from plain `#[test]`s and from `#[tokio::test]`s alike.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -516,8 +515,8 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 struct Proxy {
     addr: SocketAddr,
     calls: Calls,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Its own runtime, so that `Moto` works from sync and async tests alike.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Proxy {
@@ -528,51 +527,35 @@ impl Proxy {
             .expect("non-blocking proxy listener");
         let addr = listener.local_addr().expect("proxy address");
         let calls = Calls::default();
-        let (shutdown, stop) = tokio::sync::oneshot::channel();
-        let thread_calls = calls.clone();
-        let thread = std::thread::Builder::new()
-            .name("moto-proxy".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("proxy runtime");
-                runtime.block_on(serve(listener, upstream, thread_calls, stop));
-            })
-            .expect("spawn the proxy thread");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("moto-proxy")
+            .enable_all()
+            .build()
+            .expect("proxy runtime");
+        runtime.spawn(serve(listener, upstream, calls.clone()));
         Proxy {
             addr,
             calls,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            runtime: Some(runtime),
         }
     }
 
+    /// Drops every task (the listener and each open connection) without blocking, which is
+    /// allowed inside an async test too.
     fn stop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    upstream: SocketAddr,
-    calls: Calls,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
+async fn serve(listener: std::net::TcpListener, upstream: SocketAddr, calls: Calls) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("proxy listener");
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     loop {
-        let stream = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
         };
         let client = client.clone();
         let calls = calls.clone();
@@ -585,7 +568,6 @@ async fn serve(
                 .await;
         });
     }
-    // Returning drops the runtime, which cancels every open connection.
 }
 
 /// Headers that describe one hop, not the message; hyper sets them again from the body.
