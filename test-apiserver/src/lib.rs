@@ -179,10 +179,6 @@ impl ApiServerBuilder {
             snapshots: Mutex::new(Snapshots::default()),
             write_lock: tokio::sync::Mutex::new(()),
             max_rv: AtomicU64::new(0),
-            name_seed: std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish(),
-            name_seq: AtomicU64::new(0),
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&state)));
 
@@ -407,8 +403,6 @@ struct State {
     write_lock: tokio::sync::Mutex<()>,
     /// Highest resourceVersion seen; a list's resourceVersion is never older than this.
     max_rv: AtomicU64,
-    name_seed: u64,
-    name_seq: AtomicU64,
 }
 
 #[derive(Default)]
@@ -490,19 +484,19 @@ impl State {
         let details = (kind == "write").then(|| info.details()).flatten();
         Some(status_response(code, &message, details))
     }
+}
 
-    fn generated_name(&self, prefix: &str) -> String {
-        const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-        let mut x = self
-            .name_seed
-            .wrapping_add(self.name_seq.fetch_add(1, Ordering::SeqCst))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        x ^= x >> 31;
-        let suffix: String = (0..5)
-            .map(|i| ALPHABET[((x >> (i * 8)) % ALPHABET.len() as u64) as usize] as char)
-            .collect();
-        format!("{prefix}{suffix}")
-    }
+/// `prefix` and five random characters, from the alphabet the real server uses.
+fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    // Every RandomState has fresh keys, so each hash is a new random number.
+    let x = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let suffix: String = (0..5)
+        .map(|i| ALPHABET[((x >> (i * 8)) % ALPHABET.len() as u64) as usize] as char)
+        .collect();
+    format!("{prefix}{suffix}")
 }
 
 /// `metadata.resourceVersion` as a number.
@@ -933,7 +927,7 @@ async fn write(
             {
                 match meta.get("generateName").and_then(Value::as_str) {
                     Some(prefix) if !prefix.is_empty() => {
-                        let name = state.generated_name(prefix);
+                        let name = generated_name(prefix);
                         meta.insert("name".into(), json!(name));
                     }
                     _ => {
