@@ -27,13 +27,13 @@
 //! neither recorded nor delayed nor failed.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -46,11 +46,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{CustomResourceExt as _, Resource};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
+/// Header that marks requests of [`ApiServer::client`]: not recorded, delayed or failed.
 /// Header that marks requests of [`ApiServer::client`]: not recorded, delayed or failed.
 const TEST_CLIENT_HEADER: &str = "x-apiserver-test-client";
 /// Where Namespaces live inside the fake (its parser mistakes `/api/v1/namespaces/X` for a
@@ -78,7 +79,7 @@ type Body = Full<Bytes>;
 
 /// One request as the server received it, with the Kubernetes request attributes parsed from
 /// the path (as the API server's RequestInfo would).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordedRequest {
     /// HTTP method, e.g. `GET`.
     pub method: String,
@@ -105,18 +106,10 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// create, update, patch, delete or deletecollection.
     pub fn is_write(&self) -> bool {
-        is_write_verb(&self.verb)
-    }
-
-    /// A request for `events` (core or events.k8s.io).
-    pub fn is_event(&self) -> bool {
-        self.resource == "events"
-    }
-
-    /// A request for the controller's leader Lease (`coordination.k8s.io` `leases`):
-    /// bookkeeping between controllers, not a change to anything they manage.
-    pub fn is_lease(&self) -> bool {
-        self.group == "coordination.k8s.io" && self.resource == "leases"
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
     }
 
     /// A decoded query parameter, e.g. `param("limit")`.
@@ -125,6 +118,13 @@ impl RecordedRequest {
             .into_iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v)
+    }
+
+    /// Events (core or events.k8s.io) and the controller's leader Lease: bookkeeping, not a
+    /// change to anything the controller manages, so neither counted nor failed as a write.
+    fn is_bookkeeping(&self) -> bool {
+        self.resource == "events"
+            || (self.group == "coordination.k8s.io" && self.resource == "leases")
     }
 }
 
@@ -136,18 +136,13 @@ pub struct ApiServerBuilder {
 
 impl ApiServerBuilder {
     /// Seed one object (any kind the fake knows; Namespaces included).
-    pub fn object<K: Resource + Serialize>(mut self, obj: K) -> Self {
-        self.objects
-            .push(serde_json::to_value(&obj).expect("object serialises"));
-        self
+    pub fn object<K: Resource + Serialize>(self, obj: K) -> Self {
+        self.json(serde_json::to_value(&obj).expect("object serialises"))
     }
 
     /// Seed many objects.
-    pub fn objects<K: Resource + Serialize>(mut self, objs: impl IntoIterator<Item = K>) -> Self {
-        for obj in objs {
-            self = self.object(obj);
-        }
-        self
+    pub fn objects<K: Resource + Serialize>(self, objs: impl IntoIterator<Item = K>) -> Self {
+        objs.into_iter().fold(self, Self::object)
     }
 
     /// Seed one object given as JSON (must carry `apiVersion` and `kind`).
@@ -165,7 +160,7 @@ impl ApiServerBuilder {
             .partition(|o| o["apiVersion"] == "v1" && o["kind"] == "Namespace");
         let fake = kube_fake_client::ClientBuilder::new()
             .with_resource::<AWSIAMRole>()
-            .with_status_subresource::<AwsIamRoleStatusMarker>()
+            .with_status_subresource::<AWSIAMRole>()
             .with_resource::<NamespaceAlias>()
             .with_runtime_objects(objects)
             .build()
@@ -175,34 +170,26 @@ impl ApiServerBuilder {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("bind a loopback port");
-        let addr = listener.local_addr().expect("bound address");
-        let url = format!("http://{addr}");
         let state = Arc::new(State {
-            fake: fake.clone(),
-            addr,
+            fake,
+            addr: listener.local_addr().expect("bound address"),
             requests: Mutex::new(Vec::new()),
             recorded: Notify::new(),
             faults: Mutex::new(Faults::default()),
             snapshots: Mutex::new(Snapshots::default()),
             write_lock: tokio::sync::Mutex::new(()),
             max_rv: AtomicU64::new(0),
-            name_seed: std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish(),
-            name_seq: AtomicU64::new(0),
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&state)));
 
+        let url = format!("http://{}", state.addr);
         let mut config = kube::Config::new(url.parse().expect("loopback URL parses"));
         config.headers.push((
             http::HeaderName::from_static(TEST_CLIENT_HEADER),
             HeaderValue::from_static("1"),
         ));
         let client = kube::Client::try_from(config).expect("loopback client builds");
-
         let server = ApiServer {
-            url,
-            addr,
             state,
             client,
             task: Some(task),
@@ -224,8 +211,6 @@ impl ApiServerBuilder {
 
 /// The running server. Dropping it (or [`ApiServer::shutdown`]) stops it.
 pub struct ApiServer {
-    url: String,
-    addr: SocketAddr,
     state: Arc<State>,
     client: kube::Client,
     task: Option<JoinHandle<()>>,
@@ -244,11 +229,11 @@ impl ApiServer {
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        self.url.clone()
+        format!("http://{}", self.state.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.state.addr
     }
 
     /// A client for seeding and inspecting state. It talks to the loopback URL, so it sees what
@@ -256,12 +241,6 @@ impl ApiServer {
     /// recorded, delayed or failed. Built with kube's defaults (it retries 429/503/504).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
-    }
-
-    /// The fake `kube::Client` itself, bypassing the server: no paging (lists are cut at
-    /// `limit`, in random order), no Namespace paths, no preconditions. Prefer [`Self::client`].
-    pub fn fake_client(&self) -> kube::Client {
-        self.state.fake.clone()
     }
 
     /// Writes `dir/kubeconfig` (cluster `http://127.0.0.1:PORT`, context `apiserver-test` with
@@ -289,39 +268,10 @@ users:
   user: {{}}
 preferences: {{}}
 ",
-            url = self.url
+            url = self.url()
         );
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         path
-    }
-
-    /// Runs `kubectl --kubeconfig DIR/kubeconfig --cache-dir DIR/kubectl-cache ARGS…` on the
-    /// blocking pool (the server keeps serving meanwhile). Panics if kubectl is not on the PATH.
-    pub async fn kubectl(&self, dir: &Path, args: &[&str]) -> std::process::Output {
-        let kubeconfig = self.write_kubeconfig(dir);
-        let cache = dir.join("kubectl-cache");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new("kubectl")
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .arg("--cache-dir")
-                .arg(&cache)
-                .args(&args)
-                .env_remove("KUBECONFIG")
-                .output()
-        })
-        .await
-        .expect("kubectl task")
-        .unwrap_or_else(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                panic!(
-                    "kubectl must be on the PATH for these tests (install it, e.g. \
-                     `apt-get install kubectl` or from https://kubernetes.io/docs/tasks/tools/)"
-                )
-            }
-            panic!("running kubectl: {e}")
-        })
     }
 
     /// Every recorded request, in order of completion.
@@ -336,19 +286,18 @@ preferences: {{}}
     /// Recorded writes (create, update, patch, delete, deletecollection; attempts, whatever
     /// they answered), Events and the leader Lease excluded.
     pub fn write_count(&self) -> usize {
-        lock(&self.state.requests)
-            .iter()
-            .filter(|r| r.is_write() && !r.is_event() && !r.is_lease())
-            .count()
+        self.count_writes(|r| !r.is_bookkeeping())
     }
 
     /// Recorded writes to one resource, subresources included: `"secrets"`, `"awsiamroles"`,
     /// `"events"`.
     pub fn write_count_for(&self, resource: &str) -> usize {
-        lock(&self.state.requests)
-            .iter()
-            .filter(|r| r.is_write() && r.resource == resource)
-            .count()
+        self.count_writes(|r| r.resource == resource)
+    }
+
+    fn count_writes(&self, pred: impl Fn(&RecordedRequest) -> bool) -> usize {
+        let requests = lock(&self.state.requests);
+        requests.iter().filter(|r| r.is_write() && pred(r)).count()
     }
 
     /// Waits until `pred` holds for the recorded requests (re-checked on every new record),
@@ -373,8 +322,8 @@ preferences: {{}}
     }
 
     /// The `n`-th write from now on (1-based; Events, the leader Lease and [`Self::client`]
-    /// requests not counted)
-    /// answers `status_code` with a Kubernetes Status body and is not performed.
+    /// requests not counted) answers `status_code` with a Kubernetes Status body and is not
+    /// performed.
     pub fn fail_nth_write(&self, n: u64, status_code: u16) {
         assert!(n >= 1, "fail_nth_write counts from 1");
         lock(&self.state.faults).nth_writes.push((n, status_code));
@@ -382,22 +331,14 @@ preferences: {{}}
 
     /// While on, every write to `resource` (e.g. `"events"`, `"secrets"`) answers `status_code`.
     pub fn fail_writes(&self, resource: &str, status_code: Option<u16>) {
-        let mut faults = lock(&self.state.faults);
-        match status_code {
-            Some(code) => faults.failing_writes.insert(resource.to_string(), code),
-            None => faults.failing_writes.remove(resource),
-        };
+        self.set_fault("write", resource, status_code.map(|c| (c, false)));
     }
 
-    /// While on, every write to `resource` answers `status_code` with the request body quoted
-    /// in its message, as some admission webhooks and API servers do; the quoted bodies are
-    /// kept for [`Self::echoed_bodies`].
+    /// Like [`Self::fail_writes`], with the request body quoted in the message, as some
+    /// admission webhooks and API servers do; the quoted bodies are kept for
+    /// [`Self::echoed_bodies`]. The last of the two calls for a resource decides.
     pub fn echo_writes(&self, resource: &str, status_code: Option<u16>) {
-        let mut faults = lock(&self.state.faults);
-        match status_code {
-            Some(code) => faults.echoing_writes.insert(resource.to_string(), code),
-            None => faults.echoing_writes.remove(resource),
-        };
+        self.set_fault("write", resource, status_code.map(|c| (c, true)));
     }
 
     /// The request bodies [`Self::echo_writes`] quoted back, oldest first.
@@ -407,12 +348,16 @@ preferences: {{}}
 
     /// While on, list requests for `resource` (first pages and continuations) answer 500.
     pub fn fail_lists(&self, resource: &str, on: bool) {
-        let mut faults = lock(&self.state.faults);
-        if on {
-            faults.failing_lists.insert(resource.to_string());
-        } else {
-            faults.failing_lists.remove(resource);
-        }
+        self.set_fault("list", resource, on.then_some((500, false)));
+    }
+
+    fn set_fault(&self, kind: &'static str, resource: &str, answer: Option<(u16, bool)>) {
+        let by_resource = &mut lock(&self.state.faults).by_resource;
+        let key = (kind, resource.to_string());
+        match answer {
+            Some(answer) => by_resource.insert(key, answer),
+            None => by_resource.remove(&key),
+        };
     }
 
     /// The next list request carrying a `continue` token answers 410 Gone (`reason: Expired`),
@@ -458,8 +403,6 @@ struct State {
     write_lock: tokio::sync::Mutex<()>,
     /// Highest resourceVersion seen; a list's resourceVersion is never older than this.
     max_rv: AtomicU64,
-    name_seed: u64,
-    name_seq: AtomicU64,
 }
 
 #[derive(Default)]
@@ -467,9 +410,8 @@ struct Faults {
     delay: Duration,
     /// (writes left until the failing one, status code).
     nth_writes: Vec<(u64, u16)>,
-    failing_lists: HashSet<String>,
-    failing_writes: HashMap<String, u16>,
-    echoing_writes: HashMap<String, u16>,
+    /// ("list" or "write", resource) → (status code, whether the message quotes the body).
+    by_resource: HashMap<(&'static str, String), (u16, bool)>,
     echoed: Vec<Bytes>,
     continue_410: bool,
 }
@@ -502,30 +444,20 @@ impl State {
     }
 
     fn see_rv(&self, obj: &Value) {
-        if let Some(rv) = obj["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|s| s.parse::<u64>().ok())
-        {
+        if let Some(rv) = rv_of(obj) {
             self.max_rv.fetch_max(rv, Ordering::SeqCst);
         }
     }
 
     /// A fault configured for this request, if any.
-    fn injected_fault(&self, info: &RequestInfo, body: &Bytes) -> Option<Response<Body>> {
+    fn injected_fault(&self, info: &RecordedRequest, body: &Bytes) -> Option<Response<Body>> {
         let mut faults = lock(&self.faults);
-        if info.verb == "list" && faults.failing_lists.contains(&info.resource) {
-            return Some(status_response(
-                500,
-                &format!("injected list failure for {}", info.resource),
-                None,
-            ));
-        }
-        if !is_write_verb(&info.verb) {
-            return None;
-        }
-        if info.resource != "events"
-            && !(info.group == "coordination.k8s.io" && info.resource == "leases")
-        {
+        let kind = match info.verb.as_str() {
+            "list" => "list",
+            _ if info.is_write() => "write",
+            _ => return None,
+        };
+        if kind == "write" && !info.is_bookkeeping() {
             let mut fire = None;
             for (left, code) in faults.nth_writes.iter_mut() {
                 *left -= 1;
@@ -535,46 +467,41 @@ impl State {
             }
             faults.nth_writes.retain(|(left, _)| *left > 0);
             if let Some(code) = fire {
-                return Some(status_response(
-                    code,
-                    "injected write failure (fail_nth_write)",
-                    info.details(),
-                ));
+                let message = "injected write failure (fail_nth_write)";
+                return Some(status_response(code, message, info.details()));
             }
         }
-        if let Some(&code) = faults.echoing_writes.get(&info.resource) {
+        let (code, echo) = *faults.by_resource.get(&(kind, info.resource.clone()))?;
+        let message = if echo {
             faults.echoed.push(body.clone());
-            return Some(status_response(
-                code,
-                &format!(
-                    "admission webhook \"echo.apiserver.test\" denied the request: {}",
-                    String::from_utf8_lossy(body)
-                ),
-                info.details(),
-            ));
-        }
-        if let Some(&code) = faults.failing_writes.get(&info.resource) {
-            return Some(status_response(
-                code,
-                &format!("injected write failure for {}", info.resource),
-                info.details(),
-            ));
-        }
-        None
+            format!(
+                "admission webhook \"echo.apiserver.test\" denied the request: {}",
+                String::from_utf8_lossy(body)
+            )
+        } else {
+            format!("injected {kind} failure for {}", info.resource)
+        };
+        let details = (kind == "write").then(|| info.details()).flatten();
+        Some(status_response(code, &message, details))
     }
+}
 
-    fn generated_name(&self, prefix: &str) -> String {
-        const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-        let mut x = self
-            .name_seed
-            .wrapping_add(self.name_seq.fetch_add(1, Ordering::SeqCst))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        x ^= x >> 31;
-        let suffix: String = (0..5)
-            .map(|i| ALPHABET[((x >> (i * 8)) % ALPHABET.len() as u64) as usize] as char)
-            .collect();
-        format!("{prefix}{suffix}")
-    }
+/// `prefix` and five random characters, from the alphabet the real server uses.
+fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    // Every RandomState has fresh keys, so each hash is a new random number.
+    let x = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let suffix: String = (0..5)
+        .map(|i| ALPHABET[((x >> (i * 8)) % ALPHABET.len() as u64) as usize] as char)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+/// `metadata.resourceVersion` as a number.
+fn rv_of(obj: &Value) -> Option<u64> {
+    obj["metadata"]["resourceVersion"].as_str()?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -609,7 +536,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>) {
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let from_test = parts.headers.contains_key(TEST_CLIENT_HEADER);
-    let info = RequestInfo::parse(&parts.method, parts.uri.path(), parts.uri.query());
+    let info = RecordedRequest::parse(&parts.method, parts.uri.path(), parts.uri.query());
     let response = match body.collect().await {
         Ok(body) => route(&state, &parts, &info, body.to_bytes(), from_test).await,
         Err(e) => status_response(400, &format!("reading the request body: {e}"), None),
@@ -619,7 +546,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        state.record(info.recorded(response.status().as_u16()));
+        state.record(RecordedRequest {
+            status: response.status().as_u16(),
+            ..info
+        });
     }
     Ok(response)
 }
@@ -627,7 +557,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 async fn route(
     state: &State,
     parts: &http::request::Parts,
-    info: &RequestInfo,
+    info: &RecordedRequest,
     body: Bytes,
     from_test: bool,
 ) -> Response<Body> {
@@ -684,7 +614,7 @@ impl Forwarded {
         serde_json::from_slice(&self.body).ok()
     }
 
-    fn into_response(self, info: &RequestInfo) -> Response<Body> {
+    fn into_response(self, info: &RecordedRequest) -> Response<Body> {
         if info.is_namespace() {
             // Hide the alias: error messages name it, lists carry its apiVersion.
             if let Some(mut v) = self.json() {
@@ -699,7 +629,7 @@ impl Forwarded {
 async fn forward(
     state: &State,
     method: Method,
-    info: &RequestInfo,
+    info: &RecordedRequest,
     query: &[(String, String)],
     content_type: Option<&HeaderValue>,
     body: Bytes,
@@ -750,7 +680,7 @@ async fn forward(
     }
 }
 
-async fn get_existing(state: &State, info: &RequestInfo) -> Option<Value> {
+async fn get_existing(state: &State, info: &RecordedRequest) -> Option<Value> {
     let mut get = info.clone();
     get.subresource = None;
     let fwd = forward(state, Method::GET, &get, &[], None, Bytes::new()).await;
@@ -765,37 +695,26 @@ async fn get_existing(state: &State, info: &RequestInfo) -> Option<Value> {
 // Lists and paging
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Serialize, serde::Deserialize)]
-struct ContinueToken {
-    /// Format marker, so a token of another server is told apart.
-    v: String,
-    id: u64,
-    start: usize,
-}
+/// Marks this server's tokens, so a token of another server is told apart.
+const TOKEN_PREFIX: &str = "apiserver.test/v1:";
 
-const TOKEN_FORMAT: &str = "apiserver.test/v1";
-
+/// An opaque `continue` token: the snapshot's id and where the next page starts.
 fn encode_token(id: u64, start: usize) -> String {
-    let token = ContinueToken {
-        v: TOKEN_FORMAT.to_string(),
-        id,
-        start,
-    };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(&token).expect("token serialises"))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{TOKEN_PREFIX}{id}:{start}"))
 }
 
-fn decode_token(token: &str) -> Option<ContinueToken> {
+fn decode_token(token: &str) -> Option<(u64, usize)> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .ok()?;
-    let token: ContinueToken = serde_json::from_slice(&bytes).ok()?;
-    (token.v == TOKEN_FORMAT).then_some(token)
+    let text = String::from_utf8(bytes).ok()?;
+    let (id, start) = text.strip_prefix(TOKEN_PREFIX)?.split_once(':')?;
+    Some((id.parse().ok()?, start.parse().ok()?))
 }
 
 async fn list(
     state: &State,
-    info: &RequestInfo,
+    info: &RecordedRequest,
     query: &[(String, String)],
     from_test: bool,
 ) -> Response<Body> {
@@ -813,31 +732,38 @@ async fn list(
             Err(_) => return status_response(400, &format!("invalid limit {s:?}"), None),
         },
     };
-    let identity = format!(
-        "{}?labelSelector={}&fieldSelector={}",
-        info.canonical_path(),
+    let (labels, fields) = (
         param("labelSelector").unwrap_or(""),
-        param("fieldSelector").unwrap_or("")
+        param("fieldSelector").unwrap_or(""),
+    );
+    let identity = format!(
+        "{}?labelSelector={labels}&fieldSelector={fields}",
+        info.canonical_path()
     );
 
     if let Some(token) = param("continue").filter(|s| !s.is_empty()) {
-        let Some(token) = decode_token(token) else {
+        let Some((id, start)) = decode_token(token) else {
             return status_response(400, "continue key is not valid", None);
         };
         let expire = !from_test && std::mem::take(&mut lock(&state.faults).continue_410);
         let snapshot = {
             let mut snapshots = lock(&state.snapshots);
             if expire {
-                snapshots.lists.retain(|(id, _)| *id != token.id);
+                snapshots.lists.retain(|(i, _)| *i != id);
             }
             snapshots
                 .lists
                 .iter()
-                .find(|(id, _)| *id == token.id)
+                .find(|(i, _)| *i == id)
                 .map(|(_, s)| Arc::clone(s))
         };
         let Some(snapshot) = snapshot else {
-            return expired_response();
+            return status_response(
+                410,
+                "The provided continue parameter is too old to display a consistent list \
+                 result. You can start a new list without the continue parameter.",
+                None,
+            );
         };
         if snapshot.identity != identity {
             return status_response(
@@ -847,7 +773,7 @@ async fn list(
                 None,
             );
         }
-        return page(state, token.id, &snapshot, token.start, limit);
+        return page(state, id, &snapshot, start, limit);
     }
 
     // The fake must not cut the list; selectors pass through, re-encoded so it reads them.
@@ -871,16 +797,7 @@ async fn list(
         _ => Vec::new(),
     };
     items.sort_by_cached_key(sort_key);
-    let item_rv = items
-        .iter()
-        .filter_map(|i| {
-            i["metadata"]["resourceVersion"]
-                .as_str()?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0);
+    let item_rv = items.iter().filter_map(rv_of).max().unwrap_or(0);
     let rv = item_rv.max(state.max_rv.load(Ordering::SeqCst)).max(1);
     let snapshot = Snapshot {
         identity,
@@ -888,29 +805,24 @@ async fn list(
         api_version: list["apiVersion"].take(),
         resource_version: rv.to_string(),
         items,
-        has_selector: param("labelSelector").is_some_and(|s| !s.is_empty())
-            || param("fieldSelector").is_some_and(|s| !s.is_empty()),
+        has_selector: !labels.is_empty() || !fields.is_empty(),
     };
-    match limit {
+    let snapshot = Arc::new(snapshot);
+    // Kept for its continuations only when it spans pages (id 0: served whole).
+    let id = match limit {
         Some(limit) if snapshot.items.len() > limit => {
-            let snapshot = Arc::new(snapshot);
-            let id = {
-                let mut snapshots = lock(&state.snapshots);
-                snapshots.next_id += 1;
-                let id = snapshots.next_id;
-                snapshots.lists.push_back((id, Arc::clone(&snapshot)));
-                while snapshots.lists.len() > MAX_SNAPSHOTS {
-                    snapshots.lists.pop_front();
-                }
-                id
-            };
-            page(state, id, &snapshot, 0, Some(limit))
+            let mut snapshots = lock(&state.snapshots);
+            snapshots.next_id += 1;
+            let id = snapshots.next_id;
+            snapshots.lists.push_back((id, Arc::clone(&snapshot)));
+            while snapshots.lists.len() > MAX_SNAPSHOTS {
+                snapshots.lists.pop_front();
+            }
+            id
         }
-        _ => json_response(
-            StatusCode::OK,
-            &list_body(&snapshot, snapshot.items.clone(), None, None),
-        ),
-    }
+        _ => 0,
+    };
+    page(state, id, &snapshot, 0, limit)
 }
 
 fn page(
@@ -923,41 +835,23 @@ fn page(
     let total = snapshot.items.len();
     let start = start.min(total);
     let end = limit.map_or(total, |l| start.saturating_add(l).min(total));
-    let items = snapshot.items[start..end].to_vec();
-    let (token, remaining) = if end < total {
+    let mut metadata = json!({"resourceVersion": snapshot.resource_version});
+    if end < total {
+        metadata["continue"] = json!(encode_token(id, end));
         // The real server cannot count what a selector would keep, so it leaves this out.
-        let remaining = (!snapshot.has_selector).then_some(total - end);
-        (Some(encode_token(id, end)), remaining)
+        if !snapshot.has_selector {
+            metadata["remainingItemCount"] = json!(total - end);
+        }
     } else {
         lock(&state.snapshots).lists.retain(|(i, _)| *i != id);
-        (None, None)
-    };
-    json_response(
-        StatusCode::OK,
-        &list_body(snapshot, items, token, remaining),
-    )
-}
-
-fn list_body(
-    snapshot: &Snapshot,
-    items: Vec<Value>,
-    token: Option<String>,
-    remaining: Option<usize>,
-) -> Value {
-    let mut metadata = Map::new();
-    metadata.insert("resourceVersion".into(), json!(snapshot.resource_version));
-    if let Some(token) = token {
-        metadata.insert("continue".into(), json!(token));
     }
-    if let Some(remaining) = remaining {
-        metadata.insert("remainingItemCount".into(), json!(remaining));
-    }
-    json!({
+    let list = json!({
         "kind": snapshot.kind,
         "apiVersion": snapshot.api_version,
         "metadata": metadata,
-        "items": items,
-    })
+        "items": snapshot.items[start..end],
+    });
+    json_response(StatusCode::OK, &list)
 }
 
 fn sort_key(item: &Value) -> (String, String) {
@@ -968,15 +862,6 @@ fn sort_key(item: &Value) -> (String, String) {
     )
 }
 
-fn expired_response() -> Response<Body> {
-    status_response(
-        410,
-        "The provided continue parameter is too old to display a consistent list result. \
-         You can start a new list without the continue parameter.",
-        None,
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Writes
 // ---------------------------------------------------------------------------------------------
@@ -984,7 +869,7 @@ fn expired_response() -> Response<Body> {
 async fn write(
     state: &State,
     parts: &http::request::Parts,
-    info: &RequestInfo,
+    info: &RecordedRequest,
     query: &[(String, String)],
     body: Bytes,
 ) -> Response<Body> {
@@ -1042,7 +927,7 @@ async fn write(
             {
                 match meta.get("generateName").and_then(Value::as_str) {
                     Some(prefix) if !prefix.is_empty() => {
-                        let name = state.generated_name(prefix);
+                        let name = generated_name(prefix);
                         meta.insert("name".into(), json!(name));
                     }
                     _ => {
@@ -1075,7 +960,7 @@ async fn write(
             if let Some(rejection) = check_body(info, resource, obj, true) {
                 return rejection;
             }
-            if let Some(rejection) = check_uid(state, info, obj).await {
+            if let Some(rejection) = check_preconditions(state, info, obj).await {
                 return rejection;
             }
             if info.subresource.as_deref() == Some("status") {
@@ -1111,7 +996,7 @@ async fn write(
                 .as_mut()
                 .filter(|b| b.is_object() && !is_json_patch)
             {
-                if let Some(rejection) = check_uid(state, info, patch).await {
+                if let Some(rejection) = check_preconditions(state, info, patch).await {
                     return rejection;
                 }
                 if info.subresource.as_deref() == Some("status") {
@@ -1122,30 +1007,10 @@ async fn write(
             }
         }
         "delete" => {
-            if let Some(pre) = body_json.as_ref().map(|b| &b["preconditions"])
-                && pre.is_object()
+            if let Some(body) = &body_json
+                && let Some(rejection) = check_preconditions(state, info, body).await
             {
-                let Some(existing) = get_existing(state, info).await else {
-                    return forward(state, Method::DELETE, info, query, None, body)
-                        .await
-                        .into_response(info);
-                };
-                let meta = &existing["metadata"];
-                for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
-                    if let Some(want) = pre[field].as_str()
-                        && meta[field].as_str() != Some(want)
-                    {
-                        return status_response(
-                            409,
-                            &format!(
-                                "Precondition failed: {label} in precondition: {want}, \
-                                 {label} in object meta: {}",
-                                meta[field].as_str().unwrap_or("")
-                            ),
-                            info.details(),
-                        );
-                    }
-                }
+                return rejection;
             }
         }
         _ => {}
@@ -1162,7 +1027,7 @@ async fn write(
 
 /// Name, namespace and kind of a create/update body must agree with the URL.
 fn check_body(
-    info: &RequestInfo,
+    info: &RecordedRequest,
     resource: Option<&ServedResource>,
     obj: &Value,
     name_required: bool,
@@ -1191,13 +1056,14 @@ fn check_body(
         }
     }
     if let (Some(resource), Some(kind)) = (resource, obj["kind"].as_str())
-        && kind != resource.kind
+        && kind != resource.kind()
     {
         return Some(status_response(
             400,
             &format!(
                 "the kind of the object ({kind}) does not match the resource {} ({})",
-                resource.plural, resource.kind
+                resource.doc["name"].as_str().unwrap_or(""),
+                resource.kind()
             ),
             None,
         ));
@@ -1205,19 +1071,40 @@ fn check_body(
     None
 }
 
-/// `metadata.uid` in an update or patch body is a precondition on the stored object.
-async fn check_uid(state: &State, info: &RequestInfo, body: &Value) -> Option<Response<Body>> {
-    let want = body["metadata"]["uid"].as_str().filter(|s| !s.is_empty())?;
+/// Preconditions on the stored object, which the fake ignores: `uid` and `resourceVersion` of a
+/// delete's `preconditions`, a non-empty `metadata.uid` in an update or patch body.
+async fn check_preconditions(
+    state: &State,
+    info: &RecordedRequest,
+    body: &Value,
+) -> Option<Response<Body>> {
+    let pre = if info.verb == "delete" {
+        body["preconditions"].clone()
+    } else {
+        json!({"uid": body["metadata"]["uid"].as_str().filter(|s| !s.is_empty())})
+    };
+    let fields = [("uid", "UID"), ("resourceVersion", "ResourceVersion")];
+    if fields
+        .iter()
+        .all(|(field, _)| pre[field].as_str().is_none())
+    {
+        return None;
+    }
     let existing = get_existing(state, info).await?;
-    let have = existing["metadata"]["uid"].as_str().unwrap_or("");
-    (have != want).then(|| {
-        status_response(
-            409,
-            &format!(
-                "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
-            ),
-            info.details(),
-        )
+    fields.into_iter().find_map(|(field, label)| {
+        let want = pre[field].as_str()?;
+        let have = existing["metadata"][field].as_str();
+        (have != Some(want)).then(|| {
+            status_response(
+                409,
+                &format!(
+                    "Precondition failed: {label} in precondition: {want}, \
+                     {label} in object meta: {}",
+                    have.unwrap_or("")
+                ),
+                info.details(),
+            )
+        })
     })
 }
 
@@ -1234,7 +1121,11 @@ fn retain_status_fields(patch: &mut Value) {
 }
 
 /// Secrets: validate keys and fold `stringData` into `data` (base64), as the API server does.
-fn fold_string_data(info: &RequestInfo, obj: &mut Value, whole: bool) -> Option<Response<Body>> {
+fn fold_string_data(
+    info: &RecordedRequest,
+    obj: &mut Value,
+    whole: bool,
+) -> Option<Response<Body>> {
     if !(info.group.is_empty() && info.resource == "secrets") {
         return None;
     }
@@ -1301,27 +1192,14 @@ fn fix_alias(v: &mut Value) {
 // Request attributes
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Debug, Default)]
-struct RequestInfo {
-    method: String,
-    path: String,
-    query: String,
-    verb: String,
-    group: String,
-    version: String,
-    resource: String,
-    subresource: Option<String>,
-    namespace: Option<String>,
-    name: Option<String>,
-}
-
-impl RequestInfo {
-    fn parse(method: &Method, path: &str, query: Option<&str>) -> RequestInfo {
-        let mut info = RequestInfo {
+impl RecordedRequest {
+    /// The request attributes of `method path?query` (`status` is set once it is answered).
+    fn parse(method: &Method, path: &str, query: Option<&str>) -> RecordedRequest {
+        let mut info = RecordedRequest {
             method: method.to_string(),
             path: path.to_string(),
             query: query.unwrap_or("").to_string(),
-            ..RequestInfo::default()
+            ..RecordedRequest::default()
         };
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let rest = match parts.as_slice() {
@@ -1336,27 +1214,21 @@ impl RequestInfo {
             }
             _ => return info,
         };
-        let owned = |s: &&str| s.to_string();
-        match rest {
+        let (resource, tail) = match rest {
             [] => return info,
             // /namespaces/NS/RESOURCE[/NAME[/SUBRESOURCE]], except a Namespace's own subresources.
             ["namespaces", ns, resource, tail @ ..]
                 if !(tail.is_empty() && matches!(*resource, "status" | "finalize")) =>
             {
                 info.namespace = Some(ns.to_string());
-                info.resource = resource.to_string();
-                info.name = tail.first().map(owned);
-                info.subresource = tail.get(1).map(owned);
+                (resource, tail)
             }
-            [resource, tail @ ..] => {
-                info.resource = resource.to_string();
-                info.name = tail.first().map(owned);
-                info.subresource = tail.get(1).map(owned);
-            }
-        }
-        let watch = parse_query(&info.query)
-            .iter()
-            .any(|(k, v)| k == "watch" && (v == "true" || v == "1"));
+            [resource, tail @ ..] => (resource, tail),
+        };
+        info.resource = resource.to_string();
+        info.name = tail.first().map(|s| s.to_string());
+        info.subresource = tail.get(1).map(|s| s.to_string());
+        let watch = info.param("watch").is_some_and(|v| v == "true" || v == "1");
         info.verb = match (method.as_str(), info.name.is_some()) {
             ("GET", true) => "get",
             ("GET", false) if watch => "watch",
@@ -1385,9 +1257,14 @@ impl RequestInfo {
         if let Some(ns) = &self.namespace {
             path.push_str(&format!("/namespaces/{ns}"));
         }
-        path.push('/');
-        path.push_str(&self.resource);
-        for part in [&self.name, &self.subresource].into_iter().flatten() {
+        for part in [
+            Some(&self.resource),
+            self.name.as_ref(),
+            self.subresource.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             path.push('/');
             path.push_str(part);
         }
@@ -1399,11 +1276,13 @@ impl RequestInfo {
         if !self.is_namespace() {
             return self.canonical_path();
         }
-        let mut alias = self.clone();
-        alias.group = NS_ALIAS_GROUP.to_string();
-        alias.version = "v1".to_string();
-        alias.resource = NS_ALIAS_PLURAL.to_string();
-        alias.canonical_path()
+        RecordedRequest {
+            group: NS_ALIAS_GROUP.to_string(),
+            version: "v1".to_string(),
+            resource: NS_ALIAS_PLURAL.to_string(),
+            ..self.clone()
+        }
+        .canonical_path()
     }
 
     fn details(&self) -> Option<Value> {
@@ -1414,116 +1293,95 @@ impl RequestInfo {
             "kind": self.resource,
         }))
     }
-
-    fn recorded(&self, status: u16) -> RecordedRequest {
-        RecordedRequest {
-            method: self.method.clone(),
-            path: self.path.clone(),
-            query: self.query.clone(),
-            verb: self.verb.clone(),
-            group: self.group.clone(),
-            version: self.version.clone(),
-            resource: self.resource.clone(),
-            subresource: self.subresource.clone(),
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            status,
-        }
-    }
-}
-
-fn is_write_verb(verb: &str) -> bool {
-    matches!(
-        verb,
-        "create" | "update" | "patch" | "delete" | "deletecollection"
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
 // Discovery
 // ---------------------------------------------------------------------------------------------
 
-/// A resource the server announces in discovery.
-#[derive(Clone, Debug)]
+/// A resource the server announces in discovery: its group/version, whether it has a status
+/// subresource, and its `APIResource` document (`name`, `singularName`, `kind`, …).
 struct ServedResource {
     group: String,
     version: String,
-    plural: String,
-    singular: String,
-    kind: String,
-    namespaced: bool,
-    short_names: Vec<String>,
-    categories: Vec<String>,
     status: bool,
+    doc: Value,
+}
+
+impl ServedResource {
+    fn kind(&self) -> &str {
+        self.doc["kind"].as_str().unwrap_or("")
+    }
 }
 
 fn served_resources() -> &'static [ServedResource] {
-    static SERVED: std::sync::OnceLock<Vec<ServedResource>> = std::sync::OnceLock::new();
-    SERVED.get_or_init(build_served_resources)
-}
-
-fn build_served_resources() -> Vec<ServedResource> {
-    let core =
-        |plural: &str, kind: &str, namespaced: bool, short: &[&str], status: bool| ServedResource {
-            group: String::new(),
-            version: "v1".into(),
-            plural: plural.into(),
-            singular: kind.to_lowercase(),
-            kind: kind.into(),
-            namespaced,
-            short_names: short.iter().map(|s| s.to_string()).collect(),
-            categories: Vec::new(),
-            status,
+    static SERVED: OnceLock<Vec<ServedResource>> = OnceLock::new();
+    SERVED.get_or_init(|| {
+        let served = |api_version: &str, status: bool, mut doc: Value| {
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            if let Some(doc) = doc.as_object_mut() {
+                doc.retain(|_, v| !v.is_null() && v != &json!([]));
+            }
+            ServedResource {
+                group: group.into(),
+                version: version.into(),
+                status,
+                doc,
+            }
         };
-    let crd = AWSIAMRole::crd();
-    let names = &crd.spec.names;
-    vec![
-        core("namespaces", "Namespace", false, &["ns"], true),
-        core("secrets", "Secret", true, &[], false),
-        ServedResource {
-            group: "events.k8s.io".into(),
-            version: "v1".into(),
-            plural: "events".into(),
-            singular: "event".into(),
-            kind: "Event".into(),
-            namespaced: true,
-            short_names: vec!["ev".into()],
-            categories: Vec::new(),
-            status: false,
-        },
-        ServedResource {
-            group: AWSIAMRole::group(&()).into_owned(),
-            version: AWSIAMRole::version(&()).into_owned(),
-            plural: AWSIAMRole::plural(&()).into_owned(),
-            singular: names
-                .singular
-                .clone()
-                .unwrap_or_else(|| AWSIAMRole::kind(&()).to_lowercase()),
-            kind: AWSIAMRole::kind(&()).into_owned(),
-            namespaced: crd.spec.scope == "Namespaced",
-            short_names: names.short_names.clone().unwrap_or_default(),
-            categories: names.categories.clone().unwrap_or_default(),
-            status: true,
-        },
-    ]
+        let crd = AWSIAMRole::crd();
+        let names = &crd.spec.names;
+        vec![
+            served(
+                "v1",
+                true,
+                json!({"name": "namespaces", "singularName": "namespace", "namespaced": false,
+                       "kind": "Namespace", "shortNames": ["ns"]}),
+            ),
+            served(
+                "v1",
+                false,
+                json!({"name": "secrets", "singularName": "secret", "namespaced": true,
+                       "kind": "Secret"}),
+            ),
+            served(
+                "events.k8s.io/v1",
+                false,
+                json!({"name": "events", "singularName": "event", "namespaced": true,
+                       "kind": "Event", "shortNames": ["ev"]}),
+            ),
+            served(
+                &AWSIAMRole::api_version(&()),
+                true,
+                json!({
+                    "name": names.plural,
+                    "singularName": names.singular.clone()
+                        .unwrap_or_else(|| names.kind.to_lowercase()),
+                    "namespaced": crd.spec.scope == "Namespaced",
+                    "kind": names.kind,
+                    "shortNames": names.short_names,
+                    "categories": names.categories,
+                }),
+            ),
+        ]
+    })
 }
 
 fn served_resource(group: &str, plural: &str) -> Option<&'static ServedResource> {
     served_resources()
         .iter()
-        .find(|r| r.group == group && r.plural == plural)
+        .find(|r| r.group == group && r.doc["name"] == plural)
 }
 
 fn discovery(state: &State, path: &str) -> Option<Value> {
-    let resources = served_resources();
-    let mut groups: Vec<(String, String)> = resources
+    let mut groups: Vec<(&str, &str)> = served_resources()
         .iter()
         .filter(|r| !r.group.is_empty())
-        .map(|r| (r.group.clone(), r.version.clone()))
+        .map(|r| (r.group.as_str(), r.version.as_str()))
         .collect();
     groups.sort();
     groups.dedup();
-    let group_doc = |(group, version): &(String, String)| {
+    let group_doc = |&(group, version): &(&str, &str)| {
         let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
         json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
     };
@@ -1559,55 +1417,39 @@ fn discovery(state: &State, path: &str) -> Option<Value> {
             doc["apiVersion"] = json!("v1");
             doc
         }),
-        ["api", version] => resource_list(resources, "", version),
-        ["apis", group, version] => resource_list(resources, group, version),
+        ["api", version] => resource_list("", version),
+        ["apis", group, version] => resource_list(group, version),
         _ => None,
     }
 }
 
-fn resource_list(resources: &[ServedResource], group: &str, version: &str) -> Option<Value> {
-    let served: Vec<&ServedResource> = resources
+/// The `APIResourceList` of one group version: each resource, then its status subresource.
+fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let mut list = Vec::new();
+    for r in served_resources()
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .collect();
-    if served.is_empty() {
-        return None;
-    }
-    let mut list = Vec::new();
-    for r in served {
-        let mut doc = json!({
-            "name": r.plural,
-            "singularName": r.singular,
-            "namespaced": r.namespaced,
-            "kind": r.kind,
-            "verbs": RESOURCE_VERBS,
-        });
-        if !r.short_names.is_empty() {
-            doc["shortNames"] = json!(r.short_names);
-        }
-        if !r.categories.is_empty() {
-            doc["categories"] = json!(r.categories);
-        }
+    {
+        let mut doc = r.doc.clone();
+        doc["verbs"] = json!(RESOURCE_VERBS);
         list.push(doc);
         if r.status {
             list.push(json!({
-                "name": format!("{}/status", r.plural),
+                "name": format!("{}/status", r.doc["name"].as_str().unwrap_or("")),
                 "singularName": "",
-                "namespaced": r.namespaced,
-                "kind": r.kind,
+                "namespaced": r.doc["namespaced"],
+                "kind": r.doc["kind"],
                 "verbs": STATUS_VERBS,
             }));
         }
     }
-    let group_version = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
+    if list.is_empty() {
+        return None;
+    }
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
-        "groupVersion": group_version,
+        "groupVersion": format!("{group}/{version}").trim_start_matches('/'),
         "resources": list,
     }))
 }
@@ -1670,62 +1512,18 @@ fn status_response(code: u16, message: &str, details: Option<Value>) -> Response
 
 /// Decodes `application/x-www-form-urlencoded` pairs (`+` is a space, as Go and kube encode it).
 fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode_component(k), decode_component(v))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
         .collect()
 }
 
-fn decode_component(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Percent-encodes everything but unreserved characters (spaces as `%20`, which the fake reads).
+/// Encodes pairs with spaces as `%20`, which the fake reads (it does not read `+` as a space;
+/// a literal `+` is encoded as `%2B`, so every `+` left is a space).
 fn encode_query(pairs: &[(String, String)]) -> String {
-    let encode = |s: &str| {
-        let mut out = String::with_capacity(s.len());
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
-    };
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    let encoded = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    encoded.replace('+', "%20")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1761,51 +1559,6 @@ impl Resource for NamespaceAlias {
     }
 }
 
-/// `ClientBuilder::with_status_subresource` wants a `Default` instance to read the GVK from;
-/// `AWSIAMRole` has none (its spec has no default), so this stands in for it.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AwsIamRoleStatusMarker {
-    api_version: String,
-    kind: String,
-    #[serde(skip)]
-    metadata: ObjectMeta,
-}
-
-impl Default for AwsIamRoleStatusMarker {
-    fn default() -> Self {
-        AwsIamRoleStatusMarker {
-            api_version: AWSIAMRole::api_version(&()).into_owned(),
-            kind: AWSIAMRole::kind(&()).into_owned(),
-            metadata: ObjectMeta::default(),
-        }
-    }
-}
-
-impl Resource for AwsIamRoleStatusMarker {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        AWSIAMRole::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        AWSIAMRole::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        AWSIAMRole::version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        AWSIAMRole::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1825,26 +1578,32 @@ mod tests {
             encode_query(&pairs[..1]),
             "labelSelector=a%20in%20%28x%2Cy%29"
         );
-        assert_eq!(decode_component("100%"), "100%");
-        assert_eq!(decode_component("%4"), "%4");
+        assert_eq!(
+            encode_query(&[("a+b".into(), "1+1 = 2".into())]),
+            "a%2Bb=1%2B1%20%3D%202"
+        );
+        assert_eq!(
+            parse_query("p=100%&q=%4"),
+            vec![("p".into(), "100%".into()), ("q".into(), "%4".into())]
+        );
     }
 
     #[test]
     fn request_info_parses_paths() {
-        let i = RequestInfo::parse(&Method::GET, "/api/v1/namespaces", None);
+        let i = RecordedRequest::parse(&Method::GET, "/api/v1/namespaces", None);
         assert_eq!(
             (i.verb.as_str(), i.resource.as_str()),
             ("list", "namespaces")
         );
         assert!(i.is_namespace());
-        let i = RequestInfo::parse(&Method::PATCH, "/api/v1/namespaces/x/status", None);
+        let i = RecordedRequest::parse(&Method::PATCH, "/api/v1/namespaces/x/status", None);
         assert_eq!(i.name.as_deref(), Some("x"));
         assert_eq!(i.subresource.as_deref(), Some("status"));
         assert_eq!(
             i.fake_path(),
             "/apis/namespaces.apiserver.test/v1/nsalias/x/status"
         );
-        let i = RequestInfo::parse(
+        let i = RecordedRequest::parse(
             &Method::PATCH,
             "/apis/zalando.org/v1/namespaces/ns/awsiamroles/r/status",
             Some("fieldManager=x"),
@@ -1867,9 +1626,9 @@ mod tests {
                 Some("status")
             )
         );
-        let i = RequestInfo::parse(&Method::GET, "/api/v1/secrets", Some("watch=1"));
+        let i = RecordedRequest::parse(&Method::GET, "/api/v1/secrets", Some("watch=1"));
         assert_eq!(i.verb, "watch");
-        let i = RequestInfo::parse(&Method::GET, "/apis/events.k8s.io/v1", None);
+        let i = RecordedRequest::parse(&Method::GET, "/apis/events.k8s.io/v1", None);
         assert_eq!(i.verb, "");
     }
 }

@@ -3,7 +3,7 @@
 //! the way the other tests assume.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
@@ -17,20 +17,12 @@ use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec, AWSIAMRoleStatus}
 use serde_json::{Value, json};
 
 use crate::support::apiserver::ApiServer;
-
-/// A fresh directory for one test under cargo's per-target temp dir.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("apiserver_smoke")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create test dir");
-    dir
-}
+use crate::support::moto::ScratchDir;
 
 /// A client built from the kubeconfig the server writes (what the controller binary does).
-async fn kubeconfig_client(server: &ApiServer, dir: &std::path::Path) -> kube::Client {
-    let path = server.write_kubeconfig(dir);
+async fn kubeconfig_client(server: &ApiServer) -> kube::Client {
+    let dir = ScratchDir::new("apiserver-smoke");
+    let path = server.write_kubeconfig(dir.path());
     let kubeconfig = Kubeconfig::read_from(&path).expect("kubeconfig parses");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -72,72 +64,95 @@ fn role(ns: &str, name: &str) -> AWSIAMRole {
     role
 }
 
-fn kubectl_ok(output: &std::process::Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+fn event(name: &str) -> Event {
+    Event {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(jiff::Timestamp::now())),
+        reason: Some("CreateCredentials".into()),
+        action: Some("Create".into()),
+        reporting_controller: Some("kube-aws-iam-controller".into()),
+        reporting_instance: Some("test".into()),
+        type_: Some("Normal".into()),
+        ..Event::default()
+    }
+}
+
+/// `kubectl ARGS…` against the server, given its kubeconfig by `--kubeconfig` or, with
+/// `via_env`, by `KUBECONFIG`; run on the blocking pool so that the server keeps serving.
+/// Returns stdout; panics unless kubectl succeeded.
+async fn kubectl(server: &ApiServer, dir: &Path, via_env: bool, args: &[&str]) -> String {
+    let kubeconfig = server.write_kubeconfig(dir);
+    let mut command = std::process::Command::new("kubectl");
+    command.arg("--cache-dir").arg(dir.join("kubectl-cache"));
+    if via_env {
+        command.env("KUBECONFIG", &kubeconfig);
+    } else {
+        command
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env_remove("KUBECONFIG");
+    }
+    command.args(args);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("kubectl task")
+        .unwrap_or_else(|e| panic!("running kubectl (it must be on the PATH): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        output.status.success(),
-        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+        out.status.success(),
+        "kubectl {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
     stdout
 }
 
-fn names(list: &Value) -> Vec<(String, String)> {
-    list["items"]
-        .as_array()
-        .expect("items")
+/// The code and reason of the Status a request was refused with.
+fn failure<T: std::fmt::Debug>(result: kube::Result<T>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(s)) => (s.code, s.reason),
+        other => panic!("expected a Status error, got {other:?}"),
+    }
+}
+
+/// (namespace, name) of every item of a list.
+fn names(list: &Value) -> Vec<(&str, &str)> {
+    let items = list["items"].as_array().expect("items");
+    fn meta<'a>(i: &'a Value, k: &str) -> &'a str {
+        i["metadata"][k].as_str().unwrap_or("")
+    }
+    items
         .iter()
-        .map(|i| {
-            (
-                i["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-                i["metadata"]["name"].as_str().unwrap_or("").to_string(),
-            )
-        })
+        .map(|i| (meta(i, "namespace"), meta(i, "name")))
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_reads_the_fake_through_the_kubeconfig() {
-    let dir = test_dir("kubectl");
-    let server = ApiServer::start().await;
-
-    // Objects written straight into the fake are served over HTTP.
-    let fake = server.fake_client();
-    Api::<Secret>::namespaced(fake.clone(), "team-a")
-        .create(
-            &PostParams::default(),
-            &secret("team-a", "db", &[("app", "x")]),
-        )
-        .await
-        .unwrap();
-    Api::<AWSIAMRole>::namespaced(fake, "team-a")
-        .create(&PostParams::default(), &role("team-a", "app"))
-        .await
-        .unwrap();
-    // Namespaces only through the server (the fake cannot address them by path).
-    Api::<Namespace>::all(server.client())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some("team-a".into()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
+    let dir = ScratchDir::new("apiserver-smoke-kubectl");
+    let dir = dir.path();
+    // Seeded objects are stored in the fake and served over HTTP; Namespaces are seeded through
+    // the server (the fake cannot address them by path).
+    let server = ApiServer::builder()
+        .object(secret("team-a", "db", &[("app", "x")]))
+        .object(role("team-a", "app"))
+        .object(Namespace {
+            metadata: ObjectMeta {
+                name: Some("team-a".into()),
+                ..ObjectMeta::default()
             },
-        )
-        .await
-        .unwrap();
-
-    let out = server
-        .kubectl(&dir, &["get", "secrets", "-A", "-o", "json"])
+            ..Namespace::default()
+        })
+        .start()
         .await;
-    let list: Value = serde_json::from_str(&kubectl_ok(&out, "kubectl get secrets -A")).unwrap();
-    assert_eq!(names(&list), vec![("team-a".into(), "db".into())]);
+
+    let args = ["get", "secrets", "-A", "-o", "json"];
+    let list: Value = serde_json::from_str(&kubectl(&server, dir, false, &args).await).unwrap();
+    assert_eq!(names(&list), vec![("team-a", "db")]);
     assert_eq!(
         list["items"][0]["data"]["credentials"],
         json!("W2RlZmF1bHRdCg==")
@@ -152,37 +167,24 @@ async fn kubectl_reads_the_fake_through_the_kubeconfig() {
     assert_eq!(lists[0].param("limit").as_deref(), Some("500"));
     assert_eq!(lists[0].namespace, None);
 
-    let out = server.kubectl(&dir, &["get", "awsiamroles", "-A"]).await;
-    let table = kubectl_ok(&out, "kubectl get awsiamroles -A");
+    let table = kubectl(&server, dir, false, &["get", "awsiamroles", "-A"]).await;
     assert!(table.contains("team-a") && table.contains("app"), "{table}");
 
-    let out = server
-        .kubectl(
-            &dir,
-            &[
-                "get",
-                "awsiamroles.zalando.org",
-                "-n",
-                "team-a",
-                "-o",
-                "json",
-            ],
-        )
-        .await;
-    let list: Value =
-        serde_json::from_str(&kubectl_ok(&out, "get awsiamroles.zalando.org")).unwrap();
-    assert_eq!(names(&list), vec![("team-a".into(), "app".into())]);
+    let args = [
+        "get",
+        "awsiamroles.zalando.org",
+        "-n",
+        "team-a",
+        "-o",
+        "json",
+    ];
+    let list: Value = serde_json::from_str(&kubectl(&server, dir, false, &args).await).unwrap();
+    assert_eq!(names(&list), vec![("team-a", "app")]);
     assert_eq!(list["items"][0]["spec"]["roleReference"], json!("app-role"));
 
     // What the README's offline `plan --from` reads.
-    let out = server
-        .kubectl(
-            &dir,
-            &["get", "awsiamroles,secrets,namespaces", "-A", "-o", "json"],
-        )
-        .await;
-    let list: Value =
-        serde_json::from_str(&kubectl_ok(&out, "get awsiamroles,secrets,ns")).unwrap();
+    let args = ["get", "awsiamroles,secrets,namespaces", "-A", "-o", "json"];
+    let list: Value = serde_json::from_str(&kubectl(&server, dir, false, &args).await).unwrap();
     let kinds: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
@@ -192,25 +194,11 @@ async fn kubectl_reads_the_fake_through_the_kubeconfig() {
     assert_eq!(kinds, vec!["AWSIAMRole", "Secret", "Namespace"], "{list}");
 
     // KUBECONFIG in the environment works as well as --kubeconfig.
-    let kubeconfig = server.write_kubeconfig(&dir);
-    let cache = dir.join("kubectl-cache");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("kubectl")
-            .env("KUBECONFIG", &kubeconfig)
-            .args(["get", "namespaces", "-o", "name", "--cache-dir"])
-            .arg(&cache)
-            .output()
-            .expect("kubectl must be on the PATH")
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        kubectl_ok(&out, "KUBECONFIG=… kubectl get ns"),
-        "namespace/team-a\n"
-    );
+    let out = kubectl(&server, dir, true, &["get", "namespaces", "-o", "name"]).await;
+    assert_eq!(out, "namespace/team-a\n");
 
     // Namespaces behave like any object at their real paths.
-    let namespaces: Api<Namespace> = Api::all(kubeconfig_client(&server, &dir).await);
+    let namespaces: Api<Namespace> = Api::all(kubeconfig_client(&server).await);
     let ns = namespaces.get("team-a").await.unwrap();
     assert_eq!(ns.status.and_then(|s| s.phase).as_deref(), Some("Active"));
     let annotation =
@@ -245,25 +233,24 @@ async fn kubectl_reads_the_fake_through_the_kubeconfig() {
         .requests()
         .into_iter()
         .filter(|r| r.resource == "namespaces")
-        .map(|r| (r.verb, r.name))
+        .map(|r| format!("{} {}", r.verb, r.name.unwrap_or_default()))
         .collect();
     assert_eq!(
         ns_requests,
-        vec![
-            ("list".to_string(), None),
-            ("list".to_string(), None),
-            ("get".to_string(), Some("team-a".to_string())),
-            ("patch".to_string(), Some("team-a".to_string())),
-            ("get".to_string(), Some("nope".to_string())),
-            ("delete".to_string(), Some("team-a".to_string())),
-            ("list".to_string(), None),
+        [
+            "list ",
+            "list ",
+            "get team-a",
+            "patch team-a",
+            "get nope",
+            "delete team-a",
+            "list "
         ]
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubeconfig_client_creates_lists_and_patches_status() {
-    let dir = test_dir("status");
     // Seeded objects are stored as given, status included (as if written before the test).
     let server = ApiServer::builder()
         .json(json!({
@@ -275,7 +262,7 @@ async fn kubeconfig_client_creates_lists_and_patches_status() {
         }))
         .start()
         .await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     let roles: Api<AWSIAMRole> = Api::namespaced(client, "team-a");
 
     // A status in the create body is dropped, as with a real status subresource.
@@ -340,14 +327,11 @@ async fn kubeconfig_client_creates_lists_and_patches_status() {
     // A stale resourceVersion conflicts.
     let mut stale = json!({"metadata": {"resourceVersion": created.metadata.resource_version}, "status": {"expiration": "x"}});
     stale["status"]["roleARN"] = json!("y");
-    let err = roles
-        .patch_status("app", &PatchParams::default(), &Patch::Merge(&stale))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, kube::Error::Api(ref s) if s.code == 409),
-        "{err:?}"
-    );
+    let params = PatchParams::default();
+    let stale = roles
+        .patch_status("app", &params, &Patch::Merge(&stale))
+        .await;
+    assert_eq!(failure(stale).0, 409);
 
     let requests = server.requests();
     let status_patches: Vec<_> = requests
@@ -363,9 +347,27 @@ async fn kubeconfig_client_creates_lists_and_patches_status() {
     assert_eq!(server.write_count(), 4);
 }
 
+fn ns_name(s: &Secret) -> (String, String) {
+    let meta = &s.metadata;
+    (meta.namespace.clone().unwrap(), meta.name.clone().unwrap())
+}
+
+/// Every page of a list, following `continue`: the items and each page's remainingItemCount.
+async fn list_pages(api: &Api<Secret>, mut params: ListParams) -> (Vec<Secret>, Vec<Option<i64>>) {
+    let (mut items, mut remaining) = (Vec::new(), Vec::new());
+    loop {
+        let page = api.list(&params).await.unwrap();
+        remaining.push(page.metadata.remaining_item_count);
+        items.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return (items, remaining),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_are_paged_sorted_and_complete() {
-    let dir = test_dir("paging");
     // Names chosen so that creation order is not the sorted order.
     let secrets: Vec<Secret> = (0..1234)
         .map(|i| {
@@ -375,38 +377,15 @@ async fn lists_are_paged_sorted_and_complete() {
             secret(&ns, &name, &[("managed", managed)])
         })
         .collect();
-    let mut expected: Vec<(String, String)> = secrets
-        .iter()
-        .map(|s| {
-            (
-                s.metadata.namespace.clone().unwrap(),
-                s.metadata.name.clone().unwrap(),
-            )
-        })
-        .collect();
+    let mut expected: Vec<(String, String)> = secrets.iter().map(ns_name).collect();
     expected.sort();
     let server = ApiServer::builder().objects(secrets).start().await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     server.clear_requests();
 
     let api: Api<Secret> = Api::all(client.clone());
-    let mut seen = Vec::new();
-    let mut remaining = Vec::new();
-    let mut params = ListParams::default().limit(500);
-    loop {
-        let page = api.list(&params).await.unwrap();
-        remaining.push(page.metadata.remaining_item_count);
-        seen.extend(page.items.iter().map(|s| {
-            (
-                s.metadata.namespace.clone().unwrap(),
-                s.metadata.name.clone().unwrap(),
-            )
-        }));
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => break,
-        }
-    }
+    let (items, remaining) = list_pages(&api, ListParams::default().limit(500)).await;
+    let seen: Vec<_> = items.iter().map(ns_name).collect();
     assert_eq!(seen.len(), 1234);
     assert_eq!(
         seen, expected,
@@ -434,17 +413,13 @@ async fn lists_are_paged_sorted_and_complete() {
         "managed in (yes)",
         "managed,managed notin (no)",
     ] {
-        let mut got = Vec::new();
-        let mut params = ListParams::default().labels(selector).limit(100);
-        loop {
-            let page = ns_api.list(&params).await.unwrap();
-            assert_eq!(page.metadata.remaining_item_count, None);
-            got.extend(page.items.into_iter().map(|s| s.metadata.name.unwrap()));
-            match page.metadata.continue_ {
-                Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                _ => break,
-            }
-        }
+        let params = ListParams::default().labels(selector).limit(100);
+        let (items, remaining) = list_pages(&ns_api, params).await;
+        assert!(remaining.iter().all(Option::is_none), "{remaining:?}");
+        let got: Vec<String> = items
+            .into_iter()
+            .map(|s| s.metadata.name.unwrap())
+            .collect();
         // The seeding formula again: even indexes are managed=yes.
         let mut want: Vec<String> = (0..1234)
             .filter(|i| i % 2 == 0 && (i * 7) % 5 == 3)
@@ -458,62 +433,37 @@ async fn lists_are_paged_sorted_and_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continue_can_expire_with_410() {
-    let dir = test_dir("expired");
     let server = ApiServer::builder()
         .objects((0..10).map(|i| secret("default", &format!("s{i}"), &[])))
         .start()
         .await;
-    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server, &dir).await);
+    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server).await);
 
-    let first = api.list(&ListParams::default().limit(4)).await.unwrap();
+    let limit4 = ListParams::default().limit(4);
+    let first = api.list(&limit4).await.unwrap();
     let token = first.metadata.continue_.clone().expect("more to come");
     server.fail_continue_with_410();
-    let err = api
-        .list(&ListParams::default().limit(4).continue_token(&token))
-        .await
-        .unwrap_err();
-    match err {
-        kube::Error::Api(s) => {
-            assert_eq!(s.code, 410);
-            assert_eq!(s.reason, "Expired");
-        }
-        other => panic!("expected 410, got {other:?}"),
+    // The token expires and stays expired; a restarted list pages normally again.
+    for _ in 0..2 {
+        let expired = api.list(&limit4.clone().continue_token(&token)).await;
+        assert_eq!(failure(expired), (410, "Expired".into()));
     }
-    // The token stays expired; a restarted list pages normally again.
-    let again = api
-        .list(&ListParams::default().limit(4).continue_token(&token))
-        .await
-        .unwrap_err();
-    assert!(matches!(again, kube::Error::Api(ref s) if s.code == 410));
-    let restart = api.list(&ListParams::default().limit(4)).await.unwrap();
+    let restart = api.list(&limit4).await.unwrap();
     let token = restart.metadata.continue_.expect("more to come");
-    let second = api
-        .list(&ListParams::default().limit(4).continue_token(&token))
-        .await
-        .unwrap();
+    let second = api.list(&limit4.clone().continue_token(&token)).await;
+    let second = second.unwrap();
     assert_eq!(second.items.len(), 4);
 
     // A token is bound to its list: another selector is rejected.
-    let err = api
-        .list(
-            &ListParams::default()
-                .limit(4)
-                .labels("x=y")
-                .continue_token(second.metadata.continue_.as_deref().unwrap()),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, kube::Error::Api(ref s) if s.code == 400),
-        "{err:?}"
-    );
+    let token = second.metadata.continue_.as_deref().unwrap();
+    let other = limit4.labels("x=y").continue_token(token);
+    assert_eq!(failure(api.list(&other).await).0, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_nth_write_fails_exactly_that_write() {
-    let dir = test_dir("nth-write");
     let server = ApiServer::start().await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     let events: Api<Event> = Api::namespaced(client, "default");
 
@@ -523,32 +473,13 @@ async fn fail_nth_write_fails_exactly_that_write() {
         .await
         .unwrap();
     // Events are not counted as writes.
-    let event = Event {
-        metadata: ObjectMeta {
-            name: Some("a.1".into()),
-            namespace: Some("default".into()),
-            ..ObjectMeta::default()
-        },
-        event_time: Some(MicroTime(jiff::Timestamp::now())),
-        reason: Some("CreateCredentials".into()),
-        action: Some("Create".into()),
-        reporting_controller: Some("kube-aws-iam-controller".into()),
-        reporting_instance: Some("test".into()),
-        type_: Some("Normal".into()),
-        ..Event::default()
-    };
-    events.create(&PostParams::default(), &event).await.unwrap();
-    let err = secrets
-        .create(&PostParams::default(), &secret("default", "b", &[]))
+    events
+        .create(&PostParams::default(), &event("a.1"))
         .await
-        .unwrap_err();
-    match err {
-        kube::Error::Api(s) => {
-            assert_eq!(s.code, 500);
-            assert_eq!(s.reason, "InternalError");
-        }
-        other => panic!("expected the injected 500, got {other:?}"),
-    }
+        .unwrap();
+    let b = secret("default", "b", &[]);
+    let b = secrets.create(&PostParams::default(), &b).await;
+    assert_eq!(failure(b), (500, "InternalError".into()));
     secrets
         .create(&PostParams::default(), &secret("default", "c", &[]))
         .await
@@ -566,7 +497,7 @@ async fn fail_nth_write_fails_exactly_that_write() {
     let statuses: Vec<u16> = server
         .requests()
         .iter()
-        .filter(|r| r.is_write() && !r.is_event())
+        .filter(|r| r.is_write() && r.resource != "events")
         .map(|r| r.status)
         .collect();
     assert_eq!(statuses, vec![201, 500, 201]);
@@ -574,12 +505,11 @@ async fn fail_nth_write_fails_exactly_that_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_preconditions_are_enforced() {
-    let dir = test_dir("preconditions");
     let server = ApiServer::builder()
         .object(secret("default", "s", &[]))
         .start()
         .await;
-    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server, &dir).await);
+    let api: Api<Secret> = Api::default_namespaced(kubeconfig_client(&server).await);
     let current = api.get("s").await.unwrap();
     let uid = current.metadata.uid.clone().unwrap();
     let rv = current.metadata.resource_version.clone().unwrap();
@@ -594,28 +524,17 @@ async fn delete_preconditions_are_enforced() {
             resource_version: Some(format!("{rv}0")),
         },
     ] {
-        let err = api
-            .delete("s", &DeleteParams::default().preconditions(pre.clone()))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"),
-            "{pre:?}: {err:?}"
-        );
+        let params = DeleteParams::default().preconditions(pre.clone());
+        let delete = api.delete("s", &params).await;
+        assert_eq!(failure(delete), (409, "Conflict".into()), "{pre:?}");
         assert!(api.get_opt("s").await.unwrap().is_some(), "still there");
     }
 
     // Same preconditions on update: a uid in the body must match.
     let mut wrong_uid = current.clone();
     wrong_uid.metadata.uid = Some("not-the-uid".into());
-    let err = api
-        .replace("s", &PostParams::default(), &wrong_uid)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, kube::Error::Api(ref s) if s.code == 409),
-        "{err:?}"
-    );
+    let replace = api.replace("s", &PostParams::default(), &wrong_uid).await;
+    assert_eq!(failure(replace).0, 409);
 
     api.delete(
         "s",
@@ -631,68 +550,29 @@ async fn delete_preconditions_are_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_delay_and_shutdown() {
-    let dir = test_dir("faults");
     let server = ApiServer::builder()
         .object(secret("default", "s", &[]))
         .object(role("default", "r"))
         .start()
         .await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     let secrets: Api<Secret> = Api::all(client.clone());
     let roles: Api<AWSIAMRole> = Api::all(client.clone());
 
+    // A failing resource fails its lists only, and only for clients other than the server's own.
+    let all = ListParams::default();
     server.fail_lists("secrets", true);
-    let err = secrets.list(&ListParams::default()).await.unwrap_err();
-    assert!(
-        matches!(err, kube::Error::Api(ref s) if s.code == 500),
-        "{err:?}"
-    );
-    assert_eq!(
-        roles
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
-    // The inspection client is never failed.
-    assert_eq!(
-        Api::<Secret>::all(server.client())
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
+    assert_eq!(failure(secrets.list(&all).await).0, 500);
+    assert_eq!(roles.list(&all).await.unwrap().items.len(), 1);
+    let inspect = Api::<Secret>::all(server.client());
+    assert_eq!(inspect.list(&all).await.unwrap().items.len(), 1);
     server.fail_lists("secrets", false);
-    assert_eq!(
-        secrets
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
+    assert_eq!(secrets.list(&all).await.unwrap().items.len(), 1);
 
     server.fail_writes("events", Some(403));
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let err = events
-        .create(
-            &PostParams::default(),
-            &Event {
-                metadata: ObjectMeta {
-                    name: Some("e".into()),
-                    ..ObjectMeta::default()
-                },
-                ..Event::default()
-            },
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403 && s.reason == "Forbidden"));
+    let create = events.create(&PostParams::default(), &event("e")).await;
+    assert_eq!(failure(create), (403, "Forbidden".into()));
     server.fail_writes("events", None);
 
     // generateName and stringData behave as on a real server.
@@ -714,7 +594,7 @@ async fn faults_delay_and_shutdown() {
 
     server.set_delay(Duration::from_millis(300));
     let started = Instant::now();
-    roles.list(&ListParams::default()).await.unwrap();
+    roles.list(&all).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(300));
     server.set_delay(Duration::ZERO);
 
@@ -740,12 +620,11 @@ async fn faults_delay_and_shutdown() {
 async fn event_recorder_creates_then_patches_events() {
     use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
 
-    let dir = test_dir("events");
     let server = ApiServer::builder()
         .object(role("team-a", "app"))
         .start()
         .await;
-    let client = kubeconfig_client(&server, &dir).await;
+    let client = kubeconfig_client(&server).await;
     let role = Api::<AWSIAMRole>::namespaced(client.clone(), "team-a")
         .get("app")
         .await
@@ -777,7 +656,7 @@ async fn event_recorder_creates_then_patches_events() {
     let verbs: Vec<String> = server
         .requests()
         .into_iter()
-        .filter(|r| r.is_event())
+        .filter(|r| r.resource == "events")
         .map(|r| format!("{} {}", r.verb, r.group))
         .collect();
     assert_eq!(verbs, vec!["create events.k8s.io", "patch events.k8s.io"]);

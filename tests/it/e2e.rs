@@ -131,9 +131,13 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
         moto::caller_identity_with_credentials_file(&env.moto.endpoint(), &data, env.dir.path())
             .expect("the credentials file authenticates");
     assert!(arn.contains("assumed-role/app-new/team-a.new"), "{arn}");
-    let arn =
-        moto::caller_identity_with_credential_process(&env.moto.endpoint(), &data, env.dir.path())
-            .expect("credential_process authenticates");
+    let arn = moto::caller_identity_with_credential_process(
+        &env.moto.endpoint(),
+        &data,
+        env.dir.path(),
+        moto::ProfileFile::SharedCredentials,
+    )
+    .expect("credential_process authenticates");
     assert!(arn.contains("assumed-role/app-new/team-a.new"), "{arn}");
 
     // Second pass: nothing to do, so no writes and no STS calls at all.

@@ -90,13 +90,9 @@ fn moto_secret_files_authenticate_the_aws_cli() {
 
     for via in [ProfileFile::SharedCredentials, ProfileFile::Config] {
         let dir = ScratchDir::new("moto-cli-process");
-        let arn = moto::caller_identity_with_credential_process_via(
-            &moto.endpoint(),
-            &data,
-            dir.path(),
-            via,
-        )
-        .unwrap_or_else(|e| panic!("credential_process via {via:?}: {e}"));
+        let arn =
+            moto::caller_identity_with_credential_process(&moto.endpoint(), &data, dir.path(), via)
+                .unwrap_or_else(|e| panic!("credential_process via {via:?}: {e}"));
         assert!(
             arn.contains(ASSUMED),
             "credential_process via {via:?} authenticated as {arn}"
@@ -152,8 +148,12 @@ fn moto_garbled_or_foreign_secret_files_do_not_authenticate() {
     let json = data[KEY_JSON].clone();
     let broken = with(KEY_JSON, json[..json.len() / 2].to_vec());
     let dir = ScratchDir::new("moto-cli-broken-json");
-    let result =
-        moto::caller_identity_with_credential_process(&moto.endpoint(), &broken, dir.path());
+    let result = moto::caller_identity_with_credential_process(
+        &moto.endpoint(),
+        &broken,
+        dir.path(),
+        ProfileFile::SharedCredentials,
+    );
     assert!(
         result.is_err(),
         "a broken credentials.json authenticated as {result:?}"

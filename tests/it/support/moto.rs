@@ -5,7 +5,7 @@
 //!
 //! moto keeps no call counts, so every request reaches it through a small hyper proxy that
 //! counts STS actions: "a second pass makes zero STS calls" is counted at the server, not
-//! inferred from our own code. The proxy runs on its own thread with its own tokio runtime, so
+//! inferred from our own code. The proxy runs on its own tokio runtime (its own thread), so
 //! `Moto` works from plain `#[test]`s and from `#[tokio::test]`s alike.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -46,14 +45,9 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 /// Lines of moto's output kept for failure messages (request lines only, never bodies).
 const LOG_LINES: usize = 40;
 
-/// `.venv` at the repo root.
-pub fn venv_dir() -> PathBuf {
-    super::repo_root().join(".venv")
-}
-
-/// `.venv/bin/<name>`; panics with the setup command when it is not installed.
+/// `.venv/bin/<name>` at the repo root; panics with the setup command when it is not installed.
 pub fn venv_bin(name: &str) -> PathBuf {
-    let path = venv_dir().join("bin").join(name);
+    let path = super::repo_root().join(".venv/bin").join(name);
     if !path.is_file() {
         panic!(
             "{} is missing: the Python test tools (moto, awscli) are not installed. \
@@ -71,6 +65,8 @@ pub struct Moto {
     moto_addr: SocketAddr,
     log: Arc<Mutex<VecDeque<String>>>,
     proxy: Proxy,
+    /// How many of the proxy's calls `reset_counts` left uncounted.
+    counted_from: AtomicUsize,
 }
 
 impl Moto {
@@ -96,39 +92,36 @@ impl Moto {
         drain(child.stdout.take(), port_tx.clone(), log.clone());
         drain(child.stderr.take(), port_tx, log.clone());
 
+        // Kills and reaps moto, then fails the test with its output.
+        let give_up = |child: &mut Child, why: String| {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!(
+                "moto_server {why} ({status:?}); its output:\n{}",
+                tail(&log)
+            )
+        };
         let port = loop {
             match port_rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(port) => break port,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 // Both pipes closed: moto exited, and its output is all in the log.
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = child.kill();
-                    let status = child.wait();
-                    panic!(
-                        "moto_server exited before listening ({status:?}); its output:\n{}",
-                        tail(&log)
-                    );
+                    give_up(&mut child, "exited before listening".into())
                 }
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "moto_server did not listen within {START_DEADLINE:?}; its output:\n{}",
-                    tail(&log)
+                give_up(
+                    &mut child,
+                    format!("did not listen within {START_DEADLINE:?}"),
                 );
             }
         };
         let moto_addr = SocketAddr::from(([127, 0, 0, 1], port));
         while let Err(e) = probe(moto_addr) {
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "moto_server on {moto_addr} did not answer within {START_DEADLINE:?}: {e}; \
-                     its output:\n{}",
-                    tail(&log)
-                );
+                let why = format!("on {moto_addr} did not answer within {START_DEADLINE:?}: {e}");
+                give_up(&mut child, why);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -138,6 +131,7 @@ impl Moto {
             moto_addr,
             log,
             proxy,
+            counted_from: AtomicUsize::new(0),
         }
     }
 
@@ -154,26 +148,33 @@ impl Moto {
     /// STS calls of `action` (e.g. `AssumeRole`, `GetCallerIdentity`) received since the start
     /// or the last `reset_counts`.
     pub fn calls(&self, action: &str) -> usize {
-        lock(&self.proxy.counts).get(action).copied().unwrap_or(0)
+        self.counts().get(action).copied().unwrap_or(0)
     }
 
     /// Every request received through the proxy (unrecognised ones count as `<unknown>`).
     pub fn total_calls(&self) -> usize {
-        lock(&self.proxy.counts).values().sum()
+        self.counts().values().sum()
     }
 
     /// Calls by action (for failure messages; holds no request content).
     pub fn counts(&self) -> BTreeMap<String, usize> {
-        lock(&self.proxy.counts).clone()
+        let calls = lock(&self.proxy.calls);
+        let mut counts = BTreeMap::new();
+        for call in calls.iter().skip(self.counted_from.load(Ordering::SeqCst)) {
+            *counts.entry(call.action.clone()).or_insert(0) += 1;
+        }
+        counts
     }
 
     pub fn reset_counts(&self) {
-        lock(&self.proxy.counts).clear();
+        let calls = lock(&self.proxy.calls);
+        self.counted_from.store(calls.len(), Ordering::SeqCst);
     }
 
-    /// Every call received through the proxy, in order, with the access key that signed it.
+    /// Every call received through the proxy, in order, with the access key that signed it
+    /// (`reset_counts` does not clear them).
     pub fn signed_calls(&self) -> Vec<SignedCall> {
-        lock(&self.proxy.signed).clone()
+        lock(&self.proxy.calls).clone()
     }
 }
 
@@ -296,21 +297,12 @@ pub enum ProfileFile {
     Config,
 }
 
-/// `caller_identity_with_credential_process_via` through `AWS_SHARED_CREDENTIALS_FILE`.
-pub fn caller_identity_with_credential_process(
-    endpoint: &str,
-    data: &BTreeMap<String, Vec<u8>>,
-    dir: &Path,
-) -> Result<String, String> {
-    caller_identity_with_credential_process_via(endpoint, data, dir, ProfileFile::SharedCredentials)
-}
-
 /// Writes the Secret's `credentials.json` to `dir/credentials.json` and its
 /// `credentials.process` (after asserting the fixed layout) to `dir/credentials.process`, with
 /// the mount path replaced by the one in `dir`, and runs `aws sts get-caller-identity` with that
 /// profile file (and no credentials in the environment): the CLI runs
 /// `cat dir/credentials.json` as its credential_process. Returns the ARN or the redacted stderr.
-pub fn caller_identity_with_credential_process_via(
+pub fn caller_identity_with_credential_process(
     endpoint: &str,
     data: &BTreeMap<String, Vec<u8>>,
     dir: &Path,
@@ -347,30 +339,19 @@ pub fn caller_identity_with_credential_process_via(
 }
 
 /// A fresh directory under the target's scratch space, removed on drop.
-pub struct ScratchDir(PathBuf);
+pub struct ScratchDir(tempfile::TempDir);
 
 impl ScratchDir {
     pub fn new(label: &str) -> ScratchDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "{label}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        ScratchDir(path)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{label}-"))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap_or_else(|e| panic!("creating a scratch directory {label}-…: {e}"));
+        ScratchDir(dir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
@@ -516,8 +497,8 @@ fn probe(addr: SocketAddr) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // The counting proxy.
 
-type Counts = Arc<Mutex<BTreeMap<String, usize>>>;
-type Signed = Arc<Mutex<Vec<SignedCall>>>;
+/// Every call the proxy received, in order.
+type Calls = Arc<Mutex<Vec<SignedCall>>>;
 
 /// One STS call as the proxy saw it: which access key signed it (the SigV4 `Authorization`
 /// header names it: `Credential=AKID/date/region/service/aws4_request`) and, for AssumeRole,
@@ -533,10 +514,9 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 struct Proxy {
     addr: SocketAddr,
-    counts: Counts,
-    signed: Signed,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    calls: Calls,
+    /// Its own runtime, so that `Moto` works from sync and async tests alike.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Proxy {
@@ -546,82 +526,48 @@ impl Proxy {
             .set_nonblocking(true)
             .expect("non-blocking proxy listener");
         let addr = listener.local_addr().expect("proxy address");
-        let counts = Counts::default();
-        let signed = Signed::default();
-        let (shutdown, stop) = tokio::sync::oneshot::channel();
-        let thread_counts = counts.clone();
-        let thread_signed = signed.clone();
-        let thread = std::thread::Builder::new()
-            .name("moto-proxy".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("proxy runtime");
-                runtime.block_on(serve(
-                    listener,
-                    upstream,
-                    thread_counts,
-                    thread_signed,
-                    stop,
-                ));
-            })
-            .expect("spawn the proxy thread");
+        let calls = Calls::default();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("moto-proxy")
+            .enable_all()
+            .build()
+            .expect("proxy runtime");
+        runtime.spawn(serve(listener, upstream, calls.clone()));
         Proxy {
             addr,
-            counts,
-            signed,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            calls,
+            runtime: Some(runtime),
         }
     }
 
+    /// Drops every task (the listener and each open connection) without blocking, which is
+    /// allowed inside an async test too.
     fn stop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    upstream: SocketAddr,
-    counts: Counts,
-    signed: Signed,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
+async fn serve(listener: std::net::TcpListener, upstream: SocketAddr, calls: Calls) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("proxy listener");
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     loop {
-        let stream = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
         };
         let client = client.clone();
-        let counts = counts.clone();
-        let signed = signed.clone();
+        let calls = calls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                forward(
-                    req,
-                    client.clone(),
-                    upstream,
-                    counts.clone(),
-                    signed.clone(),
-                )
+                forward(req, client.clone(), upstream, calls.clone())
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
-    // Returning drops the runtime, which cancels every open connection.
 }
 
 /// Headers that describe one hop, not the message; hyper sets them again from the body.
@@ -637,22 +583,17 @@ async fn forward(
     req: Request<Incoming>,
     client: HttpClient,
     upstream: SocketAddr,
-    counts: Counts,
-    signed: Signed,
+    calls: Calls,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (mut parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => return Ok(error(StatusCode::BAD_REQUEST, format!("reading body: {e}"))),
     };
-    let action = action_of(&parts, &body).unwrap_or_else(|| "<unknown>".to_string());
-    *lock(&counts).entry(action.clone()).or_insert(0) += 1;
-    lock(&signed).push(SignedCall {
+    lock(&calls).push(SignedCall {
+        action: action_of(&parts, &body).unwrap_or_else(|| "<unknown>".to_string()),
         access_key_id: signing_key(&parts),
-        role_arn: std::str::from_utf8(&body)
-            .ok()
-            .and_then(|form| form_value(form, "RoleArn")),
-        action,
+        role_arn: form_param(&body, "RoleArn"),
     });
 
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -694,7 +635,8 @@ fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
 /// - awsJson: header `X-Amz-Target: AWSSecurityTokenServiceV20110615.AssumeRole`;
 /// - Smithy RPC v2 CBOR: path `/service/<service>/operation/<Action>`.
 fn action_of(parts: &http::request::Parts, body: &[u8]) -> Option<String> {
-    if let Some(action) = parts.uri.query().and_then(form_action) {
+    let query = parts.uri.query().unwrap_or("").as_bytes();
+    if let Some(action) = form_param(query, "Action") {
         return Some(action);
     }
     if let Some(target) = parts
@@ -707,7 +649,7 @@ fn action_of(parts: &http::request::Parts, body: &[u8]) -> Option<String> {
     if let Some((_, op)) = parts.uri.path().split_once("/operation/") {
         return Some(op.trim_end_matches('/').to_string());
     }
-    std::str::from_utf8(body).ok().and_then(form_action)
+    form_param(body, "Action")
 }
 
 /// The access key ID in a SigV4 `Authorization` header.
@@ -721,48 +663,17 @@ fn signing_key(parts: &http::request::Parts) -> Option<String> {
     credential.split('/').next().map(str::to_string)
 }
 
-/// A percent-decoded parameter of a form-encoded string.
-fn form_value(form: &str, key: &str) -> Option<String> {
-    let raw = form
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == key)?
-        .1;
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The `Action` parameter of a form-encoded string (action names need no percent-decoding).
-fn form_action(form: &str) -> Option<String> {
-    form.split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == "Action")
+/// A parameter of a form-encoded string, decoded and trimmed; `None` when absent or blank.
+fn form_param(form: &[u8], key: &str) -> Option<String> {
+    form_urlencoded::parse(form)
+        .find(|(k, _)| k == key)
         .map(|(_, v)| v.trim().to_string())
         .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{action_of, redact, venv_bin};
+    use super::{action_of, form_param, redact, venv_bin};
     use kube_aws_iam_controller::secret::{Credentials, encode};
 
     #[test]
@@ -800,39 +711,25 @@ mod tests {
 
     #[test]
     fn moto_proxy_recognises_sts_actions_in_every_protocol() {
-        let form =
+        let form: &[u8] =
             b"Action=AssumeRole&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fx";
+        let json = Some("AWSSecurityTokenServiceV20110615.AssumeRole");
+        let cbor = "/service/AWSSecurityTokenServiceV20110615/operation/GetCallerIdentity";
+        let query = "/?Version=2011-06-15&Action=GetCallerIdentity";
+        for (method, uri, target, body, want) in [
+            ("POST", "/", None, form, Some("AssumeRole")),
+            ("GET", query, None, b"", Some("GetCallerIdentity")),
+            ("POST", "/", json, b"{}", Some("AssumeRole")),
+            ("POST", cbor, None, &[0xbf, 0xff], Some("GetCallerIdentity")),
+            ("GET", "/moto-api/", None, b"", None),
+            ("POST", "/", None, b"NotAction=AssumeRole", None),
+        ] {
+            let got = action_of(&parts(method, uri, target), body);
+            assert_eq!(got.as_deref(), want, "{method} {uri} {target:?}");
+        }
         assert_eq!(
-            action_of(&parts("POST", "/", None), form).as_deref(),
-            Some("AssumeRole")
-        );
-        assert_eq!(
-            action_of(
-                &parts("GET", "/?Version=2011-06-15&Action=GetCallerIdentity", None),
-                b""
-            )
-            .as_deref(),
-            Some("GetCallerIdentity")
-        );
-        let json = parts(
-            "POST",
-            "/",
-            Some("AWSSecurityTokenServiceV20110615.AssumeRole"),
-        );
-        assert_eq!(action_of(&json, b"{}").as_deref(), Some("AssumeRole"));
-        let cbor = parts(
-            "POST",
-            "/service/AWSSecurityTokenServiceV20110615/operation/GetCallerIdentity",
-            None,
-        );
-        assert_eq!(
-            action_of(&cbor, &[0xbf, 0xff]).as_deref(),
-            Some("GetCallerIdentity")
-        );
-        assert_eq!(action_of(&parts("GET", "/moto-api/", None), b""), None);
-        assert_eq!(
-            action_of(&parts("POST", "/", None), b"NotAction=AssumeRole"),
-            None
+            form_param(form, "RoleArn").as_deref(),
+            Some("arn:aws:iam::1:role/x")
         );
     }
 }
