@@ -12,23 +12,12 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Resource as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec, AWSIAMRoleStatus};
 use serde_json::{Value, json};
 
 use crate::support::apiserver::ApiServer;
+use crate::support::harness::kubeconfig_client;
 use crate::support::moto::ScratchDir;
-
-/// A client built from the kubeconfig the server writes (what the controller binary does).
-async fn kubeconfig_client(server: &ApiServer) -> kube::Client {
-    let dir = ScratchDir::new("apiserver-smoke");
-    let path = server.write_kubeconfig(dir.path());
-    let kubeconfig = Kubeconfig::read_from(&path).expect("kubeconfig parses");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig loads");
-    kube::Client::try_from(config).expect("client builds")
-}
 
 fn secret(ns: &str, name: &str, labels: &[(&str, &str)]) -> Secret {
     Secret {

@@ -514,3 +514,40 @@ async fn session_tags_source_identity_and_external_id_are_sent() {
     assert_eq!(source_identity.as_deref(), Some("team-a.app"));
     assert_eq!(external_id.as_deref(), Some("prod-eu/team-a"));
 }
+
+/// An expired continue token (410 Gone, as after etcd compaction) restarts the list from its
+/// first page, and observation is complete: nothing is lost and nothing counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_continue_token_restarts_the_list() {
+    use kube_aws_iam_controller::observe::{ObserveOptions, observe};
+    let api = crate::support::apiserver::ApiServer::builder()
+        .objects((0..7).map(|i| role("team-a", &format!("r{i}"), "app")))
+        .start()
+        .await;
+    let client = crate::support::harness::kubeconfig_client(&api).await;
+    let options = ObserveOptions {
+        page_size: 3,
+        ..ObserveOptions::default()
+    };
+    api.fail_continue_with_410();
+    let first_pass = observe(&client, &options)
+        .await
+        .expect("observation survives a 410");
+    let mut names: Vec<&str> = first_pass.roles.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["r0", "r1", "r2", "r3", "r4", "r5", "r6"]);
+    let role_lists: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "awsiamroles" && r.verb == "list")
+        .collect();
+    let starts = role_lists
+        .iter()
+        .filter(|r| r.param("continue").is_none())
+        .count();
+    assert_eq!(
+        starts, 2,
+        "listed again from the start once: {role_lists:?}"
+    );
+    assert!(role_lists.iter().any(|r| r.status == 410), "{role_lists:?}");
+}

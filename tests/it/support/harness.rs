@@ -71,6 +71,19 @@ impl Env {
     }
 }
 
+/// A client built from the kubeconfig the server writes, as the controller binary builds its
+/// own: its requests are recorded and faulted (unlike [`ApiServer::client`]'s).
+pub async fn kubeconfig_client(server: &ApiServer) -> Client {
+    let dir = ScratchDir::new("kubeconfig-client");
+    let path = server.write_kubeconfig(dir.path());
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig parses");
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .expect("kubeconfig loads");
+    Client::try_from(config).expect("client builds")
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
