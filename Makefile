@@ -1,5 +1,5 @@
 # The README's second command: `make test` builds everything and runs every test.
-.PHONY: test venv node lint check crd docs examples quickstart
+.PHONY: test venv node go lint check crd docs examples quickstart
 
 CARGO ?= cargo
 PYTHON ?= python3
@@ -18,7 +18,15 @@ NODE_DIR := tests/sdk
 NODE_LOCK := $(NODE_DIR)/package-lock.json
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed-$(firstword $(shell cksum < $(NODE_LOCK)))
 
-test: venv node
+# The SDK matrix's Go clients: Go and the AWS SDK for Go v1 and v2 from Debian's packages (their
+# sources land in /usr/share/gocode, where the tests build the clients offline in GOPATH mode; no
+# Go module proxy is needed). Installed with apt-get only when `go` or the sources are missing.
+GO_PACKAGES := golang-go golang-github-aws-aws-sdk-go-dev golang-github-aws-aws-sdk-go-v2-dev
+GOCODE := /usr/share/gocode/src/github.com/aws
+GO_SOURCES := $(GOCODE)/aws-sdk-go/service/sts $(GOCODE)/aws-sdk-go-v2/service/sts $(GOCODE)/aws-sdk-go-v2/config
+APT_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(GO_PACKAGES)
+
+test: venv node go
 	$(CARGO) test --locked
 
 venv: $(VENV_STAMP)
@@ -34,6 +42,12 @@ node: $(NODE_STAMP)
 $(NODE_STAMP):
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
 	@touch $@
+
+go:
+	@if command -v go >/dev/null $(foreach d,$(GO_SOURCES),&& [ -d $(d) ]); then :; \
+	elif [ "$$(id -u)" = 0 ]; then $(APT_INSTALL); \
+	elif command -v sudo >/dev/null; then sudo sh -c '$(APT_INSTALL)'; \
+	else echo "Go or the AWS SDK for Go is missing; as root, run: $(APT_INSTALL)" >&2; exit 1; fi
 
 lint:
 	$(CARGO) fmt --check

@@ -13,14 +13,28 @@
 //!
 //! The SDKs: botocore (the core of boto3 and the AWS CLI, from `.venv`), the AWS SDK for
 //! JavaScript v3 (`@aws-sdk/client-sts`, pinned in tests/sdk/package-lock.json and installed by
-//! `make node`), and Rust aws-config/aws-sdk-sts (this test binary re-run as a client process,
-//! so that its environment is a process environment like a pod's and not the test runner's).
+//! `make node`), the AWS SDK for Go v1 and v2 (tests/sdk/go-v1 and go-v2, built by the test
+//! from the sources of Debian's golang-github-aws-aws-sdk-go-dev 1.44 and
+//! golang-github-aws-aws-sdk-go-v2-dev 1.17 with Debian's Go, installed by `make go`), and Rust
+//! aws-config/aws-sdk-sts (this test binary re-run as a client process, so that its environment
+//! is a process environment like a pod's and not the test runner's). Those Go SDK versions do
+//! not read `AWS_ENDPOINT_URL_STS`, so the Go clients pass it to the SDK as the STS endpoint
+//! (moto's); everything about credentials is left to the SDKs' default chains. Both accept an
+//! `http` `AWS_CONTAINER_CREDENTIALS_FULL_URI` only on a loopback host, which 127.0.0.1 is.
 //!
 //! SDKs re-fetch only when their cached credentials are near expiry (botocore from 15 min
 //! before, JavaScript v3 from 5 min, Rust from 10–15 s), so the first credentials are written
-//! with an Expiration inside each SDK's window (Rust's: a few seconds before it). moto does not
-//! check expiry, so that is harmless. Each SDK runs in its own thread with its own volume (and
-//! sidecar), so a test costs about as long as its slowest SDK (Rust, about 10 s).
+//! with an Expiration inside each SDK's window (Rust's: a few seconds before it). Go (v1 and v2)
+//! has two windows: its endpoint provider re-fetches from 5 min before (v1's `ExpiryWindow`,
+//! v2's credentials cache `ExpiryWindow`, both set by the default chain), but its
+//! `credential_process` provider has none (0: v1's `processcreds.NewCredentials` and v2's
+//! default credentials cache set no window), so it re-runs the process only once the
+//! credentials have expired: from a process, Go's first credentials expire 10 s after they are
+//! written, and the test checks that Go does not re-run the process before then. moto does not
+//! check expiry, so all that is harmless. Each SDK runs in its own thread with its own volume
+//! (and sidecar), so a test costs about as long as its slowest SDK (Rust and Go's process
+//! delivery, about 10 s); the first run also builds the Go clients (about a minute; cached
+//! under target/ afterwards).
 //!
 //! The mount namespaces need root or unprivileged user namespaces (`unshare --user`).
 
@@ -28,7 +42,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sts::error::DisplayErrorContext;
@@ -49,6 +63,13 @@ const RUST_CLIENT_MARKER: &str = "KUBE_AWS_IAM_CONTROLLER_SDK_MATRIX_RUST_CLIENT
 const RUST_CLIENT_HOST_TEST: &str = "sdk_matrix::static_credentials_file_never_refreshes";
 /// The command that installs the JavaScript SDK.
 const NODE_SETUP_COMMAND: &str = "make node";
+/// The command that installs Go and the AWS SDK for Go v1 and v2 (Debian packages).
+const GO_SETUP_COMMAND: &str = "make go";
+/// The Debian packages `make go` installs.
+const GO_PACKAGES: &str =
+    "golang-go golang-github-aws-aws-sdk-go-dev golang-github-aws-aws-sdk-go-v2-dev";
+/// Where Debian's golang-*-dev packages put their sources: the GOPATH the Go clients build in.
+const DEBIAN_GOPATH: &str = "/usr/share/gocode";
 /// How long one SDK call (including a client's start) may take on a loaded machine.
 const CALL_DEADLINE: Duration = Duration::from_secs(60);
 /// How long an SDK may take to enter its refresh window after the swap (Rust: about 10 s).
@@ -81,14 +102,16 @@ fn endpoint_delivery_refreshes_every_sdk_without_restart() {
     let results = for_each_sdk(|sdk| {
         let mut volume = SecretVolume::with(
             &format!("sdk-endpoint-{}", sdk.name()),
-            sessions.first.secret_data(sdk.first_expiration()),
+            sessions
+                .first
+                .secret_data(sdk.first_expiration(Source::Endpoint)),
         );
         let sidecar = sidecar::Sidecar::start_with_token(&volume.file(KEY_JSON), POD_UID);
         wait_until_ready(sidecar.port());
         let mut env = consumer_env(&moto);
         env.extend(sidecar.sdk_env());
         let mut client = Client::spawn(sdk, &env, Launch::Plain, &sessions);
-        swap_and_expect_refresh(&mut client, &mut volume, &sessions)
+        swap_and_expect_refresh(&mut client, &mut volume, &sessions, Source::Endpoint)
     });
     report("endpoint", &results, started);
 }
@@ -101,9 +124,10 @@ fn process_delivery_refreshes_every_sdk_without_restart() {
     let moto = Moto::start();
     let sessions = Sessions::assume(&moto);
     let results = for_each_sdk(|sdk| {
+        let expiration = sdk.first_expiration(Source::Process);
         let mut volume = SecretVolume::with(
             &format!("sdk-process-{}", sdk.name()),
-            sessions.first.secret_data(sdk.first_expiration()),
+            sessions.first.secret_data(expiration),
         );
         assert_eq!(
             std::fs::read_to_string(volume.file(KEY_PROCESS)).expect("credentials.process"),
@@ -117,7 +141,20 @@ fn process_delivery_refreshes_every_sdk_without_restart() {
             root: root.path().to_path_buf(),
         };
         let mut client = Client::spawn(sdk, &env, launch, &sessions);
-        swap_and_expect_refresh(&mut client, &mut volume, &sessions)
+        let refresh = swap_and_expect_refresh(&mut client, &mut volume, &sessions, Source::Process);
+        if matches!(sdk, Sdk::GoV1 | Sdk::GoV2) {
+            // What the docs say of Go: it re-runs the process only once its credentials have
+            // expired, not before. (The Secret holds the Expiration in whole seconds.)
+            let expiration = Timestamp::from_second(expiration.as_second()).expect("a timestamp");
+            let refreshed = Timestamp::now();
+            assert!(
+                refreshed >= expiration,
+                "{sdk:?} re-ran credential_process at {refreshed}, before the first \
+                 credentials' Expiration {expiration}: it has an expiry window now; update the \
+                 docs' tables"
+            );
+        }
+        refresh
     });
     report("process", &results, started);
 }
@@ -136,7 +173,9 @@ fn static_credentials_file_never_refreshes() {
     let results = for_each_sdk(|sdk| {
         let mut volume = SecretVolume::with(
             &format!("sdk-static-{}", sdk.name()),
-            sessions.first.secret_data(sdk.first_expiration()),
+            sessions
+                .first
+                .secret_data(sdk.first_expiration(Source::StaticFile)),
         );
         let mut env = consumer_env(&moto);
         env.push((
@@ -188,7 +227,9 @@ fn mutated_endpoint_pod_runs_every_sdk_without_a_shell() {
         let pod = mutated_endpoint_pod(harness::free_port());
         let mut volume = SecretVolume::with(
             &format!("sdk-shell-less-{}", sdk.name()),
-            sessions.first.secret_data(sdk.first_expiration()),
+            sessions
+                .first
+                .secret_data(sdk.first_expiration(Source::Endpoint)),
         );
         let sidecar = pod.start_sidecar(&volume, &sessions);
         let mut env = pod.app_env();
@@ -206,7 +247,8 @@ fn mutated_endpoint_pod_runs_every_sdk_without_a_shell() {
             volume: None,
         };
         let mut client = Client::spawn(sdk, &env, launch, &sessions);
-        let refresh = swap_and_expect_refresh(&mut client, &mut volume, &sessions);
+        let refresh =
+            swap_and_expect_refresh(&mut client, &mut volume, &sessions, Source::Endpoint);
         sidecar.assert_log_has_no_credentials(&sessions);
         refresh
     });
@@ -559,37 +601,71 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 enum Sdk {
     Botocore,
     JavaScriptV3,
+    GoV1,
+    GoV2,
     Rust,
 }
 
-const SDKS: [Sdk; 3] = [Sdk::Botocore, Sdk::JavaScriptV3, Sdk::Rust];
+const SDKS: [Sdk; 5] = [
+    Sdk::Botocore,
+    Sdk::JavaScriptV3,
+    Sdk::GoV1,
+    Sdk::GoV2,
+    Sdk::Rust,
+];
+
+/// Where an SDK's credentials come from in a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The `credentials-server` sidecar (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+    Endpoint,
+    /// `credential_process` in `credentials.process`.
+    Process,
+    /// The static `credentials` file.
+    StaticFile,
+}
 
 impl Sdk {
     fn name(self) -> &'static str {
         match self {
             Sdk::Botocore => "botocore",
             Sdk::JavaScriptV3 => "javascript-v3",
+            Sdk::GoV1 => "go-v1",
+            Sdk::GoV2 => "go-v2",
             Sdk::Rust => "rust",
         }
     }
 
-    /// An Expiration for the first credentials that puts this SDK inside its refresh window
-    /// (or, for Rust, a few seconds before it), yet leaves the client time to start.
-    fn first_expiration(self) -> Timestamp {
-        match self {
-            // botocore: from 15 min before; JavaScript v3: from 5 min before.
-            Sdk::Botocore | Sdk::JavaScriptV3 => Timestamp::now() + 2.minutes(),
+    /// An Expiration for the first credentials from `source` that puts this SDK inside its
+    /// refresh window (or, for Rust, and Go's `credential_process`, a few seconds before it),
+    /// yet leaves the client time to start.
+    fn first_expiration(self, source: Source) -> Timestamp {
+        match (self, source) {
+            // Go (v1 and v2) re-runs `credential_process` only once its credentials have
+            // expired (no expiry window), so they expire a few seconds after the start.
+            (Sdk::GoV1 | Sdk::GoV2, Source::Process) => Timestamp::now() + 10.seconds(),
+            // botocore: from 15 min before; JavaScript v3 and Go's endpoint provider: from
+            // 5 min before.
+            (Sdk::Botocore | Sdk::JavaScriptV3 | Sdk::GoV1 | Sdk::GoV2, _) => {
+                Timestamp::now() + 2.minutes()
+            }
             // Rust: from 10 s (plus up to 5 s of jitter) before.
-            Sdk::Rust => Timestamp::now() + 16.seconds(),
+            (Sdk::Rust, _) => Timestamp::now() + 16.seconds(),
         }
     }
 
     /// Whether the first call after the swap must already report the new role. botocore
-    /// re-fetches in the call itself; JavaScript v3 (the pinned version) answers that call
-    /// with its cached credentials and re-fetches in the background for the calls after it;
-    /// Rust re-fetches only once inside its 10–15 s buffer.
-    fn refreshes_on_next_call(self) -> bool {
-        self == Sdk::Botocore
+    /// re-fetches in the call itself; so does Go from the endpoint (inside its 5 min window
+    /// from the start), while from `credential_process` it waits for the credentials to
+    /// expire; JavaScript v3 (the pinned version) answers that call with its cached credentials
+    /// and re-fetches in the background for the calls after it; Rust re-fetches only once
+    /// inside its 10–15 s buffer.
+    fn refreshes_on_next_call(self, source: Source) -> bool {
+        match self {
+            Sdk::Botocore => true,
+            Sdk::GoV1 | Sdk::GoV2 => source == Source::Endpoint,
+            Sdk::JavaScriptV3 | Sdk::Rust => false,
+        }
     }
 
     /// The program and arguments of a client process.
@@ -618,6 +694,7 @@ impl Sdk {
                     vec![sdk_dir.join("sts_client.mjs").display().to_string()],
                 )
             }
+            Sdk::GoV1 | Sdk::GoV2 => (go_client(self), Vec::new()),
             Sdk::Rust => (
                 std::env::current_exe().expect("the test binary's path"),
                 vec![
@@ -629,6 +706,78 @@ impl Sdk {
             ),
         }
     }
+}
+
+/// A Go client's binary: `tests/sdk/go-v1` or `tests/sdk/go-v2` built once per test run (the
+/// first lane to need it builds it, the others wait) into this test binary's scratch directory
+/// under target/, offline, in GOPATH mode from the sources Debian's packages install under
+/// [`DEBIAN_GOPATH`]: no Go module proxy is needed. Statically linked (no cgo), like a Go
+/// binary in a distroless image. Panics, naming [`GO_SETUP_COMMAND`], when Go or the SDK's
+/// sources are missing: the Go lanes are never skipped.
+fn go_client(sdk: Sdk) -> PathBuf {
+    static V1: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static V2: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let (built, sources) = match sdk {
+        Sdk::GoV1 => (&V1, "github.com/aws/aws-sdk-go/service/sts"),
+        Sdk::GoV2 => (&V2, "github.com/aws/aws-sdk-go-v2/service/sts"),
+        _ => unreachable!("{sdk:?} is not a Go SDK"),
+    };
+    built
+        .get_or_init(|| build_go_client(sdk, sources))
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build_go_client(sdk: Sdk, sources: &str) -> Result<PathBuf, String> {
+    let setup = format!(
+        "run `{GO_SETUP_COMMAND}` (or `make test`, which runs it) in {}: it installs the \
+         Debian packages {GO_PACKAGES}",
+        repo_root().display()
+    );
+    let go = find_on_path("go").ok_or_else(|| format!("go is not on PATH; {setup}"))?;
+    let gopath = Path::new(DEBIAN_GOPATH);
+    for dir in [sources, "github.com/aws/aws-sdk-go-v2/config"] {
+        let dir = gopath.join("src").join(dir);
+        if !dir.is_dir() {
+            return Err(format!("{} is missing; {setup}", dir.display()));
+        }
+    }
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-go");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let binary = out_dir.join(format!("{}-client", sdk.name()));
+    // Built under a name of its own, then renamed: another test run may be building too.
+    let partial = out_dir.join(format!("{}-client.{}", sdk.name(), std::process::id()));
+    let started = Instant::now();
+    let output = Command::new(&go)
+        .args(["build", "-trimpath", "-o"])
+        .arg(&partial)
+        .arg(".")
+        .current_dir(repo_root().join("tests").join("sdk").join(sdk.name()))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env("GOCACHE", out_dir.join("cache"))
+        .env("GOFLAGS", "")
+        .env("GOPROXY", "off")
+        .env("GOENV", "off")
+        .env("CGO_ENABLED", "0")
+        .env_remove("GOOS")
+        .env_remove("GOARCH")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {}: {e}; {setup}", go.display()))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(format!(
+            "building the {sdk:?} client with {} failed ({}); {setup}:\n{}{}",
+            go.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    std::fs::rename(&partial, &binary).map_err(|e| format!("{}: {e}", binary.display()))?;
+    eprintln!("built the {sdk:?} client in {:.1?}", started.elapsed());
+    Ok(binary)
 }
 
 /// The Rust SDK client: the body of [`RUST_CLIENT_HOST_TEST`] when this binary is run by
@@ -683,7 +832,15 @@ fn for_each_sdk(lane: impl Fn(Sdk) -> Refresh + Sync) -> Vec<Refresh> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = SDKS
             .iter()
-            .map(|&sdk| (sdk, scope.spawn(move || lane(sdk))))
+            .map(|&sdk| {
+                let run = move || {
+                    // The client's program first (installed, or built for Go), so that the
+                    // lane's credentials are written only once it can start.
+                    sdk.command();
+                    lane(sdk)
+                };
+                (sdk, scope.spawn(run))
+            })
             .collect();
         let mut results = Vec::new();
         let mut failures = Vec::new();
@@ -740,6 +897,7 @@ fn swap_and_expect_refresh(
     client: &mut Client,
     volume: &mut SecretVolume,
     sessions: &Sessions,
+    source: Source,
 ) -> Refresh {
     let sdk = client.sdk;
     let first = client
@@ -764,7 +922,7 @@ fn swap_and_expect_refresh(
         }
         assert_eq!(arn, sessions.first.arn, "{sdk:?} call {calls}");
         assert!(
-            !sdk.refreshes_on_next_call(),
+            !sdk.refreshes_on_next_call(source),
             "{sdk:?} still reports the first role on the first call after the swap"
         );
         assert!(
@@ -800,12 +958,17 @@ fn process_env(moto: &Moto) -> Vec<(String, String)> {
 
 /// `.venv`-independent lookup of a program on the test's PATH, as an absolute path.
 fn which(program: &str) -> PathBuf {
+    find_on_path(program)
+        .unwrap_or_else(|| panic!("{program} is not on PATH; install it (Node.js 18 or later)"))
+}
+
+/// `program` in the first directory of the test's PATH that has it.
+fn find_on_path(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} is not on PATH; install it (Node.js 18 or later)"))
 }
 
 // ---------------------------------------------------------------------------------------------
