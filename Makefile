@@ -1,5 +1,5 @@
 # The README's second command: `make test` builds everything and runs every test.
-.PHONY: test venv node go lint check crd docs examples quickstart
+.PHONY: test venv node go lint check crd docs examples quickstart fuzz
 
 CARGO ?= cargo
 PYTHON ?= python3
@@ -70,3 +70,23 @@ examples:
 # The README's first command.
 quickstart:
 	$(CARGO) run --quiet -- plan --from fixtures/quickstart --now 2026-11-26T22:30:00Z --base-role-arn arn:aws:iam::123456789012:role/ --output diff
+
+# libFuzzer on every cargo-fuzz target of fuzz/ for FUZZ_SECONDS each (not part of `make test`,
+# which replays the corpus instead; see fuzz/README.md). Installs cargo-fuzz if missing. Inputs
+# libFuzzer finds go to fuzz/target/corpus/; crashes to fuzz/artifacts/. The stable toolchain
+# builds the targets without AddressSanitizer (`--sanitizer none`).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= references secrets objects pod_mutation
+FUZZ_BUILD_FLAGS ?= --sanitizer none --codegen-units 16
+FUZZ_RUN_FLAGS ?= -rss_limit_mb=4096 -dict=fuzz/tokens.dict
+
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	$(CARGO) fuzz build $(FUZZ_BUILD_FLAGS)
+	@set -e; for target in $(FUZZ_TARGETS); do \
+		case $$target in pod_mutation) seeds=pods ;; *) seeds=$$target ;; esac; \
+		mkdir -p fuzz/target/corpus/$$target; \
+		echo "fuzz $$target for $(FUZZ_SECONDS)s"; \
+		$(CARGO) fuzz run $(FUZZ_BUILD_FLAGS) $$target fuzz/target/corpus/$$target fuzz/corpus/$$seeds -- \
+			-max_total_time=$(FUZZ_SECONDS) $(FUZZ_RUN_FLAGS); \
+	done

@@ -12,6 +12,10 @@ pub mod cli;
 pub mod commands;
 pub mod crd;
 pub mod delivery;
+/// The fuzzing oracle, shared by `fuzz/` and the integration tests (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lease;
 pub mod metrics;
 pub mod model;

@@ -178,8 +178,11 @@ fn check_keys(s: &ObservedSecret) -> Result<(), String> {
         if k.is_empty() {
             return Err("data is not a map of base64 strings".into());
         }
+        // The key is untrusted (any name in an offline file): quoted as an excerpt, so a
+        // huge key cannot flood a status or a log.
         return Err(format!(
-            "data key {k:?} does not decode (not a base64 string)"
+            "data key {} does not decode (not a base64 string)",
+            crate::text::excerpt(k)
         ));
     }
     for key in DATA_KEYS {
@@ -440,6 +443,21 @@ mod tests {
             let err = decode(&observed(garbage)).unwrap_err();
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    /// Found by the `secrets` fuzz target: an undecodable key was quoted whole.
+    #[test]
+    fn an_undecodable_key_is_quoted_as_an_excerpt() {
+        let mut s = observed(encode(&creds(), "arn:aws:iam::123456789012:role/app", 7));
+        s.undecodable_keys
+            .insert(format!(".do{}", "n".repeat(10_000)));
+        let err = decode(&s).unwrap_err();
+        assert!(err.starts_with("data key \".donn"), "{err}");
+        assert!(
+            err.ends_with("does not decode (not a base64 string)"),
+            "{err}"
+        );
+        assert!(err.len() < 200, "{} bytes: {err}", err.len());
     }
 
     #[test]

@@ -6,7 +6,8 @@ pub use test_apiserver as apiserver;
 pub mod harness;
 pub mod moto;
 pub mod sidecar;
-pub mod simulate;
+/// Applies a plan in memory (shared with the fuzz targets, so it lives in the crate).
+pub use kube_aws_iam_controller::fuzzing::simulate;
 pub mod volume;
 
 use std::path::{Path, PathBuf};

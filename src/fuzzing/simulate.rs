@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::{Observed, ObservedSecret};
+use crate::plan::{Op, Plan, ready_status};
+use crate::secret::{self, Credentials};
 use jiff::{SignedDuration, Timestamp};
-use kube_aws_iam_controller::model::{Observed, ObservedSecret};
-use kube_aws_iam_controller::plan::{Op, Plan, ready_status};
-use kube_aws_iam_controller::secret::{self, Credentials};
 
 /// Marker in every fake credential this module issues; tests assert it is never rendered.
 pub const CANARY: &str = "SIMCANARY";
