@@ -18,7 +18,7 @@ use kube_aws_iam_controller::delivery::inject::{self, InjectArgs};
 use kube_aws_iam_controller::delivery::mutate::{self, MutateOptions};
 use kube_aws_iam_controller::delivery::{Delivery, ROLE_LABEL};
 
-use crate::support::repo_root;
+use crate::support::{repo_root, snapshot};
 
 /// Marker in hostile fixtures for values that must never be echoed.
 const CANARY: &str = "SECRETVALUE";
@@ -72,16 +72,6 @@ fn case_argv(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     argv.push(dir.join("input.yaml").display().to_string());
     argv
-}
-
-fn snapshot(name: &str, body: &str) {
-    insta::with_settings!({
-        snapshot_path => "../snapshots",
-        prepend_module_to_snapshot => false,
-        omit_expression => true,
-    }, {
-        insta::assert_snapshot!(name, body);
-    });
 }
 
 /// Runs one fixture case: snapshot, idempotence, nothing printed on failure, no canary.

@@ -9,20 +9,10 @@ use std::panic::AssertUnwindSafe;
 use kube_aws_iam_controller::commands;
 use kube_aws_iam_controller::plan::{ActionKind, Reason, plan};
 
-use crate::support::{Case, fixture_cases, simulate};
+use crate::support::{Case, fixture_cases, simulate, snapshot};
 
 /// Fake credentials in fixtures carry this marker; no rendering may contain it.
 const FIXTURE_CANARY: &str = "FAKESECRET";
-
-fn snapshot(name: &str, body: &str) {
-    insta::with_settings!({
-        snapshot_path => "../snapshots",
-        prepend_module_to_snapshot => false,
-        omit_expression => true,
-    }, {
-        insta::assert_snapshot!(name, body);
-    });
-}
 
 /// Runs `check` on every fixture case and names every case that fails, so the first failure
 /// does not hide the others (each panic message is printed as it happens).

@@ -23,6 +23,17 @@ use kube_aws_iam_controller::{commands, offline};
 /// Base ARN the fixtures are planned with unless their `args` name another.
 pub const DEFAULT_BASE_ARN: &str = "arn:aws:iam::123456789012:role/";
 
+/// Compares `body` with the insta snapshot `tests/snapshots/<name>.snap`.
+pub fn snapshot(name: &str, body: &str) {
+    insta::with_settings!({
+        snapshot_path => "../../snapshots",
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(name, body);
+    });
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
