@@ -19,7 +19,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::ApiResource;
 use kube::core::DynamicObject;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client, Resource as _};
+use kube::{Api, Client, Resource};
 use serde_json::json;
 
 use crate::crd::{AWSIAMRole, AWSIAMRoleStatus};
@@ -206,6 +206,15 @@ impl Done {
     }
 }
 
+/// The step of issuing credentials that failed; it decides the reason the role is told.
+#[derive(Clone, Copy)]
+enum Failed {
+    /// AssumeRole failed, or gave credentials that cannot be used.
+    Assume,
+    /// STS answered but the Secret was not written.
+    Write,
+}
+
 impl Executor {
     pub fn new(client: Client, source: Arc<dyn CredentialSource>, concurrency: usize) -> Self {
         let reporter = Reporter {
@@ -353,9 +362,8 @@ impl Executor {
             .await
         {
             let message = format!("new credentials for {arn} were not stored: {message}");
-            let reason = reasons::WRITE_SECRET_FAILED;
             let (writes, message) = self
-                .report_failure(role, existing, reason, message, true)
+                .report_failure(role, existing, Failed::Write, message, true)
                 .await;
             return Done { writes, ..done }.fail(Stage::Secret, message);
         }
@@ -406,12 +414,11 @@ impl Executor {
             }
             _ => format!("AssumeRole {arn} failed: {e}"),
         };
-        let reason = reasons::GET_CREDENTIALS_FAILED;
         // A request that never reached STS cost nothing there and is no fault of the role's:
         // it is tried again on the next pass.
         let back_off = e.kind != StsErrorKind::Unreachable;
         let (writes, message) = self
-            .report_failure(role, existing, reason, message, back_off)
+            .report_failure(role, existing, Failed::Assume, message, back_off)
             .await;
         let done = Done {
             sts: Some(e.kind.metric_label()),
@@ -429,7 +436,7 @@ impl Executor {
         &self,
         role: &ObservedRole,
         existing: Option<&ObservedSecret>,
-        reason: &str,
+        failed: Failed,
         message: String,
         back_off: bool,
     ) -> (usize, String) {
@@ -441,10 +448,17 @@ impl Executor {
             ),
             None => message,
         };
-        let (action, what) = if reason == reasons::GET_CREDENTIALS_FAILED {
-            ("AssumeRole", "could not get credentials")
-        } else {
-            ("WriteSecret", "could not store credentials")
+        let (reason, action, what) = match failed {
+            Failed::Assume => (
+                reasons::GET_CREDENTIALS_FAILED,
+                "AssumeRole",
+                "could not get credentials",
+            ),
+            Failed::Write => (
+                reasons::WRITE_SECRET_FAILED,
+                "WriteSecret",
+                "could not store credentials",
+            ),
         };
         tracing::warn!(namespace = %role.namespace, name = %role.name, error = %message, "{what}");
         let now = Timestamp::now();
@@ -515,14 +529,7 @@ impl Executor {
         let done = Done { writes: 1, ..done };
         let (event, action) = (reasons::DELETE_CREDENTIALS, "DeleteSecret");
         let Some((role, status)) = revoked else {
-            let reference = ObjectReference {
-                api_version: Some(Secret::api_version(&()).into()),
-                kind: Some(Secret::kind(&()).into()),
-                name: Some(existing.name.clone()),
-                namespace: Some(existing.namespace.clone()),
-                uid: Some(existing.uid.clone()).filter(|u| !u.is_empty()),
-                ..ObjectReference::default()
-            };
+            let reference = reference::<Secret>(&existing.namespace, &existing.name, &existing.uid);
             self.publish(&reference, EventType::Normal, event, action, &note)
                 .await;
             return done;
@@ -618,14 +625,7 @@ impl Executor {
         action: &str,
         note: &str,
     ) {
-        let reference = ObjectReference {
-            api_version: Some(AWSIAMRole::api_version(&()).into()),
-            kind: Some(AWSIAMRole::kind(&()).into()),
-            name: Some(role.name.clone()),
-            namespace: Some(role.namespace.clone()),
-            uid: Some(role.uid.clone()).filter(|u| !u.is_empty()),
-            ..ObjectReference::default()
-        };
+        let reference = reference::<AWSIAMRole>(&role.namespace, &role.name, &role.uid);
         self.publish(&reference, type_, reason, action, note).await;
     }
 
@@ -718,4 +718,20 @@ pub fn event_name(object_name: &str, now: Timestamp) -> String {
     let prefix = truncate(object_name, keep);
     let prefix = prefix.trim_end_matches(['.', '-']);
     format!("{prefix}-{hash}.{:x}", now.as_nanosecond())
+}
+
+/// What an Event is about: an object of kind `K` (its UID, when known, pins the very object).
+fn reference<K: Resource<DynamicType = ()>>(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into()),
+        kind: Some(K::kind(&()).into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        uid: Some(uid.into()).filter(|u: &String| !u.is_empty()),
+        ..ObjectReference::default()
+    }
 }

@@ -157,11 +157,8 @@ impl LeaderElector {
     /// One round: create, renew or take over the Lease if we may; otherwise report its holder.
     pub async fn try_acquire_or_renew(&self) -> Result<Attempt, LeaseError> {
         let now = Timestamp::now();
-        let current = match self.api.get_opt(&self.config.name).await {
-            Ok(c) => c,
-            Err(e) => return Err(self.error(&e)),
-        };
-        let Some(mut lease) = current else {
+        let current = self.api.get_opt(&self.config.name).await;
+        let Some(mut lease) = current.map_err(|e| self.error(&e))? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.config.name.clone()),
@@ -170,67 +167,69 @@ impl LeaderElector {
                 },
                 spec: Some(self.spec(now, None, 0)),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(Attempt::Leading),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Following {
-                    holder: "another candidate (created it first)".into(),
-                }),
-                Err(e) => Err(self.error(&e)),
-            };
+            let created = self.api.create(&PostParams::default(), &lease).await;
+            return self.written(created, "created");
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let key = (
-            holder.clone(),
-            spec.renew_time.as_ref().map(|t| t.0),
-            spec.lease_transitions,
-        );
-        let unchanged_for = {
-            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-            match observed.as_ref() {
-                Some(o) if o.key == key => o.since.elapsed(),
-                _ => {
-                    *observed = Some(Observation {
-                        key,
-                        since: Instant::now(),
-                    });
-                    Duration::ZERO
-                }
-            }
-        };
+        let unchanged_for = self.unchanged_for(&spec, holder.clone());
         let mine = holder.as_deref() == Some(self.config.identity.as_str());
-        if !mine && let Some(holder) = &holder {
-            let duration = spec
-                .lease_duration_seconds
-                .and_then(|s| u64::try_from(s).ok())
-                .map(Duration::from_secs)
-                .unwrap_or(self.config.duration);
-            let stale_by_wall_clock = spec.renew_time.as_ref().is_none_or(|t| {
-                let age = now.duration_since(t.0).as_secs_f64();
-                age > 2.0 * duration.as_secs_f64()
-            });
-            if unchanged_for < duration && !stale_by_wall_clock {
-                return Ok(Attempt::Following {
-                    holder: holder.clone(),
-                });
+        if !mine && let Some(holder) = holder {
+            if !self.expired(&spec, unchanged_for, now) {
+                return Ok(Attempt::Following { holder });
             }
             tracing::info!(previous = %holder, "the leader lease expired; taking it over");
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
-        let acquire = if mine {
-            spec.acquire_time.clone()
-        } else {
-            None
-        };
+        let acquire = if mine { spec.acquire_time } else { None };
         lease.spec = Some(self.spec(now, acquire, transitions));
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
+        let params = PostParams::default();
+        let replaced = self.api.replace(&self.config.name, &params, &lease).await;
+        self.written(replaced, "changed")
+    }
+
+    /// How long this candidate has seen the Lease's holder, renew time and transitions unchanged
+    /// (by its own monotonic clock, so another node's clock cannot make a lease look expired).
+    fn unchanged_for(&self, spec: &LeaseSpec, holder: Option<String>) -> Duration {
+        let key = (
+            holder,
+            spec.renew_time.as_ref().map(|t| t.0),
+            spec.lease_transitions,
+        );
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        match observed.as_ref() {
+            Some(o) if o.key == key => o.since.elapsed(),
+            _ => {
+                *observed = Some(Observation {
+                    key,
+                    since: Instant::now(),
+                });
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Whether another holder's Lease may be taken over: unchanged for its whole duration, or
+    /// renewed longer ago than twice that by the wall clock.
+    fn expired(&self, spec: &LeaseSpec, unchanged_for: Duration, now: Timestamp) -> bool {
+        let duration = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs)
+            .unwrap_or(self.config.duration);
+        let stale_by_wall_clock = spec.renew_time.as_ref().is_none_or(|t| {
+            let age = now.duration_since(t.0).as_secs_f64();
+            age > 2.0 * duration.as_secs_f64()
+        });
+        unchanged_for >= duration || stale_by_wall_clock
+    }
+
+    /// The outcome of writing the Lease; a conflict means another candidate `raced` it first.
+    fn written(&self, result: kube::Result<Lease>, raced: &str) -> Result<Attempt, LeaseError> {
+        match result {
             Ok(_) => Ok(Attempt::Leading),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Following {
-                holder: "another candidate (changed it first)".into(),
+                holder: format!("another candidate ({raced} it first)"),
             }),
             Err(e) => Err(self.error(&e)),
         }

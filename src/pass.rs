@@ -1,6 +1,7 @@
 //! One pass (observe → plan → apply, or render in dry-run) and the drivers around it: `once`
 //! (CronJob) and `run` (a loop with health and metrics, graceful on SIGTERM/SIGINT).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -186,8 +187,7 @@ impl Controller {
     pub async fn once(&self) -> Result<(u8, Option<String>)> {
         let Some(elector) = &self.elector else {
             let outcome = self.pass().await?;
-            let code = u8::from(outcome.report.unresolved());
-            return Ok((code, outcome.rendered));
+            return Ok((u8::from(outcome.report.unresolved()), outcome.rendered));
         };
         // The same Lease as `run`: a CronJob never passes beside a Deployment or another Job.
         elector.acquire_within(elector.config().wait).await?;
@@ -206,17 +206,14 @@ impl Controller {
             outcome = &mut pass => outcome,
             _ = leading.wait_for(|l| !*l) => {
                 tracing::error!("lost the leader lease during the pass; starting no further actions");
-                if let Mode::Apply(ex) = &self.mode {
-                    ex.stop_flag().store(true, Ordering::SeqCst);
-                }
+                self.stop_starting_actions(true);
                 pass.await
             }
         };
         renew.abort();
         elector.release().await;
         let outcome = outcome?;
-        let code = u8::from(outcome.report.unresolved());
-        Ok((code, outcome.rendered))
+        Ok((u8::from(outcome.report.unresolved()), outcome.rendered))
     }
 
     /// `run`: a pass every `interval` until SIGTERM/SIGINT. On a signal it stops starting new
@@ -243,27 +240,12 @@ impl Controller {
         };
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
-        let result = 'passes: loop {
+        loop {
             if !*leading.borrow() {
                 self.metrics.set_leader(false);
                 tracing::info!("standing by until this replica holds the leader lease");
-                loop {
-                    tokio::select! {
-                        changed = leading.changed() => {
-                            if changed.is_err() || *leading.borrow() {
-                                break;
-                            }
-                        }
-                        _ = contact.changed() => {
-                            // Ready as a standby; a replica about to lead becomes ready by
-                            // passing, like one without leader election.
-                            if *leading.borrow() {
-                                break;
-                            }
-                            health.standby_ok();
-                        }
-                        _ = &mut shutdown => break 'passes Ok(()),
-                    }
+                if !stand_by(&mut leading, &mut contact, &health, shutdown.as_mut()).await {
+                    break;
                 }
             }
             self.metrics.set_leader(true);
@@ -273,26 +255,14 @@ impl Controller {
                 outcome = &mut pass => outcome,
                 _ = leading.wait_for(|l| !*l) => {
                     tracing::error!("lost the leader lease during a pass: starting no further actions");
-                    if let Mode::Apply(ex) = &self.mode {
-                        ex.stop_flag().store(true, Ordering::SeqCst);
-                    }
-                    if tokio::time::timeout(SHUTDOWN_GRACE, &mut pass).await.is_err() {
-                        tracing::warn!("in-flight work did not finish in time");
-                    }
-                    if let Mode::Apply(ex) = &self.mode {
-                        ex.stop_flag().store(false, Ordering::SeqCst);
-                    }
+                    self.finish_in_flight(pass).await;
+                    self.stop_starting_actions(false);
                     continue;
                 }
                 _ = &mut shutdown => {
                     tracing::info!("shutting down: finishing in-flight work");
-                    if let Mode::Apply(executor) = &self.mode {
-                        executor.stop_flag().store(true, Ordering::SeqCst);
-                    }
-                    if tokio::time::timeout(SHUTDOWN_GRACE, &mut pass).await.is_err() {
-                        tracing::warn!("in-flight work did not finish in time");
-                    }
-                    break Ok(());
+                    self.finish_in_flight(pass).await;
+                    break;
                 }
             };
             match outcome {
@@ -307,9 +277,9 @@ impl Controller {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = leading.wait_for(|l| !*l) => {}
-                _ = &mut shutdown => break Ok(()),
+                _ = &mut shutdown => break,
             }
-        };
+        }
         if let Some(campaign) = campaign {
             campaign.abort();
         }
@@ -318,7 +288,50 @@ impl Controller {
         }
         server.abort();
         tracing::info!("stopped");
-        result
+        Ok(())
+    }
+
+    /// Whether the executor may start further actions; those in flight always finish.
+    fn stop_starting_actions(&self, stop: bool) {
+        if let Mode::Apply(executor) = &self.mode {
+            executor.stop_flag().store(stop, Ordering::SeqCst);
+        }
+    }
+
+    /// Starts no further actions of `pass` and gives those in flight a bounded time to finish.
+    async fn finish_in_flight(&self, pass: Pin<&mut impl Future<Output = Result<PassOutcome>>>) {
+        self.stop_starting_actions(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, pass).await.is_err() {
+            tracing::warn!("in-flight work did not finish in time");
+        }
+    }
+}
+
+/// Waits, ready as a standby whenever the Lease's holder is seen renewing, until this replica
+/// leads (true) or a shutdown signal comes (false).
+async fn stand_by(
+    leading: &mut watch::Receiver<bool>,
+    contact: &mut watch::Receiver<Instant>,
+    health: &Health,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    loop {
+        tokio::select! {
+            changed = leading.changed() => {
+                if changed.is_err() || *leading.borrow() {
+                    return true;
+                }
+            }
+            _ = contact.changed() => {
+                // A replica about to lead becomes ready by passing, like one without leader
+                // election.
+                if *leading.borrow() {
+                    return true;
+                }
+                health.standby_ok();
+            }
+            _ = &mut shutdown => return false,
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
 use aws_sdk_sts::types::Tag;
 use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -188,55 +189,66 @@ impl StsCredentialSource {
             .set_external_id(extras.external_id.clone())
             .send()
             .await
-            .map_err(|e| {
-                let code = e.code().unwrap_or_default().to_string();
-                // What STS says may quote the signed request (session token included), so its
-                // long base64 runs are redacted. A summary is this controller's own words about a
-                // transport or credentials failure: it names files, whose paths must survive.
-                let message = match e.message() {
-                    Some(message) => crate::text::redact_echo(message, &[]),
-                    None => summary(&e),
-                };
-                let unanswered = matches!(
-                    e,
-                    aws_sdk_sts::error::SdkError::DispatchFailure(_)
-                        | aws_sdk_sts::error::SdkError::TimeoutError(_)
-                        | aws_sdk_sts::error::SdkError::ConstructionFailure(_)
-                );
-                StsError {
-                    kind: if unanswered {
-                        StsErrorKind::Unreachable
-                    } else {
-                        classify(&code, &message)
-                    },
-                    message: short(&if code.is_empty() {
-                        message
-                    } else {
-                        format!("{code}: {message}")
-                    }),
-                }
-            })?;
-        let unusable = |message: String| StsError {
-            kind: StsErrorKind::UnusableReply,
-            message,
-        };
-        let creds = out
-            .credentials()
-            .ok_or_else(|| unusable("STS returned no credentials".into()))?;
-        // The SDK turns a missing Expiration into the epoch, so zero means "none".
-        let expiration = match creds.expiration().secs() {
-            0 => None,
-            secs => Timestamp::from_second(secs).ok(),
-        };
-        let credentials = Credentials {
-            access_key_id: creds.access_key_id().to_string(),
-            secret_access_key: creds.secret_access_key().to_string(),
-            session_token: creds.session_token().to_string(),
-            expiration: expiration.unwrap_or(Timestamp::UNIX_EPOCH),
-        };
-        check_reply(&credentials, expiration.is_some(), Timestamp::now()).map_err(unusable)?;
-        Ok(credentials)
+            .map_err(|e| rejected(&e))?;
+        read_reply(&out)
     }
+}
+
+/// An AssumeRole that failed, as the controller reacts to it and reports it.
+fn rejected<E, R>(e: &aws_sdk_sts::error::SdkError<E, R>) -> StsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    use aws_sdk_sts::error::SdkError;
+    let code = e.code().unwrap_or_default();
+    // What STS says may quote the signed request (session token included), so its long base64
+    // runs are redacted. A summary is this controller's own words about a transport or
+    // credentials failure: it names files, whose paths must survive.
+    let message = match e.message() {
+        Some(message) => crate::text::redact_echo(message, &[]),
+        None => summary(e),
+    };
+    let unanswered = matches!(
+        e,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ConstructionFailure(_)
+    );
+    StsError {
+        kind: if unanswered {
+            StsErrorKind::Unreachable
+        } else {
+            classify(code, &message)
+        },
+        message: short(&if code.is_empty() {
+            message
+        } else {
+            format!("{code}: {message}")
+        }),
+    }
+}
+
+/// The credentials of an AssumeRole reply, if they can be written over those in place.
+fn read_reply(out: &AssumeRoleOutput) -> Result<Credentials, StsError> {
+    let unusable = |message: String| StsError {
+        kind: StsErrorKind::UnusableReply,
+        message,
+    };
+    let creds = out
+        .credentials()
+        .ok_or_else(|| unusable("STS returned no credentials".into()))?;
+    // The SDK turns a missing Expiration into the epoch, so zero means "none".
+    let expiration = match creds.expiration().secs() {
+        0 => None,
+        secs => Timestamp::from_second(secs).ok(),
+    };
+    let credentials = Credentials {
+        access_key_id: creds.access_key_id().to_string(),
+        secret_access_key: creds.secret_access_key().to_string(),
+        session_token: creds.session_token().to_string(),
+        expiration: expiration.unwrap_or(Timestamp::UNIX_EPOCH),
+    };
+    check_reply(&credentials, expiration.is_some(), Timestamp::now()).map_err(unusable)?;
+    Ok(credentials)
 }
 
 /// Credentials must last at least this long (seconds) to be written: shorter ones would be
