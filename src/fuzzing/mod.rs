@@ -93,33 +93,7 @@ fn is_clean_path(path: &str) -> bool {
 pub fn check_reference(s: &str, bases: &[BaseArn]) -> Outcome {
     for base in bases {
         match arn::resolve(s, Some(base)) {
-            Ok(resolved) => {
-                let text = resolved.to_string();
-                ensure_eq!(text.parse::<RoleArn>(), Ok(resolved.clone()), "{s:?}");
-                ensure_eq!(
-                    arn::resolve(&text, Some(base)),
-                    Ok(resolved.clone()),
-                    "{s:?}"
-                );
-                let name = resolved.name();
-                ensure!(
-                    !name.is_empty()
-                        && name.len() <= arn::MAX_ROLE_NAME
-                        && name.chars().all(arn::is_iam_char),
-                    "{s:?} resolved to name {name:?}"
-                );
-                ensure!(
-                    is_clean_path(resolved.path()),
-                    "{s:?} resolved to path {:?}",
-                    resolved.path()
-                );
-                ensure_eq!(resolved.account().len(), 12, "{s:?}");
-                if s.starts_with("arn:") {
-                    ensure_eq!(text.as_str(), s, "an ARN resolves to itself");
-                } else {
-                    ensure_eq!(text, format!("{base}{s}"), "a name resolves under the base");
-                }
-            }
+            Ok(resolved) => check_resolved(s, base, &resolved)?,
             Err(e) => check_message(&e.to_string(), s)?,
         }
     }
@@ -136,27 +110,72 @@ pub fn check_reference(s: &str, bases: &[BaseArn]) -> Outcome {
         let app = arn::resolve("app", Some(&base));
         ensure!(app.is_ok(), "base {s:?}: {app:?}");
     }
-    // Session names from arbitrary namespace/name splits.
+    check_session_names(s)?;
+    check_globs(s)
+}
+
+/// A reference `s` resolved under `base`: it round-trips, and its name, path and account are
+/// valid IAM parts.
+fn check_resolved(s: &str, base: &BaseArn, resolved: &RoleArn) -> Outcome {
+    let text = resolved.to_string();
+    ensure_eq!(text.parse::<RoleArn>().as_ref(), Ok(resolved), "{s:?}");
+    ensure_eq!(
+        arn::resolve(&text, Some(base)).as_ref(),
+        Ok(resolved),
+        "{s:?}"
+    );
+    let name = resolved.name();
+    ensure!(
+        !name.is_empty() && name.len() <= arn::MAX_ROLE_NAME && name.chars().all(arn::is_iam_char),
+        "{s:?} resolved to name {name:?}"
+    );
+    ensure!(
+        is_clean_path(resolved.path()),
+        "{s:?} resolved to path {:?}",
+        resolved.path()
+    );
+    ensure_eq!(resolved.account().len(), 12, "{s:?}");
+    if s.starts_with("arn:") {
+        ensure_eq!(text.as_str(), s, "an ARN resolves to itself");
+    } else {
+        ensure_eq!(text, format!("{base}{s}"), "a name resolves under the base");
+    }
+    Ok(())
+}
+
+/// Session names from an arbitrary namespace/name split of `s` are valid, and truncated ones
+/// stay distinct.
+fn check_session_names(s: &str) -> Outcome {
     let cut = s
         .char_indices()
         .nth(s.chars().count() / 2)
         .map_or(0, |(i, _)| i);
     let (ns, name) = s.split_at(cut);
     let session = arn::session_name(ns, name);
-    ensure!(
-        !session.is_empty()
-            && session.len() <= MAX_SESSION_NAME
-            && session.chars().all(arn::is_iam_char),
-        "session name {session:?}"
-    );
+    check_session_name(&session)?;
     if session.len() == MAX_SESSION_NAME && format!("{ns}.{name}").len() > MAX_SESSION_NAME {
         ensure!(
             session != arn::session_name(ns, &format!("{name}x")),
             "truncated session names collide for {ns:?}/{name:?}"
         );
     }
-    // Globs never panic; a pattern without wildcards matches itself. The controller matches
-    // globs against resolved ARNs only, which hold no `*`.
+    Ok(())
+}
+
+/// A valid STS RoleSessionName.
+fn check_session_name(session: &str) -> Outcome {
+    ensure!(
+        !session.is_empty()
+            && session.len() <= MAX_SESSION_NAME
+            && session.chars().all(arn::is_iam_char),
+        "session name {session:?}"
+    );
+    Ok(())
+}
+
+/// Globs never panic; a pattern without wildcards matches itself. The controller matches globs
+/// against resolved ARNs only, which hold no `*`.
+fn check_globs(s: &str) -> Outcome {
     let _ = arn::glob_match(s, BASE);
     if !s.contains(['*', '?']) {
         ensure!(arn::glob_match("*", s), "* does not match {s:?}");
@@ -402,68 +421,14 @@ pub fn check_objects(text: &str, now: Timestamp) -> Outcome {
     let observed = &loaded.observed;
     let public = observed_public_text(observed);
     let words: BTreeSet<String> = observed.secrets.iter().flat_map(secret_words).collect();
-    // Notes name the file, the document and what is wrong, never a credential. (They do echo
-    // `kind`, `apiVersion` and duplicate names raw.) A credential word that also occurs in the
-    // text outside the credential values is not secret there.
-    for n in &loaded.notes {
-        let n = n.to_string();
-        for w in words.iter().filter(|w| n.contains(w.as_str())) {
-            let in_text = text.matches(w.as_str()).count();
-            let in_credentials: usize = observed
-                .secrets
-                .iter()
-                .flat_map(|s| SECRET_KEYS.iter().filter_map(|k| s.data.get(*k)))
-                .map(|v| String::from_utf8_lossy(v).matches(w.as_str()).count())
-                .sum();
-            ensure!(in_text > in_credentials, "note {n:?} shows {w:?}");
-        }
-    }
+    check_notes(&loaded, text, &words)?;
     for config in configs() {
         let p = plan(observed, now, &config);
         ensure!(
             p == plan(observed, now, &config),
             "planning is not deterministic"
         );
-        // One action per AWSIAMRole and per managed Secret without one.
-        let roles: BTreeSet<(&str, &str)> = observed
-            .roles
-            .iter()
-            .map(|r| (r.namespace.as_str(), r.name.as_str()))
-            .collect();
-        let orphans = observed
-            .secrets
-            .iter()
-            .filter(|s| !roles.contains(&(s.namespace.as_str(), s.name.as_str())))
-            .count();
-        ensure_eq!(p.actions.len(), roles.len() + orphans, "actions");
-        for a in &p.actions {
-            if let Some(req) = a.issue().map(|i| &i.request) {
-                ensure!(a.kind().needs_credentials(), "{:?} issues", a.kind());
-                let session = &req.session_name;
-                ensure!(
-                    !session.is_empty()
-                        && session.len() <= MAX_SESSION_NAME
-                        && session.chars().all(arn::is_iam_char),
-                    "session name {session:?}"
-                );
-                ensure!(
-                    (900..=43200).contains(&req.duration),
-                    "duration {}",
-                    req.duration
-                );
-                ensure_eq!(
-                    a.role_arn.clone(),
-                    Some(req.role_arn.to_string()),
-                    "role ARN"
-                );
-            } else {
-                ensure!(
-                    !a.kind().needs_credentials(),
-                    "{:?} issues nothing",
-                    a.kind()
-                );
-            }
-        }
+        check_actions(observed, &p)?;
         for format in [OutputFormat::Text, OutputFormat::Diff, OutputFormat::Json] {
             for verbose in [false, true] {
                 check_rendering(&p, format, verbose, &words, &public)?;
@@ -481,6 +446,66 @@ pub fn check_objects(text: &str, now: Timestamp) -> Outcome {
                 .filter(|a| a.kind() != ActionKind::Skip)
                 .map(|a| (a.namespace, a.name, a.kind(), a.reason(), &a.message))
                 .collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
+/// Notes name the file, the document and what is wrong, never a credential. (They do echo
+/// `kind`, `apiVersion` and duplicate names raw.) A credential word that also occurs in the
+/// text outside the credential values is not secret there.
+fn check_notes(loaded: &offline::Loaded, text: &str, words: &BTreeSet<String>) -> Outcome {
+    for n in &loaded.notes {
+        let n = n.to_string();
+        for w in words.iter().filter(|w| n.contains(w.as_str())) {
+            let in_text = text.matches(w.as_str()).count();
+            let in_credentials: usize = loaded
+                .observed
+                .secrets
+                .iter()
+                .flat_map(|s| SECRET_KEYS.iter().filter_map(|k| s.data.get(*k)))
+                .map(|v| String::from_utf8_lossy(v).matches(w.as_str()).count())
+                .sum();
+            ensure!(in_text > in_credentials, "note {n:?} shows {w:?}");
+        }
+    }
+    Ok(())
+}
+
+/// One action per AWSIAMRole and per managed Secret without one; exactly the kinds that need
+/// credentials carry a valid STS request for the ARN they name.
+fn check_actions(observed: &Observed, p: &crate::plan::Plan<'_>) -> Outcome {
+    let roles: BTreeSet<(&str, &str)> = observed
+        .roles
+        .iter()
+        .map(|r| (r.namespace.as_str(), r.name.as_str()))
+        .collect();
+    let orphans = observed
+        .secrets
+        .iter()
+        .filter(|s| !roles.contains(&(s.namespace.as_str(), s.name.as_str())))
+        .count();
+    ensure_eq!(p.actions.len(), roles.len() + orphans, "actions");
+    for a in &p.actions {
+        let Some(req) = a.issue().map(|i| &i.request) else {
+            ensure!(
+                !a.kind().needs_credentials(),
+                "{:?} issues nothing",
+                a.kind()
+            );
+            continue;
+        };
+        ensure!(a.kind().needs_credentials(), "{:?} issues", a.kind());
+        check_session_name(&req.session_name)?;
+        ensure!(
+            (900..=43200).contains(&req.duration),
+            "duration {}",
+            req.duration
+        );
+        ensure_eq!(
+            a.role_arn.clone(),
+            Some(req.role_arn.to_string()),
+            "role ARN"
         );
     }
     Ok(())
