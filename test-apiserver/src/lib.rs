@@ -866,6 +866,9 @@ fn sort_key(item: &Value) -> (String, String) {
 // Writes
 // ---------------------------------------------------------------------------------------------
 
+/// A request refused before it reaches the fake, and the answer to send.
+type Refused = Response<Body>;
+
 async fn write(
     state: &State,
     parts: &http::request::Parts,
@@ -894,126 +897,34 @@ async fn write(
             None,
         );
     }
-    let resource = served_resource(&info.group, &info.resource);
     let mut content_type = parts.headers.get(http::header::CONTENT_TYPE).cloned();
-
     let _serialised = state.write_lock.lock().await;
-    match info.verb.as_str() {
-        "create" => {
-            let Some(obj) = body_json.as_mut().filter(|b| b.is_object()) else {
-                return status_response(400, "create needs an object body", None);
-            };
-            if let Some(rejection) = check_body(info, resource, obj, false) {
-                return rejection;
-            }
-            let meta = obj["metadata"].as_object_mut();
-            let Some(meta) = meta else {
-                return status_response(422, "metadata is required", info.details());
-            };
-            for server_set in [
-                "uid",
-                "creationTimestamp",
-                "generation",
-                "deletionTimestamp",
-                "selfLink",
-                "managedFields",
-            ] {
-                meta.remove(server_set);
-            }
-            if meta
-                .get("name")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                match meta.get("generateName").and_then(Value::as_str) {
-                    Some(prefix) if !prefix.is_empty() => {
-                        let name = generated_name(prefix);
-                        meta.insert("name".into(), json!(name));
-                    }
-                    _ => {
-                        return status_response(
-                            422,
-                            "metadata.name: Required value: name or generateName is required",
-                            info.details(),
-                        );
-                    }
-                }
-            }
-            if resource.is_some_and(|r| r.status) {
-                obj.as_object_mut().map(|o| o.remove("status"));
-            }
-            if info.is_namespace() {
-                obj["apiVersion"] = json!("v1");
-                obj["kind"] = json!("Namespace");
-                if obj["status"]["phase"].is_null() {
-                    obj["status"] = json!({"phase": "Active"});
-                }
-            }
-            if let Some(rejection) = fold_string_data(info, obj, true) {
-                return rejection;
-            }
-        }
-        "update" => {
-            let Some(obj) = body_json.as_mut().filter(|b| b.is_object()) else {
-                return status_response(400, "update needs an object body", None);
-            };
-            if let Some(rejection) = check_body(info, resource, obj, true) {
-                return rejection;
-            }
-            if let Some(rejection) = check_preconditions(state, info, obj).await {
-                return rejection;
-            }
-            if info.subresource.as_deref() == Some("status") {
-                // Only status (and the resourceVersion precondition) of the body count.
-                let Some(mut existing) = get_existing(state, info).await else {
-                    return forward(state, Method::PUT, info, query, None, body)
-                        .await
-                        .into_response(info);
-                };
-                existing["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
-                if existing["status"].is_null() {
-                    existing.as_object_mut().map(|o| o.remove("status"));
-                }
-                if let Some(rv) = obj["metadata"].get("resourceVersion") {
-                    existing["metadata"]["resourceVersion"] = rv.clone();
-                }
-                *obj = existing;
-            } else if let Some(rejection) = fold_string_data(info, obj, true) {
-                return rejection;
-            }
-        }
+    let prepared = match info.verb.as_str() {
+        "create" => prepare_create(info, body_json.as_mut()),
+        "update" => prepare_update(state, info, body_json.as_mut()).await,
         "patch" => {
             let is_json_patch = content_type
                 .as_ref()
                 .and_then(|c| c.to_str().ok())
                 .is_some_and(|c| c.contains("json-patch"));
-            if content_type.is_none() {
-                content_type = Some(HeaderValue::from_static(
-                    "application/strategic-merge-patch+json",
-                ));
-            }
-            if let Some(patch) = body_json
-                .as_mut()
-                .filter(|b| b.is_object() && !is_json_patch)
-            {
-                if let Some(rejection) = check_preconditions(state, info, patch).await {
-                    return rejection;
+            content_type.get_or_insert(HeaderValue::from_static(
+                "application/strategic-merge-patch+json",
+            ));
+            match body_json.as_mut() {
+                Some(patch) if patch.is_object() && !is_json_patch => {
+                    prepare_patch(state, info, patch).await
                 }
-                if info.subresource.as_deref() == Some("status") {
-                    retain_status_fields(patch);
-                } else if let Some(rejection) = fold_string_data(info, patch, false) {
-                    return rejection;
-                }
+                _ => Ok(()),
             }
         }
-        "delete" => {
-            if let Some(body) = &body_json
-                && let Some(rejection) = check_preconditions(state, info, body).await
-            {
-                return rejection;
-            }
-        }
-        _ => {}
+        "delete" => match &body_json {
+            Some(body) => check_preconditions(state, info, body).await,
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    };
+    if let Err(refused) = prepared {
+        return refused;
     }
     let body = match &body_json {
         Some(v) => Bytes::from(v.to_string()),
@@ -1025,19 +936,122 @@ async fn write(
         .into_response(info)
 }
 
+/// A create body as the API server would store it: server-set fields dropped, a name generated
+/// from `generateName`, status reset where it is a subresource, a Secret's `stringData` folded.
+fn prepare_create(info: &RecordedRequest, body: Option<&mut Value>) -> Result<(), Refused> {
+    let Some(obj) = body.filter(|b| b.is_object()) else {
+        return Err(status_response(400, "create needs an object body", None));
+    };
+    let resource = served_resource(&info.group, &info.resource);
+    check_body(info, resource, obj, false)?;
+    let Some(meta) = obj["metadata"].as_object_mut() else {
+        return Err(status_response(422, "metadata is required", info.details()));
+    };
+    for server_set in [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "deletionTimestamp",
+        "selfLink",
+        "managedFields",
+    ] {
+        meta.remove(server_set);
+    }
+    if meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        match meta.get("generateName").and_then(Value::as_str) {
+            Some(prefix) if !prefix.is_empty() => {
+                let name = generated_name(prefix);
+                meta.insert("name".into(), json!(name));
+            }
+            _ => {
+                return Err(status_response(
+                    422,
+                    "metadata.name: Required value: name or generateName is required",
+                    info.details(),
+                ));
+            }
+        }
+    }
+    if resource.is_some_and(|r| r.status) {
+        obj.as_object_mut().map(|o| o.remove("status"));
+    }
+    if info.is_namespace() {
+        obj["apiVersion"] = json!("v1");
+        obj["kind"] = json!("Namespace");
+        if obj["status"]["phase"].is_null() {
+            obj["status"] = json!({"phase": "Active"});
+        }
+    }
+    fold_string_data(info, obj, true)
+}
+
+/// An update body checked against the URL and the stored object's preconditions; on the status
+/// subresource, the stored object with only its status (and resourceVersion) taken from the body.
+async fn prepare_update(
+    state: &State,
+    info: &RecordedRequest,
+    body: Option<&mut Value>,
+) -> Result<(), Refused> {
+    let Some(obj) = body.filter(|b| b.is_object()) else {
+        return Err(status_response(400, "update needs an object body", None));
+    };
+    check_body(
+        info,
+        served_resource(&info.group, &info.resource),
+        obj,
+        true,
+    )?;
+    check_preconditions(state, info, obj).await?;
+    if info.subresource.as_deref() != Some("status") {
+        return fold_string_data(info, obj, true);
+    }
+    // Without a stored object the fake answers (404) as it would.
+    if let Some(mut existing) = get_existing(state, info).await {
+        existing["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
+        if existing["status"].is_null() {
+            existing.as_object_mut().map(|o| o.remove("status"));
+        }
+        if let Some(rv) = obj["metadata"].get("resourceVersion") {
+            existing["metadata"]["resourceVersion"] = rv.clone();
+        }
+        *obj = existing;
+    }
+    Ok(())
+}
+
+/// A merge patch checked against the stored object's preconditions; on the status subresource
+/// only its status counts, elsewhere a Secret's `stringData` is folded.
+async fn prepare_patch(
+    state: &State,
+    info: &RecordedRequest,
+    patch: &mut Value,
+) -> Result<(), Refused> {
+    check_preconditions(state, info, patch).await?;
+    if info.subresource.as_deref() == Some("status") {
+        retain_status_fields(patch);
+        Ok(())
+    } else {
+        fold_string_data(info, patch, false)
+    }
+}
+
 /// Name, namespace and kind of a create/update body must agree with the URL.
 fn check_body(
     info: &RecordedRequest,
     resource: Option<&ServedResource>,
     obj: &Value,
     name_required: bool,
-) -> Option<Response<Body>> {
+) -> Result<(), Refused> {
     let meta = &obj["metadata"];
     if let (Some(url_ns), Some(body_ns)) = (&info.namespace, meta["namespace"].as_str())
         && !body_ns.is_empty()
         && body_ns != url_ns
     {
-        return Some(status_response(
+        return Err(status_response(
             400,
             "the namespace of the provided object does not match the namespace sent on the request",
             None,
@@ -1046,7 +1060,7 @@ fn check_body(
     if let Some(url_name) = &info.name {
         let body_name = meta["name"].as_str().unwrap_or("");
         if (name_required || !body_name.is_empty()) && body_name != url_name {
-            return Some(status_response(
+            return Err(status_response(
                 400,
                 &format!(
                     "the name of the object ({body_name}) does not match the name on the URL ({url_name})"
@@ -1058,7 +1072,7 @@ fn check_body(
     if let (Some(resource), Some(kind)) = (resource, obj["kind"].as_str())
         && kind != resource.kind()
     {
-        return Some(status_response(
+        return Err(status_response(
             400,
             &format!(
                 "the kind of the object ({kind}) does not match the resource {} ({})",
@@ -1068,7 +1082,7 @@ fn check_body(
             None,
         ));
     }
-    None
+    Ok(())
 }
 
 /// Preconditions on the stored object, which the fake ignores: `uid` and `resourceVersion` of a
@@ -1077,7 +1091,7 @@ async fn check_preconditions(
     state: &State,
     info: &RecordedRequest,
     body: &Value,
-) -> Option<Response<Body>> {
+) -> Result<(), Refused> {
     let pre = if info.verb == "delete" {
         body["preconditions"].clone()
     } else {
@@ -1088,10 +1102,12 @@ async fn check_preconditions(
         .iter()
         .all(|(field, _)| pre[field].as_str().is_none())
     {
-        return None;
+        return Ok(());
     }
-    let existing = get_existing(state, info).await?;
-    fields.into_iter().find_map(|(field, label)| {
+    let Some(existing) = get_existing(state, info).await else {
+        return Ok(());
+    };
+    let failed = fields.into_iter().find_map(|(field, label)| {
         let want = pre[field].as_str()?;
         let have = existing["metadata"][field].as_str();
         (have != Some(want)).then(|| {
@@ -1105,7 +1121,8 @@ async fn check_preconditions(
                 info.details(),
             )
         })
-    })
+    });
+    failed.map_or(Ok(()), Err)
 }
 
 /// A merge patch of the status subresource changes only `status`; `metadata.resourceVersion`
@@ -1121,13 +1138,9 @@ fn retain_status_fields(patch: &mut Value) {
 }
 
 /// Secrets: validate keys and fold `stringData` into `data` (base64), as the API server does.
-fn fold_string_data(
-    info: &RecordedRequest,
-    obj: &mut Value,
-    whole: bool,
-) -> Option<Response<Body>> {
+fn fold_string_data(info: &RecordedRequest, obj: &mut Value, whole: bool) -> Result<(), Refused> {
     if !(info.group.is_empty() && info.resource == "secrets") {
-        return None;
+        return Ok(());
     }
     let string_data = obj
         .as_object_mut()
@@ -1144,7 +1157,7 @@ fn fold_string_data(
         }
         for (k, v) in sd {
             let Some(s) = v.as_str() else {
-                return Some(status_response(
+                return Err(status_response(
                     400,
                     &format!("stringData[{k}] must be a string"),
                     info.details(),
@@ -1160,15 +1173,15 @@ fn fold_string_data(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     });
-    bad.map(|k| {
-        status_response(
+    bad.map_or(Ok(()), |k| {
+        Err(status_response(
             422,
             &format!(
                 "Secret is invalid: data[{k}]: Invalid value: {k:?}: a valid config key must \
                  consist of alphanumeric characters, '-', '_' or '.'"
             ),
             info.details(),
-        )
+        ))
     })
 }
 
