@@ -866,8 +866,12 @@ fn sort_key(item: &Value) -> (String, String) {
 // Writes
 // ---------------------------------------------------------------------------------------------
 
-/// A request refused before it reaches the fake, and the answer to send.
-type Refused = Response<Body>;
+/// A request refused before it reaches the fake: the answer to send.
+type Refused = Box<Response<Body>>;
+
+fn refuse(code: u16, message: &str, details: Option<Value>) -> Refused {
+    Box::new(status_response(code, message, details))
+}
 
 async fn write(
     state: &State,
@@ -924,7 +928,7 @@ async fn write(
         _ => Ok(()),
     };
     if let Err(refused) = prepared {
-        return refused;
+        return *refused;
     }
     let body = match &body_json {
         Some(v) => Bytes::from(v.to_string()),
@@ -940,12 +944,12 @@ async fn write(
 /// from `generateName`, status reset where it is a subresource, a Secret's `stringData` folded.
 fn prepare_create(info: &RecordedRequest, body: Option<&mut Value>) -> Result<(), Refused> {
     let Some(obj) = body.filter(|b| b.is_object()) else {
-        return Err(status_response(400, "create needs an object body", None));
+        return Err(refuse(400, "create needs an object body", None));
     };
     let resource = served_resource(&info.group, &info.resource);
     check_body(info, resource, obj, false)?;
     let Some(meta) = obj["metadata"].as_object_mut() else {
-        return Err(status_response(422, "metadata is required", info.details()));
+        return Err(refuse(422, "metadata is required", info.details()));
     };
     for server_set in [
         "uid",
@@ -968,7 +972,7 @@ fn prepare_create(info: &RecordedRequest, body: Option<&mut Value>) -> Result<()
                 meta.insert("name".into(), json!(name));
             }
             _ => {
-                return Err(status_response(
+                return Err(refuse(
                     422,
                     "metadata.name: Required value: name or generateName is required",
                     info.details(),
@@ -997,7 +1001,7 @@ async fn prepare_update(
     body: Option<&mut Value>,
 ) -> Result<(), Refused> {
     let Some(obj) = body.filter(|b| b.is_object()) else {
-        return Err(status_response(400, "update needs an object body", None));
+        return Err(refuse(400, "update needs an object body", None));
     };
     check_body(
         info,
@@ -1051,7 +1055,7 @@ fn check_body(
         && !body_ns.is_empty()
         && body_ns != url_ns
     {
-        return Err(status_response(
+        return Err(refuse(
             400,
             "the namespace of the provided object does not match the namespace sent on the request",
             None,
@@ -1060,7 +1064,7 @@ fn check_body(
     if let Some(url_name) = &info.name {
         let body_name = meta["name"].as_str().unwrap_or("");
         if (name_required || !body_name.is_empty()) && body_name != url_name {
-            return Err(status_response(
+            return Err(refuse(
                 400,
                 &format!(
                     "the name of the object ({body_name}) does not match the name on the URL ({url_name})"
@@ -1072,7 +1076,7 @@ fn check_body(
     if let (Some(resource), Some(kind)) = (resource, obj["kind"].as_str())
         && kind != resource.kind()
     {
-        return Err(status_response(
+        return Err(refuse(
             400,
             &format!(
                 "the kind of the object ({kind}) does not match the resource {} ({})",
@@ -1111,7 +1115,7 @@ async fn check_preconditions(
         let want = pre[field].as_str()?;
         let have = existing["metadata"][field].as_str();
         (have != Some(want)).then(|| {
-            status_response(
+            refuse(
                 409,
                 &format!(
                     "Precondition failed: {label} in precondition: {want}, \
@@ -1157,7 +1161,7 @@ fn fold_string_data(info: &RecordedRequest, obj: &mut Value, whole: bool) -> Res
         }
         for (k, v) in sd {
             let Some(s) = v.as_str() else {
-                return Err(status_response(
+                return Err(refuse(
                     400,
                     &format!("stringData[{k}] must be a string"),
                     info.details(),
@@ -1174,7 +1178,7 @@ fn fold_string_data(info: &RecordedRequest, obj: &mut Value, whole: bool) -> Res
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     });
     bad.map_or(Ok(()), |k| {
-        Err(status_response(
+        Err(refuse(
             422,
             &format!(
                 "Secret is invalid: data[{k}]: Invalid value: {k:?}: a valid config key must \
