@@ -3,6 +3,7 @@
 //! `AWS_ENDPOINT_URL_STS`), with the Secrets it writes read back by the real AWS CLI.
 
 use std::collections::BTreeMap;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -144,8 +145,7 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
     env.moto.reset_counts();
     let writes = env.api.write_count();
     let events_written = env.api.write_count_for("events");
-    let out = env.run(&["once", "--base-role-arn", BASE]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = env.run_ok(&["once", "--base-role-arn", BASE]).await;
     assert_eq!(
         env.api.write_count(),
         writes,
@@ -184,13 +184,7 @@ async fn dry_run_changes_nothing_and_prints_no_credential() {
             "--verbose",
         ],
     ] {
-        let out = env.run(&args).await;
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        let out = env.run_ok(&args).await;
         assert_no_leak(&out, &[]);
         let stdout = text(&out.stdout);
         if args.contains(&"json") {
@@ -262,8 +256,7 @@ async fn lists_are_paged_and_a_steady_state_writes_nothing() {
     }
     env.api.clear_requests();
     let writes = env.api.write_count();
-    let out = env.run(&["once", "--base-role-arn", BASE]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = env.run_ok(&["once", "--base-role-arn", BASE]).await;
     assert!(
         text(&out.stderr).contains("skip=600"),
         "{}",
@@ -322,26 +315,16 @@ async fn sts_rate_limit_is_respected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_new_roles_health_and_metrics_and_stops_on_sigterm() {
-    let env = Env::start(
-        "e2e-run",
-        ApiServer::builder().object(role("team-a", "first", "app-first")),
-    )
-    .await;
+    let env = Env::with_role("e2e-run", role("team-a", "first", "app-first")).await;
     let client = env.client();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let interval = Duration::from_secs(2);
-    let mut child = env
-        .command(&["run", "--interval", "2s", "--health-addr", &addr])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+    let (mut run, port) = env.run_loop("2s");
+    let mut child = run
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let ready = eventually(Duration::from_secs(20), || async {
-        matches!(http_get(port, "/readyz").await, Some((200, _)))
-    })
-    .await;
-    assert!(ready, "/readyz never became ready");
+    wait_ready(port).await;
     assert!(matches!(http_get(port, "/healthz").await, Some((200, _))));
     let secrets = Api::<Secret>::namespaced(client.clone(), "team-a");
     assert!(secrets.get_opt("first").await.unwrap().is_some());
@@ -416,13 +399,8 @@ async fn run_serves_new_roles_health_and_metrics_and_stops_on_sigterm() {
 /// auto-refreshing provider) and application roles with those credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assume_role_chains_through_the_controller_role() {
-    let env = Env::start(
-        "e2e-assume-role",
-        ApiServer::builder().object(role("team-a", "app", "app")),
-    )
-    .await;
-    let out = env.run(&["once", "--assume-role", "controller"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let env = Env::with_role("e2e-assume-role", role("team-a", "app", "app")).await;
+    let out = env.run_ok(&["once", "--assume-role", "controller"]).await;
     // One AssumeRole for the controller role, one for the application role.
     assert_eq!(env.moto.calls("AssumeRole"), 2);
     let s = Api::<Secret>::namespaced(env.client(), "team-a")
@@ -443,19 +421,7 @@ async fn assume_role_chains_through_the_controller_role() {
 /// its Secret; allowed roles are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_restrictions_are_enforced_live() {
-    use k8s_openapi::api::core::v1::Namespace;
     let now = Timestamp::now();
-    let namespace = |name: &str, allowed: Option<&str>| {
-        let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.into());
-        if let Some(a) = allowed {
-            ns.metadata.annotations = Some(BTreeMap::from([(
-                "iam.amazonaws.com/allowed-roles".to_string(),
-                a.to_string(),
-            )]));
-        }
-        ns
-    };
     let revoked = role("team-a", "revoked", "team-b/db");
     let builder = ApiServer::builder()
         .object(namespace("team-a", Some(r#"["team-a/*"]"#)))
@@ -472,10 +438,8 @@ async fn namespace_restrictions_are_enforced_live() {
         .object(role("team-b", "any", "team-b/db"))
         .object(role("team-c", "any", "team-a/app"));
     let env = Env::start("e2e-restrictions", builder).await;
-    let out = env
-        .run(&["once", "--namespace-restrictions", "--base-role-arn", BASE])
+    env.run_ok(&["once", "--namespace-restrictions", "--base-role-arn", BASE])
         .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         env.moto.calls("AssumeRole"),
         1,

@@ -10,7 +10,7 @@ use kube::api::ListParams;
 use kube_aws_iam_controller::apply::event_name;
 
 use crate::support::apiserver::ApiServer;
-use crate::support::harness::{BASE, Env, role, text};
+use crate::support::harness::{BASE, Env, role};
 
 fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253
@@ -54,8 +54,7 @@ async fn events_for_long_role_names_are_valid_and_point_at_the_role() {
         builder = builder.object(role("team-a", name, "app"));
     }
     let env = Env::start("event-names", builder).await;
-    let out = env.run(&["once", "--base-role-arn", BASE]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    env.run_ok(&["once", "--base-role-arn", BASE]).await;
 
     let events = Api::<Event>::all(env.client())
         .list(&ListParams::default())

@@ -225,8 +225,7 @@ async fn once_takes_the_same_lease_as_run() {
     let mut args = vec!["once", "--lease-wait", "2s"];
     args.extend_from_slice(&SLOW);
     let started = Instant::now();
-    let out = env.run(&args).await;
-    assert_eq!(out.status.code(), Some(2), "stderr:\n{}", text(&out.stderr));
+    let out = env.run_code(&args, 2).await;
     let stderr = text(&out.stderr);
     let holder = lease_holder(&client).await.unwrap();
     assert!(
@@ -239,8 +238,7 @@ async fn once_takes_the_same_lease_as_run() {
     // Once `run` stops (releasing the Lease), `once` gets it without waiting for expiry.
     assert_eq!(run.terminate().await, Some(0));
     let started = Instant::now();
-    let out = env.run(&args).await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    env.run_ok(&args).await;
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "took {:?}: the Lease was not released (it would be taken over after 30s)",
@@ -249,8 +247,7 @@ async fn once_takes_the_same_lease_as_run() {
 
     // --leader-elect=false never touches the Lease.
     env.api.clear_requests();
-    let out = env.run(&["once", "--leader-elect=false"]).await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    env.run_ok(&["once", "--leader-elect=false"]).await;
     assert!(env.api.requests().iter().all(|r| r.resource != "leases"));
 }
 

@@ -98,10 +98,12 @@ async fn live_error_paths_and_debug_logs_print_no_credential() {
     // The first Secret write fails with 500; everything runs with debug logs, twice, in both
     // log formats.
     env.api.fail_nth_write(1, 500);
-    let first = env.run(&["once", "--debug", "--log-format", "json"]).await;
-    assert_eq!(first.status.code(), Some(1), "{}", text(&first.stderr));
-    let second = env.run(&["once", "--debug", "--base-role-arn", BASE]).await;
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let first = env
+        .run_code(&["once", "--debug", "--log-format", "json"], 1)
+        .await;
+    let second = env
+        .run_ok(&["once", "--debug", "--base-role-arn", BASE])
+        .await;
     let secrets = Api::<Secret>::all(env.client())
         .list(&ListParams::default())
         .await

@@ -10,27 +10,26 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ObjectMeta};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::plan::refresh;
-use kube_aws_iam_controller::policy::ALLOWED_ROLES_ANNOTATION;
 use kube_aws_iam_controller::secret;
 use serde_json::Value;
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder, RecordedRequest};
 use crate::support::harness::{
-    BASE, Env, eventually, free_port, http_get, marked_managed_secret, marked_mixed_state, role,
-    serve_as_controller, text,
+    BASE, Env, eventually, marked_managed_secret, marked_mixed_state, namespace, role,
+    serve_as_controller, text, wait_ready,
 };
 use crate::support::moto::ScratchDir;
 use crate::support::repo_root;
@@ -815,18 +814,6 @@ async fn serve_team_c(client: &Client) {
     }
 }
 
-fn namespace(name: &str, allowed: Option<&str>) -> Namespace {
-    Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            annotations: allowed
-                .map(|a| BTreeMap::from([(ALLOWED_ROLES_ANNOTATION.to_string(), a.to_string())])),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    }
-}
-
 /// The action kinds of a JSON plan.
 fn planned_kinds(stdout: &[u8]) -> BTreeMap<String, String> {
     let plan: Value = serde_json::from_slice(stdout).expect("the plan is JSON");
@@ -906,24 +893,14 @@ async fn record_every_mode() -> Usage {
 
     // 2. The loop: ready, a Secret deleted behind its back is re-created (a second
     //    CreateCredentials Event for the same role, which the recorder patches), SIGTERM.
-    let env = Env::start(
-        "ship-rbac-run",
-        ApiServer::builder().object(role("team-a", "looped", "app-looped")),
-    )
-    .await;
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = env
-        .command(&["run", "--interval", "1s", "--health-addr", &addr])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    let env = Env::with_role("ship-rbac-run", role("team-a", "looped", "app-looped")).await;
+    let (mut run, port) = env.run_loop("1s");
+    let mut child = run
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let ready = eventually(Duration::from_secs(20), || async {
-        http_get(port, "/readyz").await.map(|(code, _)| code) == Some(200)
-    })
-    .await;
-    assert!(ready, "/readyz never became ready");
+    wait_ready(port).await;
     let secrets = Api::<Secret>::namespaced(env.client(), "team-a");
     let first = secrets.get("looped").await.unwrap().metadata.uid;
     secrets
