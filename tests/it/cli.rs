@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 
 use kube_aws_iam_controller::commands;
 
+use crate::support::assert_contains;
 use crate::support::{Case, repo_root};
 
 fn bin(args: &[&str]) -> Output {
@@ -153,13 +154,10 @@ fn malformed_documents_are_reported_and_the_rest_planned() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(
-        err.contains("a.yaml: document 2: could not be read as YAML"),
-        "{err}"
-    );
-    assert!(
-        err.contains("a.yaml: document 3: AWSIAMRole skipped: metadata is missing"),
-        "{err}"
+    assert_contains(&err, "a.yaml: document 2: could not be read as YAML");
+    assert_contains(
+        &err,
+        "a.yaml: document 3: AWSIAMRole skipped: metadata is missing",
     );
     assert!(err.contains("b.yml: not UTF-8"), "{err}");
     assert!(!err.contains("LEAKME"), "{err}");

@@ -14,6 +14,7 @@ use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::secret;
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder};
+use crate::support::assert_contains;
 use crate::support::harness::*;
 
 /// (action, namespace, name) → (reason, roleArn) of every action that is not a skip.
@@ -230,11 +231,7 @@ async fn offline_plan_without_a_base_blames_the_plan_not_the_spec() {
         !message.contains("spec."),
         "the spec is not to blame: {message}"
     );
-    assert!(
-        text(&out.stderr).contains("--base-role-arn"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&text(&out.stderr), "--base-role-arn");
     // Offline means no STS at all.
     assert_eq!(env.moto.total_calls(), 0);
     // With a base, the same role is planned.
@@ -263,10 +260,7 @@ async fn live_dry_run_without_sts_warns_and_blames_the_plan() {
     let out = finish(plan).await;
     assert_exit(&out, 0);
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("dry run without a base role ARN"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "dry run without a base role ARN");
     let (plan, _) = planned(&text(&out.stdout));
     let (reason, _) = &plan[&("blocked".into(), "team-a".into(), "bare".into())];
     assert_eq!(reason, "NeedsBaseRoleArn");

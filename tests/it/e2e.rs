@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::secret;
 
 use crate::support::apiserver::ApiServer;
+use crate::support::assert_contains;
 use crate::support::harness::*;
 use crate::support::moto;
 
@@ -27,10 +27,7 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
     let took = start.elapsed();
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("pass done: create=1, refresh=1"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "pass done: create=1, refresh=1");
     // One GetCallerIdentity (base ARN discovery), one AssumeRole per new or expiring role.
     assert_eq!(env.moto.calls("GetCallerIdentity"), 1);
     assert_eq!(env.moto.calls("AssumeRole"), 2);
@@ -51,15 +48,8 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
         format!("{SEEDED}-foreign").into_bytes(),
         "an unmanaged Secret is never touched"
     );
-    assert!(
-        taken
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .get("heritage")
-            .is_none()
-    );
+    let labels = taken.metadata.labels.as_ref().unwrap();
+    assert!(!labels.contains_key("heritage"));
     let mut leaked = Vec::new();
     for (name, reference) in [("new", "app-new"), ("expiring", "app-expiring")] {
         let s = &by_name[name];
@@ -97,34 +87,16 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
     assert_eq!(reason, "InvalidSpec");
     assert!(message.contains("must be"), "{message}");
 
-    let events = Api::<Event>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
-    let reasons: Vec<(String, String)> = events
-        .iter()
-        .map(|e| {
-            let on = e
-                .regarding
-                .as_ref()
-                .and_then(|r| r.name.clone())
-                .unwrap_or_default();
-            (on, e.reason.clone().unwrap_or_default())
-        })
-        .collect();
-    for expected in [
-        ("new", "CreateCredentials"),
-        ("expiring", "UpdateCredentials"),
-        ("orphan", "DeleteCredentials"),
-        ("taken", "SecretConflict"),
-        ("invalid", "InvalidSpec"),
-    ] {
-        assert!(
-            reasons.contains(&(expected.0.to_string(), expected.1.to_string())),
-            "missing event {expected:?} in {reasons:?}"
-        );
-    }
+    assert_events(
+        &all_events(&client).await,
+        &[
+            ("new", "CreateCredentials"),
+            ("expiring", "UpdateCredentials"),
+            ("orphan", "DeleteCredentials"),
+            ("taken", "SecretConflict"),
+            ("invalid", "InvalidSpec"),
+        ],
+    );
 
     // The Secret's files work for SDK consumers, both ways.
     let data = data_map(&by_name["new"]);
@@ -257,11 +229,7 @@ async fn lists_are_paged_and_a_steady_state_writes_nothing() {
     env.api.clear_requests();
     let writes = env.api.write_count();
     let out = env.run_ok(&["once", "--base-role-arn", BASE]).await;
-    assert!(
-        text(&out.stderr).contains("skip=600"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&text(&out.stderr), "skip=600");
     assert_no_leak(&out, &[]);
     assert_eq!(env.api.write_count(), writes);
     assert_eq!(env.moto.total_calls(), 0);
@@ -319,11 +287,7 @@ async fn run_serves_new_roles_health_and_metrics_and_stops_on_sigterm() {
     let client = env.client();
     let interval = Duration::from_secs(2);
     let (mut run, port) = env.run_loop("2s");
-    let mut child = run
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run.stderr(Stdio::piped()).spawn().unwrap();
     wait_ready(port).await;
     assert!(matches!(http_get(port, "/healthz").await, Some((200, _))));
     let secrets = Api::<Secret>::namespaced(client.clone(), "team-a");
@@ -365,19 +329,11 @@ async fn run_serves_new_roles_health_and_metrics_and_stops_on_sigterm() {
     }
 
     assert_eq!(
-        crate::support::harness::terminate(&mut child, Duration::from_secs(10)).await,
+        terminate(&mut child, Duration::from_secs(10)).await,
         Some(0),
         "exits 0 within 10 s of SIGTERM"
     );
-    let mut stderr = String::new();
-    use tokio::io::AsyncReadExt;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    let stderr = text(&child.wait_with_output().await.unwrap().stderr);
     assert!(stderr.contains("stopped"), "{stderr}");
     let values: Vec<String> = secrets
         .list(&ListParams::default())

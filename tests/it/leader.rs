@@ -13,6 +13,7 @@ use kube::api::DeleteParams;
 use tokio::process::Child;
 
 use crate::support::apiserver::ApiServer;
+use crate::support::assert_contains;
 use crate::support::harness::*;
 
 const LEASE_NS: &str = "kube-system";
@@ -228,10 +229,8 @@ async fn once_takes_the_same_lease_as_run() {
     let out = env.run_code(&args, 2).await;
     let stderr = text(&out.stderr);
     let holder = lease_holder(&client).await.unwrap();
-    assert!(
-        stderr.contains(&format!("is held by {holder}")) && stderr.contains("waited 2s"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, &format!("is held by {holder}"));
+    assert_contains(&stderr, "waited 2s");
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(!stderr.contains("pass done"), "{stderr}");
 

@@ -6,6 +6,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 
+use crate::support::assert_contains;
 use crate::support::harness::{BASE, Env, assert_no_leak, mixed_state, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,10 +66,8 @@ async fn echoed_request_bodies_are_redacted_from_write_errors() {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         // The failure is still explained: who refused, with which status.
-        assert!(
-            stderr.contains("writing Secret team-a/new") && stderr.contains("422"),
-            "{stderr}"
-        );
+        assert_contains(&stderr, "writing Secret team-a/new");
+        assert_contains(&stderr, "422");
         assert!(stderr.contains("echo.apiserver.test"), "{stderr}");
         assert_no_leak(out, &sent);
     }

@@ -26,6 +26,7 @@ use kube_aws_iam_controller::sts::{CredentialSource, StsError};
 use tokio::process::Command;
 
 use crate::support::apiserver::ApiServer;
+use crate::support::assert_contains;
 use crate::support::harness::*;
 use crate::support::moto::SignedCall;
 use crate::support::volume::SecretVolume;
@@ -74,10 +75,9 @@ async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
     let client = env.client();
 
     let out = env.run_ok(&["bootstrap", "--role-arn", SELF_ARN]).await;
-    assert!(
-        text(&out.stdout).contains(&format!("AWSIAMRole {SELF_NS}/{SELF_NAME} created")),
-        "{}",
-        text(&out.stdout)
+    assert_contains(
+        &text(&out.stdout),
+        &format!("AWSIAMRole {SELF_NS}/{SELF_NAME} created"),
     );
     let role = Api::<AWSIAMRole>::namespaced(client.clone(), SELF_NS)
         .get(SELF_NAME)
@@ -120,20 +120,12 @@ async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
     let out = env
         .run_ok(&["once", "--base-role-arn", BASE, "--leader-elect=false"])
         .await;
-    assert!(
-        text(&out.stderr).contains("skip=1, blocked=0;"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&text(&out.stderr), "skip=1, blocked=0;");
     assert_eq!(env.moto.calls("AssumeRole"), 1);
 
     // Again: the role exists, the Secret is replaced with a new session.
     let out = env.run_ok(&["bootstrap", "--role-arn", SELF_ARN]).await;
-    assert!(
-        text(&out.stdout).contains("exists"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_contains(&text(&out.stdout), "exists");
     assert_ne!(access_key(&self_secret(&client).await), access_key(&s));
 
     // A different ARN for the existing role, or a foreign Secret of that name: refused (2).
@@ -156,11 +148,7 @@ async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
     let out = env
         .run_code(&["bootstrap", "--role-arn", SELF_ARN, "--name", "taken"], 2)
         .await;
-    assert!(
-        text(&out.stderr).contains("not managed by kube-aws-iam-controller"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&text(&out.stderr), "not managed by kube-aws-iam-controller");
     assert_eq!(env.moto.calls("AssumeRole"), before, "refused before STS");
 }
 
@@ -205,7 +193,6 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
     let log = std::fs::File::create(&log_path).unwrap();
     let (mut run, port) = env.run_loop("1s");
     let mut child = on_seed(&mut run, &volume)
-        .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
@@ -319,14 +306,11 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
     assert!(healthy, "/healthz recovers once the file is valid again");
 
     assert_eq!(
-        crate::support::harness::terminate(&mut child, Duration::from_secs(15)).await,
+        terminate(&mut child, Duration::from_secs(15)).await,
         Some(0)
     );
     let logs = std::fs::read_to_string(&log_path).unwrap();
-    assert!(
-        logs.contains("read the controller's own credentials"),
-        "{logs}"
-    );
+    assert_contains(&logs, "read the controller's own credentials");
     assert!(!logs.contains(SEEDED), "seeded credential in the log");
     for v in secrets_seen.iter().filter(|v| !v.starts_with("ASIA")) {
         assert!(!logs.contains(v.as_str()), "a credential value in the log");

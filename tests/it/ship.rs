@@ -29,7 +29,7 @@ use serde_json::Value;
 use crate::support::apiserver::{ApiServer, ApiServerBuilder, RecordedRequest};
 use crate::support::harness::{
     BASE, Env, eventually, marked_managed_secret, marked_mixed_state, namespace, role,
-    serve_as_controller, text, wait_ready,
+    serve_as_controller, terminate, text, wait_ready,
 };
 use crate::support::moto::ScratchDir;
 use crate::support::repo_root;
@@ -253,49 +253,38 @@ pub(crate) fn dockerfile_uid() -> i64 {
 
 #[test]
 fn kustomize_renders_deploy_and_cronjobs() {
-    let deploy = kustomize(&repo_root().join("deploy"));
-    let expected: BTreeSet<String> = [
+    // What both render: the CRD and the RBAC.
+    let shared = [
         "CustomResourceDefinition",
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
         "Role",
         "RoleBinding",
-        "Deployment",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    assert_eq!(kinds(&deploy), expected, "kinds rendered from deploy/");
+    ];
+    let and = |kind: &str| -> BTreeSet<String> {
+        shared
+            .iter()
+            .chain([&kind])
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let deploy = kustomize(&repo_root().join("deploy"));
+    assert_eq!(
+        kinds(&deploy),
+        and("Deployment"),
+        "kinds rendered from deploy/"
+    );
     assert_eq!(deploy.len(), 7, "one object of each kind in deploy/");
 
     let cronjobs = kustomize(&repo_root().join("cronjobs"));
-    let expected: BTreeSet<String> = [
-        "CustomResourceDefinition",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "CronJob",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
     assert_eq!(
         kinds(&cronjobs),
-        expected,
+        and("CronJob"),
         "kinds rendered from cronjobs/ (the CRD and RBAC of deploy/, a CronJob, no Deployment)"
     );
     // The shared objects are the same objects.
-    for kind in [
-        "CustomResourceDefinition",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-    ] {
+    for kind in shared {
         let a: Vec<&Value> = deploy.iter().filter(|d| kind_of(d) == kind).collect();
         let b: Vec<&Value> = cronjobs.iter().filter(|d| kind_of(d) == kind).collect();
         assert_eq!(a, b, "{kind} differs between deploy/ and cronjobs/");
@@ -424,18 +413,17 @@ fn deployment_runs_the_loop_with_probes_metrics_and_hardening() {
         .as_ref()
         .and_then(|m| m.annotations.clone())
         .unwrap_or_default();
-    assert_eq!(
-        annotations.get("prometheus.io/scrape").map(String::as_str),
-        Some("true")
-    );
-    assert_eq!(
-        annotations.get("prometheus.io/port").map(String::as_str),
-        Some("8080")
-    );
-    assert_eq!(
-        annotations.get("prometheus.io/path").map(String::as_str),
-        Some("/metrics")
-    );
+    for (key, value) in [
+        ("prometheus.io/scrape", "true"),
+        ("prometheus.io/port", "8080"),
+        ("prometheus.io/path", "/metrics"),
+    ] {
+        assert_eq!(
+            annotations.get(key).map(String::as_str),
+            Some(value),
+            "{key}"
+        );
+    }
 }
 
 /// The seed-credentials overlay mounts the Secret `bootstrap` writes where
@@ -778,16 +766,10 @@ impl Usage {
     }
 }
 
-/// Runs the binary to completion (at most a minute) and asserts its exit code and that no
+/// Runs the binary to completion (at most a minute) and asserts that it succeeds and that no
 /// seeded credential is in its output.
-async fn run_expecting(env: &Env, args: &[&str], code: i32) -> Output {
-    let out = env.run(args).await;
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{args:?}: stderr:\n{}",
-        text(&out.stderr)
-    );
+async fn run_clean(env: &Env, args: &[&str]) -> Output {
+    let out = env.run_ok(args).await;
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(
         !all.contains(SEEDED),
@@ -846,12 +828,7 @@ async fn record_every_mode() -> Usage {
     // 1. Every action kind, planned (dry) first, then applied.
     let env = Env::start("ship-rbac-mixed", mixed_state()).await;
     serve_team_c(&env.client()).await;
-    let out = run_expecting(
-        &env,
-        &["plan", "--base-role-arn", BASE, "--output", "json"],
-        0,
-    )
-    .await;
+    let out = run_clean(&env, &["plan", "--base-role-arn", BASE, "--output", "json"]).await;
     let planned = planned_kinds(&out.stdout);
     let expected: BTreeMap<String, String> = [
         ("team-a/expiring", "refresh OwnerChanged"),
@@ -871,7 +848,7 @@ async fn record_every_mode() -> Usage {
         "the mixed state covers every action kind"
     );
     let plan_reads = usage.collect(&env.api, "plan");
-    run_expecting(&env, &["once", "--dry-run", "--base-role-arn", BASE], 0).await;
+    run_clean(&env, &["once", "--dry-run", "--base-role-arn", BASE]).await;
     let dry_reads = usage.collect(&env.api, "once --dry-run");
     for (scenario, seen) in [("plan", &plan_reads), ("once --dry-run", &dry_reads)] {
         assert!(
@@ -879,7 +856,7 @@ async fn record_every_mode() -> Usage {
             "{scenario} only reads: {seen:?}"
         );
     }
-    let out = run_expecting(&env, &["once"], 0).await;
+    let out = run_clean(&env, &["once"]).await;
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(
@@ -895,11 +872,7 @@ async fn record_every_mode() -> Usage {
     //    CreateCredentials Event for the same role, which the recorder patches), SIGTERM.
     let env = Env::with_role("ship-rbac-run", role("team-a", "looped", "app-looped")).await;
     let (mut run, port) = env.run_loop("1s");
-    let mut child = run
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run.stderr(Stdio::null()).spawn().unwrap();
     wait_ready(port).await;
     let secrets = Api::<Secret>::namespaced(env.client(), "team-a");
     let first = secrets.get("looped").await.unwrap().metadata.uid;
@@ -926,7 +899,7 @@ async fn record_every_mode() -> Usage {
         .await;
     assert!(patched, "the repeated Event was patched");
     assert_eq!(
-        crate::support::harness::terminate(&mut child, Duration::from_secs(15)).await,
+        terminate(&mut child, Duration::from_secs(15)).await,
         Some(0)
     );
     usage.collect(&env.api, "run");
@@ -934,6 +907,7 @@ async fn record_every_mode() -> Usage {
 
     // 3. Namespace restrictions: allowed, blocked, and a Secret that must go.
     let now = Timestamp::now();
+    let revoked = role("closed", "revoked", "app-revoked");
     let env = Env::start(
         "ship-rbac-restricted",
         ApiServer::builder()
@@ -941,17 +915,11 @@ async fn record_every_mode() -> Usage {
             .object(namespace("closed", None))
             .object(role("open", "ok", "app-ok"))
             .object(role("closed", "refused", "app-refused"))
-            .object(role("closed", "revoked", "app-revoked"))
-            .object(marked_managed_secret(
-                SEEDED,
-                &role("closed", "revoked", "app-revoked"),
-                "",
-                now,
-                3600,
-            )),
+            .object(revoked.clone())
+            .object(marked_managed_secret(SEEDED, &revoked, "", now, 3600)),
     )
     .await;
-    let out = run_expecting(
+    let out = run_clean(
         &env,
         &[
             "plan",
@@ -961,7 +929,6 @@ async fn record_every_mode() -> Usage {
             "--output",
             "json",
         ],
-        0,
     )
     .await;
     let planned = planned_kinds(&out.stdout);
@@ -969,7 +936,7 @@ async fn record_every_mode() -> Usage {
     assert_eq!(planned["closed/refused"], "blocked NotPermitted");
     assert_eq!(planned["closed/revoked"], "delete NotPermitted");
     usage.collect(&env.api, "plan --namespace-restrictions");
-    run_expecting(&env, &["once", "--namespace-restrictions"], 0).await;
+    run_clean(&env, &["once", "--namespace-restrictions"]).await;
     usage.collect(&env.api, "once --namespace-restrictions");
     assert!(
         Api::<Secret>::namespaced(env.client(), "closed")
@@ -981,14 +948,13 @@ async fn record_every_mode() -> Usage {
     );
 
     // 4. One namespace, with and without restrictions (a GET of that Namespace).
-    run_expecting(
+    run_clean(
         &env,
         &["once", "--namespace", "open", "--namespace-restrictions"],
-        0,
     )
     .await;
     usage.collect(&env.api, "once --namespace open --namespace-restrictions");
-    run_expecting(&env, &["once", "--namespace", "closed"], 0).await;
+    run_clean(&env, &["once", "--namespace", "closed"]).await;
     usage.collect(&env.api, "once --namespace closed");
     usage
 }

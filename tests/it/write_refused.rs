@@ -13,6 +13,7 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 
+use crate::support::assert_contains;
 use crate::support::harness::{
     BASE, Env, assert_no_leak, condition, credential_values, role, text,
 };
@@ -117,11 +118,7 @@ async fn a_refused_secret_write_is_reported_and_backs_off() {
             Some(1)
         );
         let plan = env.run(&["plan", "--base-role-arn", BASE]).await;
-        assert!(
-            text(&plan.stdout).contains("BackingOff"),
-            "{}",
-            text(&plan.stdout)
-        );
+        assert_contains(&text(&plan.stdout), "BackingOff");
         assert_no_leak(&plan, &sent);
     }
 

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
 use kube_aws_iam_controller::model::ObservedRole;
 use kube_aws_iam_controller::plan::ready_status;
@@ -81,14 +82,14 @@ impl Env {
         out
     }
 
-    /// `run --interval INTERVAL` with its health server on a free loopback port, returned.
+    /// `run --interval INTERVAL`, stdout discarded, with its health server on a free loopback
+    /// port, returned.
     pub fn run_loop(&self, interval: &str) -> (tokio::process::Command, u16) {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        (
-            self.command(&["run", "--interval", interval, "--health-addr", &addr]),
-            port,
-        )
+        let mut cmd = self.command(&["run", "--interval", interval, "--health-addr", &addr]);
+        cmd.stdout(std::process::Stdio::null());
+        (cmd, port)
     }
 
     pub fn client(&self) -> Client {
@@ -326,6 +327,34 @@ pub async fn condition(client: &Client, ns: &str, name: &str) -> (String, String
         .unwrap_or_else(|| panic!("{ns}/{name} has no Ready condition"));
     let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
     (field("status"), field("reason"), field("message"))
+}
+
+/// Every Event in the cluster.
+pub async fn all_events(client: &Client) -> Vec<Event> {
+    let events = Api::<Event>::all(client.clone());
+    events.list(&ListParams::default()).await.unwrap().items
+}
+
+/// Asserts that for each (object name, reason) in `expected` some Event regarding that object
+/// has that reason.
+#[track_caller]
+pub fn assert_events(events: &[Event], expected: &[(&str, &str)]) {
+    let reasons: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            let on = e.regarding.as_ref().and_then(|r| r.name.as_deref());
+            (
+                on.unwrap_or_default(),
+                e.reason.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for expected in expected {
+        assert!(
+            reasons.contains(expected),
+            "missing event {expected:?} in {reasons:?}"
+        );
+    }
 }
 
 /// Waits (at most 20 s) until the health server on `port` answers `/readyz` with 200.
