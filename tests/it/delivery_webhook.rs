@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::ship::{kind_of, kinds, kustomize, only, relative_path};
 use crate::support::apiserver::ApiServer;
+use crate::support::argv;
 use crate::support::assert_contains;
 use crate::support::harness::{free_port, text};
 use crate::support::moto::{ScratchDir, venv_bin};
@@ -450,14 +451,9 @@ fn labelled_pods_get_the_shared_mutation_as_a_json_patch() {
 /// What `kube-aws-iam-controller inject -` prints for `pod`, with the webhook's flags.
 fn inject(pod: &Value) -> Value {
     let mut child = Command::new(BIN)
-        .args([
-            "inject",
-            "-",
-            "--sidecar-image",
-            SIDECAR_IMAGE,
-            "--default-delivery",
-            "process",
-        ])
+        .args(argv(&format!(
+            "inject - --sidecar-image {SIDECAR_IMAGE} --default-delivery process"
+        )))
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

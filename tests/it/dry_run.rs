@@ -7,13 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::ListParams;
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::secret;
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder};
+use crate::support::argv;
 use crate::support::assert_contains;
 use crate::support::harness::*;
 
@@ -74,11 +73,8 @@ async fn seed_expiring(env: &Env, ns: &str, name: &str) {
 
 /// (namespace, name) → (`role-arn`, `expire`) of every managed Secret.
 async fn managed_secrets(env: &Env) -> BTreeMap<(String, String), (String, String)> {
-    Api::<Secret>::all(env.client())
-        .list(&ListParams::default())
+    all_secrets(&env.client())
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter(|s| s.metadata.labels.as_ref().is_some_and(secret::is_managed))
         .map(|s| {
@@ -206,13 +202,8 @@ async fn offline_plan_without_a_base_blames_the_plan_not_the_spec() {
         "apiVersion: zalando.org/v1\nkind: AWSIAMRole\nmetadata: {name: bare, namespace: team-a, uid: u1, generation: 1}\nspec: {roleReference: team/app-bare}\n---\napiVersion: zalando.org/v1\nkind: AWSIAMRole\nmetadata: {name: bad, namespace: team-a, uid: u2, generation: 1}\nspec: {roleReference: \"/app-bad\"}\n",
     )
     .unwrap();
-    let plan = [
-        "plan",
-        "--from",
-        input.to_str().unwrap(),
-        "--output",
-        "json",
-    ];
+    let line = format!("plan --from {} --output json", input.display());
+    let plan = argv(&line);
     // The action planned for `bare`, from a JSON plan on stdout.
     let action = |out: &Output| {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

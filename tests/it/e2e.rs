@@ -14,6 +14,7 @@ use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::secret;
 
 use crate::support::apiserver::ApiServer;
+use crate::support::argv;
 use crate::support::assert_contains;
 use crate::support::harness::*;
 use crate::support::moto;
@@ -32,12 +33,8 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
     assert_eq!(env.moto.calls("GetCallerIdentity"), 1);
     assert_eq!(env.moto.calls("AssumeRole"), 2);
 
-    let secrets = Api::<Secret>::all(client.clone());
-    let by_name: BTreeMap<String, Secret> = secrets
-        .list(&ListParams::default())
+    let by_name: BTreeMap<String, Secret> = all_secrets(&client)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .map(|s| (s.metadata.name.clone().unwrap(), s))
         .collect();
@@ -75,11 +72,7 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
 
     assert_eq!(condition(&client, "team-a", "new").await.0, "True");
     assert_eq!(condition(&client, "team-a", "expiring").await.0, "True");
-    let (status, reason, _) = condition(&client, "team-b", "taken").await;
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "SecretConflict")
-    );
+    assert_condition(&client, "team-b", "taken", ("False", "SecretConflict")).await;
     let (_, reason, message) = condition(&client, "team-b", "invalid").await;
     assert_eq!(reason, "InvalidSpec");
     assert!(message.contains("roleSessionDuration"), "{message}");
@@ -136,26 +129,11 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_changes_nothing_and_prints_no_credential() {
     let env = Env::start("e2e-dry-run", mixed_state()).await;
-    for args in [
-        vec![
-            "once",
-            "--dry-run",
-            "--base-role-arn",
-            BASE,
-            "--output",
-            "json",
-            "--log-format",
-            "json",
-        ],
-        vec![
-            "plan",
-            "--base-role-arn",
-            BASE,
-            "--output",
-            "diff",
-            "--verbose",
-        ],
+    for line in [
+        format!("once --dry-run --base-role-arn {BASE} --output json --log-format json"),
+        format!("plan --base-role-arn {BASE} --output diff --verbose"),
     ] {
+        let args = argv(&line);
         let out = env.run_ok(&args).await;
         assert_no_leak(&out, &[]);
         let stdout = text(&out.stdout);
@@ -257,15 +235,9 @@ async fn sts_rate_limit_is_respected() {
     let env = Env::start("e2e-rate", builder).await;
     let start = Instant::now();
     let out = env
-        .run(&[
-            "once",
-            "--base-role-arn",
-            BASE,
-            "--sts-rate",
-            "20",
-            "--concurrency",
-            "16",
-        ])
+        .run(&argv(&format!(
+            "once --base-role-arn {BASE} --sts-rate 20 --concurrency 16"
+        )))
         .await;
     let took = start.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -402,12 +374,8 @@ async fn namespace_restrictions_are_enforced_live() {
         "only the allowed role is assumed"
     );
     let client = env.client();
-    let secrets = Api::<Secret>::all(client.clone());
-    let names: Vec<(String, String)> = secrets
-        .list(&ListParams::default())
+    let names: Vec<(String, String)> = all_secrets(&client)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .map(|s| (s.metadata.namespace.unwrap(), s.metadata.name.unwrap()))
         .collect();
@@ -422,12 +390,7 @@ async fn namespace_restrictions_are_enforced_live() {
         ),
         ("team-c", "any", "not a JSON array"),
     ] {
-        let (status, reason, message) = condition(&client, ns, name).await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "NotPermitted"),
-            "{ns}/{name}"
-        );
+        let message = assert_condition(&client, ns, name, ("False", "NotPermitted")).await;
         assert!(message.contains(hint), "{ns}/{name}: {message}");
     }
 }
@@ -438,16 +401,9 @@ async fn apiserver_flag_works_without_kubeconfig() {
     let env = Env::start("e2e-apiserver-flag", mixed_state()).await;
     let url = env.api.url();
     let out = env
-        .command(&[
-            "once",
-            "--dry-run",
-            "--apiserver",
-            &url,
-            "--base-role-arn",
-            BASE,
-            "--output",
-            "json",
-        ])
+        .command(&argv(&format!(
+            "once --dry-run --apiserver {url} --base-role-arn {BASE} --output json"
+        )))
         .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .output()
         .await

@@ -22,7 +22,7 @@ use kube_aws_iam_controller::sts::StsCredentialSource;
 use kube_fake_client::{ClientBuilder, Error as FakeError, interceptor};
 
 use crate::support::assert_contains;
-use crate::support::harness::{all_events, assert_events};
+use crate::support::harness::{all_events, all_secrets, assert_events};
 use crate::support::sts::{self, controller, stored_role};
 
 const SECRET_MARKER: &str = "MOCKSECRET";
@@ -224,12 +224,8 @@ async fn faults_fail_single_actions_back_off_and_then_converge() {
     for e in &events {
         assert!(!e.note.clone().unwrap_or_default().contains(SECRET_MARKER));
     }
-    let secrets: Api<Secret> = Api::all(client.clone());
-    let names: Vec<String> = secrets
-        .list(&ListParams::default())
+    let names: Vec<String> = all_secrets(&client)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter_map(|s| s.metadata.name)
         .collect();

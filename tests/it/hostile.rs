@@ -28,7 +28,9 @@ use serde_json::{Value, json};
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder};
 use crate::support::assert_contains;
-use crate::support::harness::{Env, all_events, condition, data_map, marked_credentials, text};
+use crate::support::harness::{
+    Env, all_events, assert_condition, condition, data_map, marked_credentials, text,
+};
 use crate::support::moto;
 use crate::support::{Case, DEFAULT_BASE_ARN as BASE};
 
@@ -581,12 +583,7 @@ async fn once_blocks_hostile_objects_and_serves_every_well_formed_role() {
 
     // Every hostile role: Ready=False, InvalidSpec, the field named, short and escaped.
     for (name, _, field) in hostile_roles() {
-        let (status, reason, message) = condition(&client, NS, name).await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "InvalidSpec"),
-            "{name}"
-        );
+        let message = assert_condition(&client, NS, name, ("False", "InvalidSpec")).await;
         assert!(
             message.contains(field),
             "{name}: {message:?} does not name {field}"
@@ -612,12 +609,7 @@ async fn once_blocks_hostile_objects_and_serves_every_well_formed_role() {
         let content = secret::decode(&ObservedSecret::from_secret(&s))
             .unwrap_or_else(|e| panic!("{name}: the Secret does not decode: {e}"));
         assert_eq!(content.role_arn, arn, "{name}");
-        let (status, reason, _) = condition(&client, NS, &name).await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("True", "CredentialsReady"),
-            "{name}"
-        );
+        assert_condition(&client, NS, &name, ("True", "CredentialsReady")).await;
         let json: Value =
             serde_json::from_slice(&s.data.as_ref().unwrap()[secret::KEY_JSON].0).unwrap();
         for key in ["AccessKeyId", "SecretAccessKey", "SessionToken"] {
@@ -728,12 +720,7 @@ async fn invalid_allowed_roles_annotations_permit_nothing() {
         .await;
     assert_clean_run(&out);
     for (ns, _) in bad {
-        let (status, reason, message) = condition(&client, ns, "app").await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "NotPermitted"),
-            "{ns}"
-        );
+        let message = assert_condition(&client, ns, "app", ("False", "NotPermitted")).await;
         assert!(
             message.contains("iam.amazonaws.com/allowed-roles")
                 && message.contains("not a JSON array"),

@@ -13,6 +13,7 @@ use kube::api::DeleteParams;
 use tokio::process::Child;
 
 use crate::support::apiserver::ApiServer;
+use crate::support::argv;
 use crate::support::assert_contains;
 use crate::support::harness::*;
 
@@ -20,24 +21,10 @@ const LEASE_NS: &str = "kube-system";
 const LEASE_NAME: &str = "kube-aws-iam-controller";
 
 /// A Lease that outlives any start-up delay, so taking it quickly proves it was released.
-const SLOW: [&str; 6] = [
-    "--lease-duration",
-    "30s",
-    "--lease-renew-deadline",
-    "10s",
-    "--lease-retry-period",
-    "1s",
-];
+const SLOW: &str = "--lease-duration 30s --lease-renew-deadline 10s --lease-retry-period 1s";
 
 /// Short timings for tests that do not measure failover.
-const FAST: [&str; 6] = [
-    "--lease-duration",
-    "4s",
-    "--lease-renew-deadline",
-    "3s",
-    "--lease-retry-period",
-    "1s",
-];
+const FAST: &str = "--lease-duration 4s --lease-renew-deadline 3s --lease-retry-period 1s";
 
 fn roles(n: usize) -> crate::support::apiserver::ApiServerBuilder {
     ApiServer::builder().objects((0..n).map(|i| role("team-a", &format!("app-{i}"), "app")))
@@ -63,17 +50,9 @@ struct Replica {
 
 impl Replica {
     fn start(env: &Env, name: &str, extra: &[&str]) -> Replica {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut args = vec!["run", "--interval", "1s", "--health-addr", &addr];
-        args.extend_from_slice(extra);
+        let (mut run, port) = env.run_loop("1s");
         let log = std::fs::File::create(env.dir.path().join(format!("{name}.log"))).unwrap();
-        let child = env
-            .command(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+        let child = run.args(extra).stderr(Stdio::from(log)).spawn().unwrap();
         Replica { child, port }
     }
 
@@ -102,13 +81,8 @@ async fn lease_holder(client: &kube::Client) -> Option<String> {
 async fn all_served(client: &kube::Client, n: usize) -> bool {
     let api = Api::<Secret>::namespaced(client.clone(), "team-a");
     for i in 0..n {
-        if api
-            .get_opt(&format!("app-{i}"))
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
+        let name = format!("app-{i}");
+        if api.get_opt(&name).await.ok().flatten().is_none() {
             return false;
         }
     }
@@ -211,7 +185,7 @@ async fn once_takes_the_same_lease_as_run() {
     // Two `once` at the same time: one passes, the other waits for the Lease and then finds
     // nothing to do. Every role is assumed once, not twice.
     let mut args = vec!["once"];
-    args.extend_from_slice(&FAST);
+    args.extend(argv(FAST));
     let (first, second) = tokio::join!(env.run(&args), env.run(&args));
     for out in [&first, &second] {
         assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
@@ -221,10 +195,10 @@ async fn once_takes_the_same_lease_as_run() {
     assert_eq!(lease_holder(&client).await, None, "each once released it");
 
     // While `run` holds the Lease, `once` waits its bounded time and exits 2 naming the holder.
-    let run = Replica::start(&env, "run", &SLOW);
+    let run = Replica::start(&env, "run", &argv(SLOW));
     assert!(eventually(Duration::from_secs(15), || run.leading()).await);
     let mut args = vec!["once", "--lease-wait", "2s"];
-    args.extend_from_slice(&SLOW);
+    args.extend(argv(SLOW));
     let started = Instant::now();
     let out = env.run_code(&args, 2).await;
     let stderr = text(&out.stderr);
@@ -258,7 +232,7 @@ async fn once_stops_starting_actions_when_its_lease_is_taken_mid_pass() {
     // Slow answers and one action at a time stretch the pass over several renewals.
     env.api.set_delay(Duration::from_millis(100));
     let mut args = vec!["once", "--concurrency", "1"];
-    args.extend_from_slice(&FAST);
+    args.extend(argv(FAST));
     let once = env.command(&args).output();
     let steal = async {
         let started = eventually(Duration::from_secs(30), || async {

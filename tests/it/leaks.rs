@@ -6,9 +6,6 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use kube::api::ListParams;
 use kube_aws_iam_controller::model::Observed;
 use kube_aws_iam_controller::plan::{PlanConfig, plan};
 use kube_aws_iam_controller::secret::{self, Credentials};
@@ -104,11 +101,7 @@ async fn live_error_paths_and_debug_logs_print_no_credential() {
     let second = env
         .run_ok(&["once", "--debug", "--base-role-arn", BASE])
         .await;
-    let secrets = Api::<Secret>::all(env.client())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let secrets = all_secrets(&env.client()).await;
     let values: Vec<String> = secrets
         .iter()
         .filter(|s| s.metadata.labels.as_ref().is_some_and(secret::is_managed))
@@ -136,10 +129,12 @@ async fn sts_failures_print_no_credential() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("could not get credentials"), "{stderr}");
     assert_no_leak(&out, &[]);
-    let (status, reason, message) = condition(&env.client(), "team-a", "new").await;
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "GetCredentialsFailed")
-    );
+    let message = assert_condition(
+        &env.client(),
+        "team-a",
+        "new",
+        ("False", "GetCredentialsFailed"),
+    )
+    .await;
     assert!(!message.contains(SEEDED));
 }

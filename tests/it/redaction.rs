@@ -6,6 +6,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 
+use crate::support::argv;
 use crate::support::assert_contains;
 use crate::support::harness::{BASE, Env, assert_no_leak, mixed_state, text};
 
@@ -19,14 +20,9 @@ async fn echoed_request_bodies_are_redacted_from_write_errors() {
         let env = Env::start(&format!("redaction-echo-{format}"), mixed_state()).await;
         env.api.echo_writes("secrets", Some(422));
         let out = env
-            .run(&[
-                "once",
-                "--debug",
-                "--log-format",
-                format,
-                "--base-role-arn",
-                BASE,
-            ])
+            .run(&argv(&format!(
+                "once --debug --log-format {format} --base-role-arn {BASE}"
+            )))
             .await;
         // Deletes are echoed too (their body is DeleteOptions); only Secrets carry data.
         let echoed: Vec<_> = env

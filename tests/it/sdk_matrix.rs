@@ -1169,8 +1169,7 @@ impl Client {
         let (tx, lines) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
             std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     if tx.send(line).is_err() {
                         break;
                     }
@@ -1301,8 +1300,7 @@ fn collect(pipe: Option<impl Read + Send + 'static>) -> Arc<Mutex<Vec<String>>> 
     if let Some(pipe) = pipe {
         let log = log.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube_aws_iam_controller::apply::Executor;
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
@@ -103,11 +103,7 @@ async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
     );
     assert_eq!(Some(&owner.uid), role.metadata.uid.as_ref());
     assert_eq!(owner.controller, Some(true));
-    let (status, reason, _) = condition(&client, SELF_NS, SELF_NAME).await;
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "CredentialsReady")
-    );
+    assert_condition(&client, SELF_NS, SELF_NAME, ("True", "CredentialsReady")).await;
 
     // Exactly one AssumeRole, for the role, signed with the operator's key.
     let calls = env.moto.signed_calls();
@@ -132,14 +128,9 @@ async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
     let other = format!("{BASE}other");
     let out = env.run_code(&["bootstrap", "--role-arn", &other], 2).await;
     assert!(text(&out.stderr).contains(&format!("not {other}")));
-    let foreign = Secret {
-        metadata: ObjectMeta {
-            name: Some("taken".into()),
-            namespace: Some(SELF_NS.into()),
-            ..ObjectMeta::default()
-        },
-        ..Secret::default()
-    };
+    let mut foreign = Secret::default();
+    foreign.metadata.name = Some("taken".into());
+    foreign.metadata.namespace = Some(SELF_NS.into());
     Api::<Secret>::namespaced(client.clone(), SELF_NS)
         .create(&PostParams::default(), &foreign)
         .await

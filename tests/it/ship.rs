@@ -27,6 +27,7 @@ use kube_aws_iam_controller::secret;
 use serde_json::Value;
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder, RecordedRequest};
+use crate::support::argv;
 use crate::support::harness::{
     BASE, Env, eventually, marked_managed_secret, marked_mixed_state, namespace, role,
     serve_as_controller, terminate, text, wait_ready,
@@ -157,11 +158,7 @@ fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
 }
 
 fn args(c: &Container) -> Vec<&str> {
-    c.args
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
+    c.args.iter().flatten().map(String::as_str).collect()
 }
 
 /// The hardening every controller pod must have: non-root, read-only root filesystem, no
@@ -217,20 +214,15 @@ fn assert_hardened(spec: &PodSpec, what: &str) {
         .resources
         .as_ref()
         .unwrap_or_else(|| panic!("{what}: resources"));
-    assert!(
-        resources
-            .requests
+    for (kind, quantities) in [
+        ("request", &resources.requests),
+        ("limit", &resources.limits),
+    ] {
+        let memory = quantities
             .as_ref()
-            .is_some_and(|r| r.contains_key("memory")),
-        "{what}: a memory request"
-    );
-    assert!(
-        resources
-            .limits
-            .as_ref()
-            .is_some_and(|r| r.contains_key("memory")),
-        "{what}: a memory limit"
-    );
+            .is_some_and(|q| q.contains_key("memory"));
+        assert!(memory, "{what}: a memory {kind}");
+    }
 }
 
 /// The numeric user of the Dockerfile's last `USER` line.
@@ -921,14 +913,9 @@ async fn record_every_mode() -> Usage {
     .await;
     let out = run_clean(
         &env,
-        &[
-            "plan",
-            "--namespace-restrictions",
-            "--base-role-arn",
-            BASE,
-            "--output",
-            "json",
-        ],
+        &argv(&format!(
+            "plan --namespace-restrictions --base-role-arn {BASE} --output json"
+        )),
     )
     .await;
     let planned = planned_kinds(&out.stdout);

@@ -15,7 +15,7 @@ use kube_aws_iam_controller::crd::AWSIAMRole;
 
 use crate::support::assert_contains;
 use crate::support::harness::{
-    BASE, Env, assert_no_leak, condition, credential_values, role, text,
+    BASE, Env, assert_condition, assert_no_leak, credential_values, role, text,
 };
 
 async fn get_role(env: &Env) -> AWSIAMRole {
@@ -66,11 +66,13 @@ async fn a_refused_secret_write_is_reported_and_backs_off() {
         assert_eq!(env.moto.calls("AssumeRole"), assumed + 1, "{stderr}");
 
         // The condition and an Event say why, and which credentials are still served.
-        let (status, reason, message) = condition(&env.client(), "team-a", "app").await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "WriteSecretFailed")
-        );
+        let message = assert_condition(
+            &env.client(),
+            "team-a",
+            "app",
+            ("False", "WriteSecretFailed"),
+        )
+        .await;
         for says in [
             "were not stored: writing Secret team-a/app",
             refusal,
@@ -132,11 +134,7 @@ async fn a_refused_secret_write_is_reported_and_backs_off() {
     )
     .await;
     env.run_ok(&once).await;
-    let (status, reason, _) = condition(&env.client(), "team-a", "app").await;
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "CredentialsReady")
-    );
+    assert_condition(&env.client(), "team-a", "app", ("True", "CredentialsReady")).await;
     let stored = get_role(&env).await.status.unwrap();
     assert_eq!((stored.failed_attempts, stored.retry_after), (None, None));
     let renewed = secret(&env).await;

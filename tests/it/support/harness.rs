@@ -329,6 +329,12 @@ pub async fn condition(client: &Client, ns: &str, name: &str) -> (String, String
     (field("status"), field("reason"), field("message"))
 }
 
+/// Every Secret in the cluster.
+pub async fn all_secrets(client: &Client) -> Vec<Secret> {
+    let secrets = Api::<Secret>::all(client.clone());
+    secrets.list(&ListParams::default()).await.unwrap().items
+}
+
 /// Every Event in the cluster.
 pub async fn all_events(client: &Client) -> Vec<Event> {
     let events = Api::<Event>::all(client.clone());
@@ -377,6 +383,19 @@ pub fn namespace(name: &str, allowed: Option<&str>) -> Namespace {
         },
         ..Namespace::default()
     }
+}
+
+/// Asserts the (status, reason) of `ns/name`'s Ready condition; returns its message.
+pub async fn assert_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    expected: (&str, &str),
+) -> String {
+    let (status, reason, message) = condition(client, ns, name).await;
+    let got = (status.as_str(), reason.as_str());
+    assert_eq!(got, expected, "{ns}/{name}: {message}");
+    message
 }
 
 /// A free loopback port for the health server (bound and released).

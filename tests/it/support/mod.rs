@@ -44,6 +44,11 @@ pub fn assert_contains(haystack: &str, needle: &str) {
     );
 }
 
+/// The words of a command line (the tests' arguments hold no spaces).
+pub fn argv(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
