@@ -535,8 +535,8 @@ fn bad_bodies_get_clear_answers_and_the_server_keeps_serving() {
     let response = response_of(&s.client.post_on("api", &wrong.to_string()), &wrong);
     assert_eq!(response["allowed"], false);
     let message = response["status"]["message"].as_str().unwrap();
-    assert_contains(&message, "AdmissionReview");
-    assert_contains(&message, "EXPLODE");
+    assert_contains(message, "AdmissionReview");
+    assert_contains(message, "EXPLODE");
 
     // Truncated: the uid cannot be trusted, so a plain 400.
     let whole = fixture("labelled-pod.json").to_string();

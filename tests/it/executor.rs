@@ -371,7 +371,7 @@ async fn role_chaining_retries_at_one_hour_and_says_so() {
     let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), "team-a");
     let status = roles.get("long").await.unwrap().status.unwrap();
     let message = &status.conditions[0].message;
-    assert_contains(&message, "STS granted 1h instead of the requested 12h");
+    assert_contains(message, "STS granted 1h instead of the requested 12h");
     let second = ctl.pass().await.unwrap();
     assert_eq!(second.report.writes, 0, "{}", second.report);
     assert_eq!(rule.num_calls(), 2);

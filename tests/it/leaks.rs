@@ -129,12 +129,8 @@ async fn sts_failures_print_no_credential() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("could not get credentials"), "{stderr}");
     assert_no_leak(&out, &[]);
-    let message = assert_condition(
-        &env.client(),
-        "team-a",
-        "new",
-        ("False", "GetCredentialsFailed"),
-    )
-    .await;
+    let client = env.client();
+    let message =
+        assert_condition(&client, "team-a", "new", ("False", "GetCredentialsFailed")).await;
     assert!(!message.contains(SEEDED));
 }

@@ -304,7 +304,7 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
             "{name}: {} characters: {message}",
             message.chars().count()
         );
-        for e in all_events(&client).await {
+        for e in all_events(client).await {
             let note = e.note.unwrap_or_default();
             assert!(
                 !note.contains(MARKER) && note.chars().count() <= 400,

@@ -66,13 +66,9 @@ async fn a_refused_secret_write_is_reported_and_backs_off() {
         assert_eq!(env.moto.calls("AssumeRole"), assumed + 1, "{stderr}");
 
         // The condition and an Event say why, and which credentials are still served.
-        let message = assert_condition(
-            &env.client(),
-            "team-a",
-            "app",
-            ("False", "WriteSecretFailed"),
-        )
-        .await;
+        let client = env.client();
+        let message =
+            assert_condition(&client, "team-a", "app", ("False", "WriteSecretFailed")).await;
         for says in [
             "were not stored: writing Secret team-a/app",
             refusal,
