@@ -12,24 +12,21 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Resource as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec, AWSIAMRoleStatus};
+use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleStatus};
 use serde_json::{Value, json};
 
 use crate::support::apiserver::ApiServer;
-use crate::support::harness::kubeconfig_client;
+use crate::support::argv;
+use crate::support::harness::{self, kubeconfig_client};
 use crate::support::moto::ScratchDir;
 
 fn secret(ns: &str, name: &str, labels: &[(&str, &str)]) -> Secret {
+    let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
     Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(ns.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
+            labels: Some(labels.collect()),
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([(
@@ -42,14 +39,8 @@ fn secret(ns: &str, name: &str, labels: &[(&str, &str)]) -> Secret {
 }
 
 fn role(ns: &str, name: &str) -> AWSIAMRole {
-    let mut role = AWSIAMRole::new(
-        name,
-        AWSIAMRoleSpec {
-            role_reference: "app-role".into(),
-            role_session_duration: Some(3600),
-        },
-    );
-    role.metadata.namespace = Some(ns.into());
+    let mut role = harness::role(ns, name, "app-role");
+    role.spec.role_session_duration = Some(3600);
     role
 }
 
@@ -159,14 +150,7 @@ async fn kubectl_reads_the_fake_through_the_kubeconfig() {
     let table = kubectl(&server, dir, false, &["get", "awsiamroles", "-A"]).await;
     assert!(table.contains("team-a") && table.contains("app"), "{table}");
 
-    let args = [
-        "get",
-        "awsiamroles.zalando.org",
-        "-n",
-        "team-a",
-        "-o",
-        "json",
-    ];
+    let args = argv("get awsiamroles.zalando.org -n team-a -o json");
     let list: Value = serde_json::from_str(&kubectl(&server, dir, false, &args).await).unwrap();
     assert_eq!(names(&list), vec![("team-a", "app")]);
     assert_eq!(list["items"][0]["spec"]["roleReference"], json!("app-role"));

@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 use kube_aws_iam_controller::commands;
 
+use crate::support::argv;
+use crate::support::assert_contains;
 use crate::support::{Case, repo_root};
 
 fn bin(args: &[&str]) -> Output {
@@ -96,13 +98,9 @@ fn crd_subcommand_prints_deploy_crd() {
 
 #[test]
 fn unreadable_input_exits_2() {
-    let out = bin(&[
-        "plan",
-        "--from",
-        "does/not/exist",
-        "--now",
-        "2026-01-01T00:00:00Z",
-    ]);
+    let out = bin(&argv(
+        "plan --from does/not/exist --now 2026-01-01T00:00:00Z",
+    ));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("does/not/exist"), "{}", stderr(&out));
 
@@ -142,24 +140,16 @@ fn malformed_documents_are_reported_and_the_rest_planned() {
     )
     .unwrap();
     std::fs::write(dir.join("b.yml"), [0xffu8, 0xfe, 0x00]).unwrap();
-    let out = bin(&[
-        "plan",
-        "--from",
-        dir.to_str().unwrap(),
-        "--base-role-arn",
-        "arn:aws:iam::123456789012:role/",
-        "--output",
-        "json",
-    ]);
+    let out = bin(&argv(&format!(
+        "plan --from {} --base-role-arn arn:aws:iam::123456789012:role/ --output json",
+        dir.display()
+    )));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(
-        err.contains("a.yaml: document 2: could not be read as YAML"),
-        "{err}"
-    );
-    assert!(
-        err.contains("a.yaml: document 3: AWSIAMRole skipped: metadata is missing"),
-        "{err}"
+    assert_contains(&err, "a.yaml: document 2: could not be read as YAML");
+    assert_contains(
+        &err,
+        "a.yaml: document 3: AWSIAMRole skipped: metadata is missing",
     );
     assert!(err.contains("b.yml: not UTF-8"), "{err}");
     assert!(!err.contains("LEAKME"), "{err}");
@@ -213,13 +203,9 @@ fn live_modes_without_a_cluster_exit_2() {
 #[test]
 fn every_flag_reads_its_environment_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
-        .args([
-            "plan",
-            "--from",
-            "fixtures/quickstart",
-            "--now",
-            "2026-11-26T22:30:00Z",
-        ])
+        .args(argv(
+            "plan --from fixtures/quickstart --now 2026-11-26T22:30:00Z",
+        ))
         .current_dir(repo_root())
         .env(
             "KUBE_AWS_IAM_CONTROLLER_BASE_ROLE_ARN",
@@ -272,9 +258,7 @@ fn bad_flag_values_exit_2_and_fractional_rates_work() {
     ];
     for (flag, value) in bad {
         let arg = format!("{flag}={value}");
-        let mut args = plan.to_vec();
-        args.push(&arg);
-        let out = bin(&args);
+        let out = bin(&[&plan[..], &[&arg]].concat());
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
         assert!(err.contains(flag), "{flag} {value}: {err}");
@@ -298,14 +282,8 @@ fn bad_flag_values_exit_2_and_fractional_rates_work() {
         ("--sts-rate", "2.5"),
     ] {
         let arg = format!("{flag}={value}");
-        let mut args = plan.to_vec();
-        args.push(&arg);
-        let out = bin(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{flag} {value}: {}",
-            stderr(&out)
-        );
+        let out = bin(&[&plan[..], &[&arg]].concat());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{flag} {value}: {err}");
     }
 }

@@ -26,12 +26,8 @@ fn volume_with(label: &str, tag: &str, expiration: Timestamp) -> SecretVolume {
 }
 
 fn document(tag: &str, expiration: Timestamp) -> Vec<u8> {
-    credentials_json(
-        &format!("ASIA{tag}"),
-        &format!("secret-{tag}"),
-        &format!("session-{tag}"),
-        expiration,
-    )
+    let [key, secret, session] = values(tag);
+    credentials_json(&key, &secret, &session, expiration)
 }
 
 /// The credential values of `tag`, which no error document or log may contain.

@@ -22,9 +22,12 @@ use serde_json::{Value, json};
 
 use crate::ship::{kind_of, kinds, kustomize, only, relative_path};
 use crate::support::apiserver::ApiServer;
+use crate::support::argv;
+use crate::support::assert_contains;
 use crate::support::harness::{free_port, text};
 use crate::support::moto::{ScratchDir, venv_bin};
 use crate::support::repo_root;
+use crate::support::volume::SecretVolume;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-aws-iam-controller");
 const SIDECAR_IMAGE: &str = "registry.example.com/kube-aws-iam-controller:webhook-test";
@@ -95,50 +98,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// The serving files laid out the way kubelet mounts a Secret: `tls.crt` and `tls.key` are
-/// symlinks through `..data`, itself a symlink to a timestamped directory that an update
-/// replaces atomically.
-struct SecretVolume {
-    dir: PathBuf,
-    version: u32,
-}
-
-impl SecretVolume {
-    fn new(dir: &Path, cert: &str, key: &str) -> SecretVolume {
-        let mut v = SecretVolume {
-            dir: dir.join("tls"),
-            version: 0,
-        };
-        std::fs::create_dir_all(&v.dir).unwrap();
-        v.update(cert, key);
-        for file in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{file}"), v.dir.join(file)).unwrap();
-        }
-        v
-    }
-
-    fn update(&mut self, cert: &str, key: &str) {
-        self.version += 1;
-        let name = format!("..2026_11_30_00_00_{:02}.{}", self.version, self.version);
-        let target = self.dir.join(&name);
-        std::fs::create_dir_all(&target).unwrap();
-        std::fs::write(target.join("tls.crt"), cert).unwrap();
-        std::fs::write(target.join("tls.key"), key).unwrap();
-        let tmp = self.dir.join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&name, &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.join("tls.crt")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.join("tls.key")
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,8 +332,17 @@ fn setup_with_env(label: &str, env: &[(&str, String)]) -> Setup {
     let dir = ScratchDir::new(label);
     let ca = Ca::new();
     let (cert, key, _) = ca.leaf("webhook one");
-    let volume = SecretVolume::new(dir.path(), &cert, &key);
-    let webhook = Webhook::start(dir.path(), &volume.cert(), &volume.key(), env);
+    // The serving pair, mounted the way kubelet mounts a Secret.
+    let volume = SecretVolume::with(
+        &format!("{label}-tls"),
+        [("tls.crt", &cert), ("tls.key", &key)],
+    );
+    let webhook = Webhook::start(
+        dir.path(),
+        &volume.file("tls.crt"),
+        &volume.file("tls.key"),
+        env,
+    );
     let client = Client::new(dir.path(), webhook.port, &ca.cert.pem());
     Setup {
         dir,
@@ -483,14 +451,9 @@ fn labelled_pods_get_the_shared_mutation_as_a_json_patch() {
 /// What `kube-aws-iam-controller inject -` prints for `pod`, with the webhook's flags.
 fn inject(pod: &Value) -> Value {
     let mut child = Command::new(BIN)
-        .args([
-            "inject",
-            "-",
-            "--sidecar-image",
-            SIDECAR_IMAGE,
-            "--default-delivery",
-            "process",
-        ])
+        .args(argv(&format!(
+            "inject - --sidecar-image {SIDECAR_IMAGE} --default-delivery process"
+        )))
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -563,11 +526,8 @@ fn bad_bodies_get_clear_answers_and_the_server_keeps_serving() {
     let reply = s.client.post_on("api", "this is not JSON");
     assert_eq!(reply.status, 400);
     assert!(reply.content_type.starts_with("text/plain"));
-    assert!(
-        reply.body.contains("not JSON") && reply.body.contains("AdmissionReview"),
-        "{}",
-        reply.body
-    );
+    assert_contains(&reply.body, "not JSON");
+    assert_contains(&reply.body, "AdmissionReview");
 
     // Valid JSON with the uid but a field of the wrong type: refused inside an AdmissionReview.
     let mut wrong = fixture("labelled-pod.json");
@@ -575,10 +535,8 @@ fn bad_bodies_get_clear_answers_and_the_server_keeps_serving() {
     let response = response_of(&s.client.post_on("api", &wrong.to_string()), &wrong);
     assert_eq!(response["allowed"], false);
     let message = response["status"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("AdmissionReview") && message.contains("EXPLODE"),
-        "{message}"
-    );
+    assert_contains(message, "AdmissionReview");
+    assert_contains(message, "EXPLODE");
 
     // Truncated: the uid cannot be trusted, so a plain 400.
     let whole = fixture("labelled-pod.json").to_string();
@@ -665,7 +623,7 @@ fn a_rotated_certificate_is_served_without_a_restart() {
 
     let (cert, key, second_digest) = s.ca.leaf("webhook two");
     assert_ne!(first.cert_sha256, second_digest);
-    s.volume.update(&cert, &key);
+    s.volume.update([("tls.crt", &cert), ("tls.key", &key)]);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let fresh = s.client.get("/healthz");
@@ -695,7 +653,8 @@ fn a_rotated_certificate_is_served_without_a_restart() {
     // A broken update: the second pair stays in service.
     let (_, other_key, _) = s.ca.leaf("unrelated");
     let (third_cert, _, _) = s.ca.leaf("webhook three");
-    s.volume.update(&third_cert, &other_key);
+    s.volume
+        .update([("tls.crt", &third_cert), ("tls.key", &other_key)]);
     let logged = {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

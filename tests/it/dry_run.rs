@@ -4,15 +4,16 @@
 //! nothing. Offline, a plan without a base blames the plan's flags, not the role's spec.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Output;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::secret;
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder};
+use crate::support::argv;
+use crate::support::assert_contains;
 use crate::support::harness::*;
 
 /// (action, namespace, name) → (reason, roleArn) of every action that is not a skip.
@@ -63,34 +64,17 @@ fn planned(json: &str) -> (Planned, usize) {
 /// Gives a stored role the Secret the controller wrote for it 55 minutes ago (owned by its
 /// UID, an hour's credentials), so the only thing wrong with it is its expiry.
 async fn seed_expiring(env: &Env, ns: &str, name: &str) {
-    let stored = Api::<AWSIAMRole>::namespaced(env.client(), ns)
-        .get(name)
-        .await
-        .unwrap();
-    let o = observed_at(
-        &stored,
-        stored.metadata.uid.as_deref().unwrap(),
-        stored.metadata.generation.unwrap_or(1),
-    );
+    let client = env.client();
+    let stored = Api::<AWSIAMRole>::namespaced(client.clone(), ns);
+    let stored = stored.get(name).await.unwrap();
     let issued = Timestamp::now() - SignedDuration::from_mins(55);
-    let arn = format!("{BASE}{}", stored.spec.role_reference);
-    let creds = marked_credentials(SEEDED, name, issued + SignedDuration::from_secs(3600));
-    Api::<Secret>::namespaced(env.client(), ns)
-        .create(
-            &PostParams::default(),
-            &secret::build(&o, &arn, &creds, issued),
-        )
-        .await
-        .unwrap();
+    serve_as_controller(&client, &stored, SEEDED, issued, false).await;
 }
 
 /// (namespace, name) → (`role-arn`, `expire`) of every managed Secret.
 async fn managed_secrets(env: &Env) -> BTreeMap<(String, String), (String, String)> {
-    Api::<Secret>::all(env.client())
-        .list(&ListParams::default())
+    all_secrets(&env.client())
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter(|s| s.metadata.labels.as_ref().is_some_and(secret::is_managed))
         .map(|s| {
@@ -119,20 +103,8 @@ async fn live_dry_run_plans_exactly_what_the_next_pass_does() {
     env.api.clear_requests();
 
     // The dry runs, without --base-role-arn: `plan` and `once --dry-run` agree.
-    let plan_out = env.run(&["plan", "--output", "json"]).await;
-    assert_eq!(
-        plan_out.status.code(),
-        Some(0),
-        "stderr:\n{}",
-        text(&plan_out.stderr)
-    );
-    let dry_out = env.run(&["once", "--dry-run", "--output", "json"]).await;
-    assert_eq!(
-        dry_out.status.code(),
-        Some(0),
-        "stderr:\n{}",
-        text(&dry_out.stderr)
-    );
+    let plan_out = env.run_ok(&["plan", "--output", "json"]).await;
+    let dry_out = env.run_ok(&["once", "--dry-run", "--output", "json"]).await;
     let (plan, _) = planned(&text(&plan_out.stdout));
     let (dry, _) = planned(&text(&dry_out.stdout));
     assert_eq!(plan, dry, "plan and once --dry-run differ");
@@ -170,42 +142,27 @@ async fn live_dry_run_plans_exactly_what_the_next_pass_does() {
     let before = managed_secrets(&env).await;
     env.moto.reset_counts();
     env.api.clear_requests();
-    let out = env.run(&["once"]).await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    env.run_ok(&["once"]).await;
     let after = managed_secrets(&env).await;
 
     // What it did, read off the cluster: created, replaced and deleted managed Secrets.
-    let mut done = BTreeMap::new();
+    let mut done: BTreeMap<(String, String, String), String> = BTreeMap::new();
     for (key, (arn, expire)) in &after {
-        match before.get(key) {
-            None => {
-                done.insert(
-                    ("create".to_string(), key.0.clone(), key.1.clone()),
-                    arn.clone(),
-                );
-            }
-            Some((_, old)) if old != expire => {
-                done.insert(
-                    ("refresh".to_string(), key.0.clone(), key.1.clone()),
-                    arn.clone(),
-                );
-            }
-            Some(_) => {}
-        }
+        let action = match before.get(key) {
+            None => "create",
+            Some((_, old)) if old != expire => "refresh",
+            Some(_) => continue,
+        };
+        done.insert((action.into(), key.0.clone(), key.1.clone()), arn.clone());
     }
     for (key, (arn, _)) in &before {
         if !after.contains_key(key) {
-            done.insert(
-                ("delete".to_string(), key.0.clone(), key.1.clone()),
-                arn.clone(),
-            );
+            done.insert(("delete".into(), key.0.clone(), key.1.clone()), arn.clone());
         }
     }
-    let keys =
-        |m: &BTreeMap<(String, String, String), String>| m.keys().cloned().collect::<BTreeSet<_>>();
     assert_eq!(
-        plan.keys().cloned().collect::<BTreeSet<_>>(),
-        keys(&done),
+        plan.keys().collect::<BTreeSet<_>>(),
+        done.keys().collect::<BTreeSet<_>>(),
         "the dry run's plan is not what the pass did"
     );
     // Every issued Secret holds the role ARN the plan named.
@@ -222,24 +179,13 @@ async fn live_dry_run_plans_exactly_what_the_next_pass_does() {
         "{:?}",
         env.moto.counts()
     );
-    let secret_writes = env
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r.is_write() && r.resource == "secrets")
-        .count();
+    let secret_writes = env.api.write_count_for("secrets");
     assert_eq!(secret_writes, plan.len(), "{:#?}", env.api.requests());
 
     // Afterwards the live plan is all skips, again without writes or AssumeRole.
     env.moto.reset_counts();
     env.api.clear_requests();
-    let again = env.run(&["plan", "--output", "json"]).await;
-    assert_eq!(
-        again.status.code(),
-        Some(0),
-        "stderr:\n{}",
-        text(&again.stderr)
-    );
+    let again = env.run_ok(&["plan", "--output", "json"]).await;
     let (rest, skips) = planned(&text(&again.stdout));
     assert!(rest.is_empty(), "after the pass: {rest:#?}");
     assert_eq!(skips, 5, "{}", text(&again.stdout));
@@ -256,27 +202,18 @@ async fn offline_plan_without_a_base_blames_the_plan_not_the_spec() {
         "apiVersion: zalando.org/v1\nkind: AWSIAMRole\nmetadata: {name: bare, namespace: team-a, uid: u1, generation: 1}\nspec: {roleReference: team/app-bare}\n---\napiVersion: zalando.org/v1\nkind: AWSIAMRole\nmetadata: {name: bad, namespace: team-a, uid: u2, generation: 1}\nspec: {roleReference: \"/app-bad\"}\n",
     )
     .unwrap();
-    let out = env
-        .run(&[
-            "plan",
-            "--from",
-            input.to_str().unwrap(),
-            "--output",
-            "json",
-        ])
-        .await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let action = |name: &str| {
-        v["actions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["name"] == name)
-            .unwrap_or_else(|| panic!("no action for {name}: {v}"))
+    let line = format!("plan --from {} --output json", input.display());
+    let plan = argv(&line);
+    // The action planned for `bare`, from a JSON plan on stdout.
+    let action = |out: &Output| {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let actions = v["actions"].as_array().unwrap();
+        let bare = actions.iter().find(|a| a["name"] == "bare");
+        bare.unwrap_or_else(|| panic!("no action for bare: {v}"))
             .clone()
     };
-    let bare = action("bare");
+    let out = env.run_ok(&plan).await;
+    let bare = action(&out);
     assert_eq!(bare["action"], "blocked", "{bare}");
     assert_eq!(bare["reason"], "NeedsBaseRoleArn", "{bare}");
     let message = bare["message"].as_str().unwrap();
@@ -285,33 +222,14 @@ async fn offline_plan_without_a_base_blames_the_plan_not_the_spec() {
         !message.contains("spec."),
         "the spec is not to blame: {message}"
     );
-    assert!(
-        text(&out.stderr).contains("--base-role-arn"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&text(&out.stderr), "--base-role-arn");
     // Offline means no STS at all.
     assert_eq!(env.moto.total_calls(), 0);
     // With a base, the same role is planned.
     let out = env
-        .run(&[
-            "plan",
-            "--from",
-            input.to_str().unwrap(),
-            "--output",
-            "json",
-            "--base-role-arn",
-            BASE,
-        ])
+        .run(&[&plan[..], &["--base-role-arn", BASE]].concat())
         .await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let bare = v["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "bare")
-        .unwrap()
-        .clone();
+    let bare = action(&out);
     assert_eq!(bare["action"], "create", "{bare}");
     assert_eq!(
         bare["roleArn"],
@@ -324,29 +242,16 @@ async fn offline_plan_without_a_base_blames_the_plan_not_the_spec() {
 /// blocked as the plan's missing flag rather than failing the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_dry_run_without_sts_warns_and_blames_the_plan() {
-    let env = Env::start(
-        "dry-run-no-sts",
-        ApiServer::builder().object(role("team-a", "bare", "app-bare")),
-    )
-    .await;
+    let env = Env::with_role("dry-run-no-sts", role("team-a", "bare", "app-bare")).await;
     // Nothing listens there: the discovery fails at once.
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        env.command(&["plan", "--output", "json"])
-            .env("AWS_ENDPOINT_URL_STS", &closed)
-            .env("AWS_ENDPOINT_URL", &closed)
-            .output(),
-    )
-    .await
-    .expect("the dry run finishes within a minute")
-    .unwrap();
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    let mut plan = env.command(&["plan", "--output", "json"]);
+    plan.env("AWS_ENDPOINT_URL_STS", &closed)
+        .env("AWS_ENDPOINT_URL", &closed);
+    let out = finish(plan).await;
+    assert_exit(&out, 0);
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("dry run without a base role ARN"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "dry run without a base role ARN");
     let (plan, _) = planned(&text(&out.stdout));
     let (reason, _) = &plan[&("blocked".into(), "team-a".into(), "bare".into())];
     assert_eq!(reason, "NeedsBaseRoleArn");

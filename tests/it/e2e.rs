@@ -3,17 +3,19 @@
 //! `AWS_ENDPOINT_URL_STS`), with the Secrets it writes read back by the real AWS CLI.
 
 use std::collections::BTreeMap;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::secret;
 
 use crate::support::apiserver::ApiServer;
+use crate::support::argv;
+use crate::support::assert_contains;
 use crate::support::harness::*;
 use crate::support::moto;
 
@@ -26,20 +28,13 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
     let took = start.elapsed();
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("pass done: create=1, refresh=1"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "pass done: create=1, refresh=1");
     // One GetCallerIdentity (base ARN discovery), one AssumeRole per new or expiring role.
     assert_eq!(env.moto.calls("GetCallerIdentity"), 1);
     assert_eq!(env.moto.calls("AssumeRole"), 2);
 
-    let secrets = Api::<Secret>::all(client.clone());
-    let by_name: BTreeMap<String, Secret> = secrets
-        .list(&ListParams::default())
+    let by_name: BTreeMap<String, Secret> = all_secrets(&client)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .map(|s| (s.metadata.name.clone().unwrap(), s))
         .collect();
@@ -50,15 +45,8 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
         format!("{SEEDED}-foreign").into_bytes(),
         "an unmanaged Secret is never touched"
     );
-    assert!(
-        taken
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .get("heritage")
-            .is_none()
-    );
+    let labels = taken.metadata.labels.as_ref().unwrap();
+    assert!(!labels.contains_key("heritage"));
     let mut leaked = Vec::new();
     for (name, reference) in [("new", "app-new"), ("expiring", "app-expiring")] {
         let s = &by_name[name];
@@ -84,11 +72,7 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
 
     assert_eq!(condition(&client, "team-a", "new").await.0, "True");
     assert_eq!(condition(&client, "team-a", "expiring").await.0, "True");
-    let (status, reason, _) = condition(&client, "team-b", "taken").await;
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "SecretConflict")
-    );
+    assert_condition(&client, "team-b", "taken", ("False", "SecretConflict")).await;
     let (_, reason, message) = condition(&client, "team-b", "invalid").await;
     assert_eq!(reason, "InvalidSpec");
     assert!(message.contains("roleSessionDuration"), "{message}");
@@ -96,34 +80,16 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
     assert_eq!(reason, "InvalidSpec");
     assert!(message.contains("must be"), "{message}");
 
-    let events = Api::<Event>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
-    let reasons: Vec<(String, String)> = events
-        .iter()
-        .map(|e| {
-            let on = e
-                .regarding
-                .as_ref()
-                .and_then(|r| r.name.clone())
-                .unwrap_or_default();
-            (on, e.reason.clone().unwrap_or_default())
-        })
-        .collect();
-    for expected in [
-        ("new", "CreateCredentials"),
-        ("expiring", "UpdateCredentials"),
-        ("orphan", "DeleteCredentials"),
-        ("taken", "SecretConflict"),
-        ("invalid", "InvalidSpec"),
-    ] {
-        assert!(
-            reasons.contains(&(expected.0.to_string(), expected.1.to_string())),
-            "missing event {expected:?} in {reasons:?}"
-        );
-    }
+    assert_events(
+        &all_events(&client).await,
+        &[
+            ("new", "CreateCredentials"),
+            ("expiring", "UpdateCredentials"),
+            ("orphan", "DeleteCredentials"),
+            ("taken", "SecretConflict"),
+            ("invalid", "InvalidSpec"),
+        ],
+    );
 
     // The Secret's files work for SDK consumers, both ways.
     let data = data_map(&by_name["new"]);
@@ -144,8 +110,7 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
     env.moto.reset_counts();
     let writes = env.api.write_count();
     let events_written = env.api.write_count_for("events");
-    let out = env.run(&["once", "--base-role-arn", BASE]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = env.run_ok(&["once", "--base-role-arn", BASE]).await;
     assert_eq!(
         env.api.write_count(),
         writes,
@@ -164,33 +129,12 @@ async fn once_serves_a_mixed_state_and_the_second_pass_is_a_no_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_changes_nothing_and_prints_no_credential() {
     let env = Env::start("e2e-dry-run", mixed_state()).await;
-    for args in [
-        vec![
-            "once",
-            "--dry-run",
-            "--base-role-arn",
-            BASE,
-            "--output",
-            "json",
-            "--log-format",
-            "json",
-        ],
-        vec![
-            "plan",
-            "--base-role-arn",
-            BASE,
-            "--output",
-            "diff",
-            "--verbose",
-        ],
+    for line in [
+        format!("once --dry-run --base-role-arn {BASE} --output json --log-format json"),
+        format!("plan --base-role-arn {BASE} --output diff --verbose"),
     ] {
-        let out = env.run(&args).await;
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        let args = argv(&line);
+        let out = env.run_ok(&args).await;
         assert_no_leak(&out, &[]);
         let stdout = text(&out.stdout);
         if args.contains(&"json") {
@@ -262,13 +206,8 @@ async fn lists_are_paged_and_a_steady_state_writes_nothing() {
     }
     env.api.clear_requests();
     let writes = env.api.write_count();
-    let out = env.run(&["once", "--base-role-arn", BASE]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("skip=600"),
-        "{}",
-        text(&out.stderr)
-    );
+    let out = env.run_ok(&["once", "--base-role-arn", BASE]).await;
+    assert_contains(&text(&out.stderr), "skip=600");
     assert_no_leak(&out, &[]);
     assert_eq!(env.api.write_count(), writes);
     assert_eq!(env.moto.total_calls(), 0);
@@ -296,15 +235,9 @@ async fn sts_rate_limit_is_respected() {
     let env = Env::start("e2e-rate", builder).await;
     let start = Instant::now();
     let out = env
-        .run(&[
-            "once",
-            "--base-role-arn",
-            BASE,
-            "--sts-rate",
-            "20",
-            "--concurrency",
-            "16",
-        ])
+        .run(&argv(&format!(
+            "once --base-role-arn {BASE} --sts-rate 20 --concurrency 16"
+        )))
         .await;
     let took = start.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -322,26 +255,12 @@ async fn sts_rate_limit_is_respected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_new_roles_health_and_metrics_and_stops_on_sigterm() {
-    let env = Env::start(
-        "e2e-run",
-        ApiServer::builder().object(role("team-a", "first", "app-first")),
-    )
-    .await;
+    let env = Env::with_role("e2e-run", role("team-a", "first", "app-first")).await;
     let client = env.client();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let interval = Duration::from_secs(2);
-    let mut child = env
-        .command(&["run", "--interval", "2s", "--health-addr", &addr])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ready = eventually(Duration::from_secs(20), || async {
-        matches!(http_get(port, "/readyz").await, Some((200, _)))
-    })
-    .await;
-    assert!(ready, "/readyz never became ready");
+    let (mut run, port) = env.run_loop("2s");
+    let mut child = run.stderr(Stdio::piped()).spawn().unwrap();
+    wait_ready(port).await;
     assert!(matches!(http_get(port, "/healthz").await, Some((200, _))));
     let secrets = Api::<Secret>::namespaced(client.clone(), "team-a");
     assert!(secrets.get_opt("first").await.unwrap().is_some());
@@ -382,19 +301,11 @@ async fn run_serves_new_roles_health_and_metrics_and_stops_on_sigterm() {
     }
 
     assert_eq!(
-        crate::support::harness::terminate(&mut child, Duration::from_secs(10)).await,
+        terminate(&mut child, Duration::from_secs(10)).await,
         Some(0),
         "exits 0 within 10 s of SIGTERM"
     );
-    let mut stderr = String::new();
-    use tokio::io::AsyncReadExt;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    let stderr = text(&child.wait_with_output().await.unwrap().stderr);
     assert!(stderr.contains("stopped"), "{stderr}");
     let values: Vec<String> = secrets
         .list(&ListParams::default())
@@ -416,13 +327,8 @@ async fn run_serves_new_roles_health_and_metrics_and_stops_on_sigterm() {
 /// auto-refreshing provider) and application roles with those credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assume_role_chains_through_the_controller_role() {
-    let env = Env::start(
-        "e2e-assume-role",
-        ApiServer::builder().object(role("team-a", "app", "app")),
-    )
-    .await;
-    let out = env.run(&["once", "--assume-role", "controller"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let env = Env::with_role("e2e-assume-role", role("team-a", "app", "app")).await;
+    let out = env.run_ok(&["once", "--assume-role", "controller"]).await;
     // One AssumeRole for the controller role, one for the application role.
     assert_eq!(env.moto.calls("AssumeRole"), 2);
     let s = Api::<Secret>::namespaced(env.client(), "team-a")
@@ -443,19 +349,7 @@ async fn assume_role_chains_through_the_controller_role() {
 /// its Secret; allowed roles are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_restrictions_are_enforced_live() {
-    use k8s_openapi::api::core::v1::Namespace;
     let now = Timestamp::now();
-    let namespace = |name: &str, allowed: Option<&str>| {
-        let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.into());
-        if let Some(a) = allowed {
-            ns.metadata.annotations = Some(BTreeMap::from([(
-                "iam.amazonaws.com/allowed-roles".to_string(),
-                a.to_string(),
-            )]));
-        }
-        ns
-    };
     let revoked = role("team-a", "revoked", "team-b/db");
     let builder = ApiServer::builder()
         .object(namespace("team-a", Some(r#"["team-a/*"]"#)))
@@ -472,22 +366,16 @@ async fn namespace_restrictions_are_enforced_live() {
         .object(role("team-b", "any", "team-b/db"))
         .object(role("team-c", "any", "team-a/app"));
     let env = Env::start("e2e-restrictions", builder).await;
-    let out = env
-        .run(&["once", "--namespace-restrictions", "--base-role-arn", BASE])
+    env.run_ok(&["once", "--namespace-restrictions", "--base-role-arn", BASE])
         .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         env.moto.calls("AssumeRole"),
         1,
         "only the allowed role is assumed"
     );
     let client = env.client();
-    let secrets = Api::<Secret>::all(client.clone());
-    let names: Vec<(String, String)> = secrets
-        .list(&ListParams::default())
+    let names: Vec<(String, String)> = all_secrets(&client)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .map(|s| (s.metadata.namespace.unwrap(), s.metadata.name.unwrap()))
         .collect();
@@ -502,12 +390,7 @@ async fn namespace_restrictions_are_enforced_live() {
         ),
         ("team-c", "any", "not a JSON array"),
     ] {
-        let (status, reason, message) = condition(&client, ns, name).await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "NotPermitted"),
-            "{ns}/{name}"
-        );
+        let message = assert_condition(&client, ns, name, ("False", "NotPermitted")).await;
         assert!(message.contains(hint), "{ns}/{name}: {message}");
     }
 }
@@ -518,16 +401,9 @@ async fn apiserver_flag_works_without_kubeconfig() {
     let env = Env::start("e2e-apiserver-flag", mixed_state()).await;
     let url = env.api.url();
     let out = env
-        .command(&[
-            "once",
-            "--dry-run",
-            "--apiserver",
-            &url,
-            "--base-role-arn",
-            BASE,
-            "--output",
-            "json",
-        ])
+        .command(&argv(&format!(
+            "once --dry-run --apiserver {url} --base-role-arn {BASE} --output json"
+        )))
         .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .output()
         .await

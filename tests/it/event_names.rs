@@ -4,13 +4,10 @@
 //! server and moto; every Event it creates is checked.
 
 use jiff::Timestamp;
-use k8s_openapi::api::events::v1::Event;
-use kube::Api;
-use kube::api::ListParams;
 use kube_aws_iam_controller::apply::event_name;
 
 use crate::support::apiserver::ApiServer;
-use crate::support::harness::{BASE, Env, role, text};
+use crate::support::harness::{BASE, Env, all_events, role};
 
 fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253
@@ -54,14 +51,9 @@ async fn events_for_long_role_names_are_valid_and_point_at_the_role() {
         builder = builder.object(role("team-a", name, "app"));
     }
     let env = Env::start("event-names", builder).await;
-    let out = env.run(&["once", "--base-role-arn", BASE]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    env.run_ok(&["once", "--base-role-arn", BASE]).await;
 
-    let events = Api::<Event>::all(env.client())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let events = all_events(&env.client()).await;
     for e in &events {
         let name = e.metadata.name.clone().unwrap_or_default();
         assert!(is_dns_subdomain(&name), "{} characters: {name}", name.len());

@@ -8,14 +8,8 @@ use std::time::Duration;
 
 use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
-use aws_sdk_sts::primitives::DateTime;
-use aws_sdk_sts::types::Credentials as StsCredentials;
 use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_runtime_api::http::StatusCode;
-use aws_smithy_types::body::SdkBody;
 use clap::Parser as _;
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -23,11 +17,13 @@ use kube_aws_iam_controller::apply::{Outcome, Stage};
 use kube_aws_iam_controller::cli::Cli;
 use kube_aws_iam_controller::commands;
 use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::model::ObservedRole;
-use kube_aws_iam_controller::pass::{Controller, ControllerConfig};
-use kube_aws_iam_controller::secret::{self, Credentials};
-use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
+use kube_aws_iam_controller::pass::Controller;
+use kube_aws_iam_controller::sts::StsCredentialSource;
 use kube_fake_client::{ClientBuilder, Error as FakeError, interceptor};
+
+use crate::support::assert_contains;
+use crate::support::harness::{all_events, all_secrets, assert_events};
+use crate::support::sts::{self, controller, stored_role};
 
 const SECRET_MARKER: &str = "MOCKSECRET";
 
@@ -41,43 +37,18 @@ struct Faults {
     writes: AtomicUsize,
 }
 
-/// An AWSIAMRole as the API would hold it (the in-process fake assigns no UID itself).
-fn role(ns: &str, name: &str, reference: &str) -> AWSIAMRole {
-    let mut r = crate::support::harness::role(ns, name, reference);
-    r.metadata.uid = Some(format!("uid-{name}"));
-    r.metadata.generation = Some(1);
-    r
-}
-
 /// A managed Secret for `role` whose credentials expire in ten minutes (so it is refreshed).
 fn expiring_secret(role: &AWSIAMRole) -> Secret {
-    let observed = ObservedRole::from_value(&serde_json::to_value(role).unwrap(), "").unwrap();
-    let now = Timestamp::now();
-    let creds = Credentials {
-        access_key_id: format!("ASIA{SECRET_MARKER}OLD"),
-        secret_access_key: format!("{SECRET_MARKER}-old"),
-        session_token: format!("{SECRET_MARKER}-old-token"),
-        expiration: now + jiff::SignedDuration::from_mins(10),
-    };
-    let arn = format!(
-        "arn:aws:iam::123456789012:role/{}",
-        role.spec.role_reference
-    );
-    secret::build(
-        &observed,
-        &arn,
-        &creds,
-        now - jiff::SignedDuration::from_mins(50),
-    )
+    sts::due_secret(role, &format!("ASIA{SECRET_MARKER}OLD"), SECRET_MARKER)
 }
 
 async fn fake_api(faults: Arc<Faults>) -> Client {
     let roles = vec![
-        role("team-a", "a", "app-a"),
-        role("team-a", "b", "app-b"),
-        role("team-a", "c", "app-c"),
-        role("team-b", "d", "denied-role"),
-        role("team-b", "e", "app-e"),
+        stored_role("team-a", "a", "app-a"),
+        stored_role("team-a", "b", "app-b"),
+        stored_role("team-a", "c", "app-c"),
+        stored_role("team-b", "d", "denied-role"),
+        stored_role("team-b", "e", "app-e"),
     ];
     let c_secret = expiring_secret(&roles[2]);
     let f = faults.clone();
@@ -127,26 +98,16 @@ async fn fake_api(faults: Arc<Faults>) -> Client {
     builder.build().await.expect("fake API builds")
 }
 
-fn sts_error(status: u16, code: &str, message: &str) -> HttpResponse {
-    let body = format!(
-        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
-    );
-    HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body))
-}
-
+/// Credentials for `session`, marked with [`SECRET_MARKER`].
 fn issued(session: &str, duration: i64) -> AssumeRoleOutput {
-    let expiration = Timestamp::now().as_second() + duration;
-    AssumeRoleOutput::builder()
-        .credentials(
-            StsCredentials::builder()
-                .access_key_id(format!("ASIA{SECRET_MARKER}"))
-                .secret_access_key(format!("{SECRET_MARKER}-{session}"))
-                .session_token(format!("{SECRET_MARKER}-token-{session}"))
-                .expiration(DateTime::from_secs(expiration))
-                .build()
-                .unwrap(),
-        )
-        .build()
+    let key = format!("ASIA{SECRET_MARKER}");
+    let secret = format!("{SECRET_MARKER}-{session}");
+    sts::issued(
+        &key,
+        &secret,
+        &format!("{SECRET_MARKER}-token-{session}"),
+        duration,
+    )
 }
 
 /// STS: AccessDenied for `denied-role` while `deny_d` is set; one Throttling answer for
@@ -159,7 +120,7 @@ fn sts_source(faults: Arc<Faults>, calls: Arc<AtomicUsize>) -> StsCredentialSour
                 && deny.deny_d.load(Ordering::SeqCst)
         })
         .then_http_response(|| {
-            sts_error(
+            sts::error(
                 403,
                 "AccessDenied",
                 "User is not authorized to perform: sts:AssumeRole",
@@ -168,7 +129,7 @@ fn sts_source(faults: Arc<Faults>, calls: Arc<AtomicUsize>) -> StsCredentialSour
     let throttled = mock!(aws_sdk_sts::Client::assume_role)
         .match_requests(|req| req.role_arn().unwrap_or_default().ends_with("/app-e"))
         .sequence()
-        .http_response(|| sts_error(400, "Throttling", "Rate exceeded"))
+        .http_response(|| sts::error(400, "Throttling", "Rate exceeded"))
         .output(|| issued("team-b.e", 3600))
         .build();
     let counter = calls.clone();
@@ -191,16 +152,7 @@ fn sts_source(faults: Arc<Faults>, calls: Arc<AtomicUsize>) -> StsCredentialSour
         )
     );
     let _ = faults;
-    StsCredentialSource::new(
-        client,
-        rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
-    )
-}
-
-fn controller(client: Client, source: StsCredentialSource) -> Controller {
-    let mut config = ControllerConfig::default();
-    config.plan.base_role_arn = Some("arn:aws:iam::123456789012:role/".parse().unwrap());
-    Controller::new(client, config, Arc::new(source))
+    sts::source(client, 1000, 1000)
 }
 
 fn outcome<'a>(report: &'a kube_aws_iam_controller::apply::PassReport, name: &str) -> &'a Outcome {
@@ -262,40 +214,18 @@ async fn faults_fail_single_actions_back_off_and_then_converge() {
         ("False", "GetCredentialsFailed")
     );
     assert!(ready.message.contains("denied"), "{}", ready.message);
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-    let events = events.list(&ListParams::default()).await.unwrap().items;
-    let reasons: Vec<(String, String)> = events
-        .iter()
-        .map(|e| {
-            let regarding = e
-                .regarding
-                .as_ref()
-                .and_then(|r| r.name.clone())
-                .unwrap_or_default();
-            (regarding, e.reason.clone().unwrap_or_default())
-        })
-        .collect();
-    assert!(
-        reasons.contains(&("d".into(), "GetCredentialsFailed".into())),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.contains(&("a".into(), "CreateCredentials".into())),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.contains(&("e".into(), "CreateCredentials".into())),
-        "{reasons:?}"
-    );
+    let events = all_events(&client).await;
+    let expected = [
+        ("d", "GetCredentialsFailed"),
+        ("a", "CreateCredentials"),
+        ("e", "CreateCredentials"),
+    ];
+    assert_events(&events, &expected);
     for e in &events {
         assert!(!e.note.clone().unwrap_or_default().contains(SECRET_MARKER));
     }
-    let secrets: Api<Secret> = Api::all(client.clone());
-    let names: Vec<String> = secrets
-        .list(&ListParams::default())
+    let names: Vec<String> = all_secrets(&client)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter_map(|s| s.metadata.name)
         .collect();
@@ -381,7 +311,7 @@ async fn a_failed_list_applies_nothing() {
     let client = fake_api(faults.clone()).await;
     // An orphan that would be deleted if the pass ran.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "team-a");
-    let mut orphan = expiring_secret(&role("team-a", "gone", "gone"));
+    let mut orphan = expiring_secret(&stored_role("team-a", "gone", "gone"));
     orphan.metadata.owner_references = None;
     orphan.metadata = ObjectMeta {
         resource_version: None,
@@ -406,7 +336,7 @@ async fn a_failed_list_applies_nothing() {
 /// the status says so, and the next pass accepts the shorter credentials as up to date.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_chaining_retries_at_one_hour_and_says_so() {
-    let mut long = role("team-a", "long", "long-role");
+    let mut long = stored_role("team-a", "long", "long-role");
     long.spec.role_session_duration = Some(43200);
     let client = ClientBuilder::new()
         .with_resource::<AWSIAMRole>()
@@ -424,7 +354,7 @@ async fn role_chaining_retries_at_one_hour_and_says_so() {
         })
         .sequence()
         .http_response(|| {
-            sts_error(
+            sts::error(
                 400,
                 "ValidationError",
                 "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.",
@@ -433,10 +363,7 @@ async fn role_chaining_retries_at_one_hour_and_says_so() {
         .output(|| issued("team-a.long", 3600))
         .build();
     let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
-    let source = StsCredentialSource::new(
-        sts,
-        rate_limiter(100.try_into().unwrap(), 1.try_into().unwrap()),
-    );
+    let source = sts::source(sts, 100, 1);
     let ctl = controller(client.clone(), source);
     let first = ctl.pass().await.unwrap();
     assert_eq!(first.report.failed(), 0, "{}", first.report);
@@ -444,10 +371,7 @@ async fn role_chaining_retries_at_one_hour_and_says_so() {
     let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), "team-a");
     let status = roles.get("long").await.unwrap().status.unwrap();
     let message = &status.conditions[0].message;
-    assert!(
-        message.contains("STS granted 1h instead of the requested 12h"),
-        "{message}"
-    );
+    assert_contains(message, "STS granted 1h instead of the requested 12h");
     let second = ctl.pass().await.unwrap();
     assert_eq!(second.report.writes, 0, "{}", second.report);
     assert_eq!(rule.num_calls(), 2);
@@ -459,7 +383,7 @@ async fn session_tags_source_identity_and_external_id_are_sent() {
     let client = ClientBuilder::new()
         .with_resource::<AWSIAMRole>()
         .with_status_subresource::<AWSIAMRole>()
-        .with_object(role("team-a", "app", "app"))
+        .with_object(stored_role("team-a", "app", "app"))
         .build()
         .await
         .unwrap();
@@ -479,10 +403,7 @@ async fn session_tags_source_identity_and_external_id_are_sent() {
         MockResponse::Output(issued("team-a.app", 3600))
     });
     let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
-    let source = StsCredentialSource::new(
-        sts,
-        rate_limiter(100.try_into().unwrap(), 1.try_into().unwrap()),
-    );
+    let source = sts::source(sts, 100, 1);
     let cli = Cli::try_parse_from([
         "kube-aws-iam-controller",
         "once",
@@ -521,7 +442,7 @@ async fn session_tags_source_identity_and_external_id_are_sent() {
 async fn an_expired_continue_token_restarts_the_list() {
     use kube_aws_iam_controller::observe::{ObserveOptions, observe};
     let api = crate::support::apiserver::ApiServer::builder()
-        .objects((0..7).map(|i| role("team-a", &format!("r{i}"), "app")))
+        .objects((0..7).map(|i| stored_role("team-a", &format!("r{i}"), "app")))
         .start()
         .await;
     let client = crate::support::harness::kubeconfig_client(&api).await;

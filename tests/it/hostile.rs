@@ -14,9 +14,7 @@ use std::process::Output;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::ListParams;
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client};
 use kube_aws_iam_controller::arn::{self, MAX_SESSION_NAME};
@@ -29,7 +27,10 @@ use kube_aws_iam_controller::secret;
 use serde_json::{Value, json};
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder};
-use crate::support::harness::{Env, condition, marked_credentials, text};
+use crate::support::assert_contains;
+use crate::support::harness::{
+    Env, all_events, assert_condition, condition, data_map, marked_credentials, text,
+};
 use crate::support::moto;
 use crate::support::{Case, DEFAULT_BASE_ARN as BASE};
 
@@ -212,6 +213,12 @@ fn hostile_names_are_escaped_in_every_rendering() {
 #[test]
 fn offline_echoes_are_bounded_and_escaped() {
     let long = "S".repeat(5000);
+    let dup = r#"apiVersion: zalando.org/v1
+kind: AWSIAMRole
+metadata: {name: "dup
+warning: forged", namespace: x}
+spec: {roleReference: app}
+"#;
     let text = format!(
         r#"apiVersion: zalando.org/v1
 kind: AWSIAMRole
@@ -223,18 +230,8 @@ kind: "Evil\e[2J
 warning: forged {long}"
 metadata: {{name: a}}
 ---
-apiVersion: zalando.org/v1
-kind: AWSIAMRole
-metadata: {{name: "dup
-warning: forged", namespace: x}}
-spec: {{roleReference: app}}
----
-apiVersion: zalando.org/v1
-kind: AWSIAMRole
-metadata: {{name: "dup
-warning: forged", namespace: x}}
-spec: {{roleReference: app}}
-"#
+{dup}---
+{dup}"#
     );
     let loaded = offline::load_str("echo.yaml", &text);
     let p = plan(&loaded.observed, now(), &plan_config());
@@ -586,12 +583,7 @@ async fn once_blocks_hostile_objects_and_serves_every_well_formed_role() {
 
     // Every hostile role: Ready=False, InvalidSpec, the field named, short and escaped.
     for (name, _, field) in hostile_roles() {
-        let (status, reason, message) = condition(&client, NS, name).await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "InvalidSpec"),
-            "{name}"
-        );
+        let message = assert_condition(&client, NS, name, ("False", "InvalidSpec")).await;
         assert!(
             message.contains(field),
             "{name}: {message:?} does not name {field}"
@@ -617,12 +609,7 @@ async fn once_blocks_hostile_objects_and_serves_every_well_formed_role() {
         let content = secret::decode(&ObservedSecret::from_secret(&s))
             .unwrap_or_else(|e| panic!("{name}: the Secret does not decode: {e}"));
         assert_eq!(content.role_arn, arn, "{name}");
-        let (status, reason, _) = condition(&client, NS, &name).await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("True", "CredentialsReady"),
-            "{name}"
-        );
+        assert_condition(&client, NS, &name, ("True", "CredentialsReady")).await;
         let json: Value =
             serde_json::from_slice(&s.data.as_ref().unwrap()[secret::KEY_JSON].0).unwrap();
         for key in ["AccessKeyId", "SecretAccessKey", "SessionToken"] {
@@ -661,12 +648,7 @@ async fn once_blocks_hostile_objects_and_serves_every_well_formed_role() {
     // The 253-character name: STS saw a 64-character session name ending in a hash.
     let long = long_name();
     let s = secrets.get(&long).await.unwrap();
-    let data: BTreeMap<String, Vec<u8>> = s
-        .data
-        .unwrap()
-        .into_iter()
-        .map(|(k, ByteString(v))| (k, v))
-        .collect();
+    let data = data_map(&s);
     let caller =
         moto::caller_identity_with_credentials_file(&env.moto.endpoint(), &data, env.dir.path())
             .expect("the long-named role's credentials authenticate");
@@ -676,11 +658,7 @@ async fn once_blocks_hostile_objects_and_serves_every_well_formed_role() {
     assert!(session.starts_with("hostile.r253-"), "{caller}");
 
     // Events say why, briefly, without credentials.
-    let events = Api::<Event>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let events = all_events(&client).await;
     let invalid = events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("InvalidSpec"))
@@ -701,11 +679,7 @@ async fn once_blocks_hostile_objects_and_serves_every_well_formed_role() {
     assert_clean_run(&out);
     assert_eq!(env.api.write_count(), 0, "{}", text(&out.stderr));
     assert_eq!(env.moto.total_calls(), 0);
-    assert!(
-        text(&out.stderr).contains("skip=7, blocked=16"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&text(&out.stderr), "skip=7, blocked=16");
     eprintln!(
         "hostile end to end: {} hostile objects blocked, 2 garbage/foreign Secrets refreshed in \
          place, 1 garbage orphan deleted, 5 roles created; longest output line {} bytes",
@@ -746,12 +720,7 @@ async fn invalid_allowed_roles_annotations_permit_nothing() {
         .await;
     assert_clean_run(&out);
     for (ns, _) in bad {
-        let (status, reason, message) = condition(&client, ns, "app").await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "NotPermitted"),
-            "{ns}"
-        );
+        let message = assert_condition(&client, ns, "app", ("False", "NotPermitted")).await;
         assert!(
             message.contains("iam.amazonaws.com/allowed-roles")
                 && message.contains("not a JSON array"),

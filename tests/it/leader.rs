@@ -13,30 +13,18 @@ use kube::api::DeleteParams;
 use tokio::process::Child;
 
 use crate::support::apiserver::ApiServer;
+use crate::support::argv;
+use crate::support::assert_contains;
 use crate::support::harness::*;
 
 const LEASE_NS: &str = "kube-system";
 const LEASE_NAME: &str = "kube-aws-iam-controller";
 
 /// A Lease that outlives any start-up delay, so taking it quickly proves it was released.
-const SLOW: [&str; 6] = [
-    "--lease-duration",
-    "30s",
-    "--lease-renew-deadline",
-    "10s",
-    "--lease-retry-period",
-    "1s",
-];
+const SLOW: &str = "--lease-duration 30s --lease-renew-deadline 10s --lease-retry-period 1s";
 
 /// Short timings for tests that do not measure failover.
-const FAST: [&str; 6] = [
-    "--lease-duration",
-    "4s",
-    "--lease-renew-deadline",
-    "3s",
-    "--lease-retry-period",
-    "1s",
-];
+const FAST: &str = "--lease-duration 4s --lease-renew-deadline 3s --lease-retry-period 1s";
 
 fn roles(n: usize) -> crate::support::apiserver::ApiServerBuilder {
     ApiServer::builder().objects((0..n).map(|i| role("team-a", &format!("app-{i}"), "app")))
@@ -62,17 +50,9 @@ struct Replica {
 
 impl Replica {
     fn start(env: &Env, name: &str, extra: &[&str]) -> Replica {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut args = vec!["run", "--interval", "1s", "--health-addr", &addr];
-        args.extend_from_slice(extra);
+        let (mut run, port) = env.run_loop("1s");
         let log = std::fs::File::create(env.dir.path().join(format!("{name}.log"))).unwrap();
-        let child = env
-            .command(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+        let child = run.args(extra).stderr(Stdio::from(log)).spawn().unwrap();
         Replica { child, port }
     }
 
@@ -101,13 +81,8 @@ async fn lease_holder(client: &kube::Client) -> Option<String> {
 async fn all_served(client: &kube::Client, n: usize) -> bool {
     let api = Api::<Secret>::namespaced(client.clone(), "team-a");
     for i in 0..n {
-        if api
-            .get_opt(&format!("app-{i}"))
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
+        let name = format!("app-{i}");
+        if api.get_opt(&name).await.ok().flatten().is_none() {
             return false;
         }
     }
@@ -210,7 +185,7 @@ async fn once_takes_the_same_lease_as_run() {
     // Two `once` at the same time: one passes, the other waits for the Lease and then finds
     // nothing to do. Every role is assumed once, not twice.
     let mut args = vec!["once"];
-    args.extend_from_slice(&FAST);
+    args.extend(argv(FAST));
     let (first, second) = tokio::join!(env.run(&args), env.run(&args));
     for out in [&first, &second] {
         assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
@@ -220,27 +195,23 @@ async fn once_takes_the_same_lease_as_run() {
     assert_eq!(lease_holder(&client).await, None, "each once released it");
 
     // While `run` holds the Lease, `once` waits its bounded time and exits 2 naming the holder.
-    let run = Replica::start(&env, "run", &SLOW);
+    let run = Replica::start(&env, "run", &argv(SLOW));
     assert!(eventually(Duration::from_secs(15), || run.leading()).await);
     let mut args = vec!["once", "--lease-wait", "2s"];
-    args.extend_from_slice(&SLOW);
+    args.extend(argv(SLOW));
     let started = Instant::now();
-    let out = env.run(&args).await;
-    assert_eq!(out.status.code(), Some(2), "stderr:\n{}", text(&out.stderr));
+    let out = env.run_code(&args, 2).await;
     let stderr = text(&out.stderr);
     let holder = lease_holder(&client).await.unwrap();
-    assert!(
-        stderr.contains(&format!("is held by {holder}")) && stderr.contains("waited 2s"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, &format!("is held by {holder}"));
+    assert_contains(&stderr, "waited 2s");
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(!stderr.contains("pass done"), "{stderr}");
 
     // Once `run` stops (releasing the Lease), `once` gets it without waiting for expiry.
     assert_eq!(run.terminate().await, Some(0));
     let started = Instant::now();
-    let out = env.run(&args).await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    env.run_ok(&args).await;
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "took {:?}: the Lease was not released (it would be taken over after 30s)",
@@ -249,8 +220,7 @@ async fn once_takes_the_same_lease_as_run() {
 
     // --leader-elect=false never touches the Lease.
     env.api.clear_requests();
-    let out = env.run(&["once", "--leader-elect=false"]).await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    env.run_ok(&["once", "--leader-elect=false"]).await;
     assert!(env.api.requests().iter().all(|r| r.resource != "leases"));
 }
 
@@ -262,7 +232,7 @@ async fn once_stops_starting_actions_when_its_lease_is_taken_mid_pass() {
     // Slow answers and one action at a time stretch the pass over several renewals.
     env.api.set_delay(Duration::from_millis(100));
     let mut args = vec!["once", "--concurrency", "1"];
-    args.extend_from_slice(&FAST);
+    args.extend(argv(FAST));
     let once = env.command(&args).output();
     let steal = async {
         let started = eventually(Duration::from_secs(30), || async {

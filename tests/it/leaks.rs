@@ -6,9 +6,6 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use kube::api::ListParams;
 use kube_aws_iam_controller::model::Observed;
 use kube_aws_iam_controller::plan::{PlanConfig, plan};
 use kube_aws_iam_controller::secret::{self, Credentials};
@@ -98,15 +95,13 @@ async fn live_error_paths_and_debug_logs_print_no_credential() {
     // The first Secret write fails with 500; everything runs with debug logs, twice, in both
     // log formats.
     env.api.fail_nth_write(1, 500);
-    let first = env.run(&["once", "--debug", "--log-format", "json"]).await;
-    assert_eq!(first.status.code(), Some(1), "{}", text(&first.stderr));
-    let second = env.run(&["once", "--debug", "--base-role-arn", BASE]).await;
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
-    let secrets = Api::<Secret>::all(env.client())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let first = env
+        .run_code(&["once", "--debug", "--log-format", "json"], 1)
+        .await;
+    let second = env
+        .run_ok(&["once", "--debug", "--base-role-arn", BASE])
+        .await;
+    let secrets = all_secrets(&env.client()).await;
     let values: Vec<String> = secrets
         .iter()
         .filter(|s| s.metadata.labels.as_ref().is_some_and(secret::is_managed))
@@ -134,10 +129,8 @@ async fn sts_failures_print_no_credential() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("could not get credentials"), "{stderr}");
     assert_no_leak(&out, &[]);
-    let (status, reason, message) = condition(&env.client(), "team-a", "new").await;
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "GetCredentialsFailed")
-    );
+    let client = env.client();
+    let message =
+        assert_condition(&client, "team-a", "new", ("False", "GetCredentialsFailed")).await;
     assert!(!message.contains(SEEDED));
 }

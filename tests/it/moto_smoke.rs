@@ -8,6 +8,7 @@ use aws_sdk_sts::error::DisplayErrorContext;
 use jiff::Timestamp;
 use kube_aws_iam_controller::secret::{self, Credentials, KEY_CREDENTIALS, KEY_JSON};
 
+use crate::support::argv;
 use crate::support::moto::{self, Moto, ProfileFile, ScratchDir};
 
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/test-role";
@@ -181,18 +182,10 @@ fn moto_garbled_or_foreign_secret_files_do_not_authenticate() {
 fn moto_aws_env_serves_the_cli_and_only_proxied_calls_count() {
     let moto = Moto::start();
     let out = moto::aws_cli(
-        &[
-            "sts",
-            "assume-role",
-            "--role-arn",
-            ROLE_ARN,
-            "--role-session-name",
-            SESSION,
-            "--duration-seconds",
-            "900",
-            "--output",
-            "json",
-        ],
+        &argv(&format!(
+            "sts assume-role --role-arn {ROLE_ARN} --role-session-name {SESSION} \
+             --duration-seconds 900 --output json"
+        )),
         &moto::aws_env(&moto.endpoint()),
     );
     // stdout holds credentials: only the status and stderr are shown.

@@ -6,6 +6,8 @@
 
 use k8s_openapi::api::core::v1::Secret;
 
+use crate::support::argv;
+use crate::support::assert_contains;
 use crate::support::harness::{BASE, Env, assert_no_leak, mixed_state, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,14 +20,9 @@ async fn echoed_request_bodies_are_redacted_from_write_errors() {
         let env = Env::start(&format!("redaction-echo-{format}"), mixed_state()).await;
         env.api.echo_writes("secrets", Some(422));
         let out = env
-            .run(&[
-                "once",
-                "--debug",
-                "--log-format",
-                format,
-                "--base-role-arn",
-                BASE,
-            ])
+            .run(&argv(&format!(
+                "once --debug --log-format {format} --base-role-arn {BASE}"
+            )))
             .await;
         // Deletes are echoed too (their body is DeleteOptions); only Secrets carry data.
         let echoed: Vec<_> = env
@@ -65,10 +62,8 @@ async fn echoed_request_bodies_are_redacted_from_write_errors() {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         // The failure is still explained: who refused, with which status.
-        assert!(
-            stderr.contains("writing Secret team-a/new") && stderr.contains("422"),
-            "{stderr}"
-        );
+        assert_contains(&stderr, "writing Secret team-a/new");
+        assert_contains(&stderr, "422");
         assert!(stderr.contains("echo.apiserver.test"), "{stderr}");
         assert_no_leak(out, &sent);
     }

@@ -96,52 +96,38 @@ const PROCESS_PROFILE: &str =
 /// from the volume's `credentials.json`, and reports the new role after the swap.
 #[test]
 fn endpoint_delivery_refreshes_every_sdk_without_restart() {
-    let started = Instant::now();
-    let moto = Moto::start();
-    let sessions = Sessions::assume(&moto);
-    let results = for_each_sdk(|sdk| {
-        let mut volume = SecretVolume::with(
-            &format!("sdk-endpoint-{}", sdk.name()),
-            sessions
-                .first
-                .secret_data(sdk.first_expiration(Source::Endpoint)),
-        );
+    matrix("endpoint", |sdk, moto, sessions| {
+        let expiration = sdk.first_expiration(Source::Endpoint);
+        let mut volume = sessions.first_volume("sdk-endpoint", sdk, expiration);
         let sidecar = sidecar::Sidecar::start_with_token(&volume.file(KEY_JSON), POD_UID);
         wait_until_ready(sidecar.port());
-        let mut env = consumer_env(&moto);
+        let mut env = consumer_env(moto);
         env.extend(sidecar.sdk_env());
-        let mut client = Client::spawn(sdk, &env, Launch::Plain, &sessions);
-        swap_and_expect_refresh(&mut client, &mut volume, &sessions, Source::Endpoint)
+        let mut client = Client::spawn(sdk, &env, Launch::Plain, sessions);
+        swap_and_expect_refresh(&mut client, &mut volume, sessions, Source::Endpoint)
     });
-    report("endpoint", &results, started);
 }
 
 /// `process` delivery: each SDK runs the Secret's `credentials.process` as written, in a mount
 /// namespace with the volume at its pod path, and reports the new role after the swap.
 #[test]
 fn process_delivery_refreshes_every_sdk_without_restart() {
-    let started = Instant::now();
-    let moto = Moto::start();
-    let sessions = Sessions::assume(&moto);
-    let results = for_each_sdk(|sdk| {
+    matrix("process", |sdk, moto, sessions| {
         let expiration = sdk.first_expiration(Source::Process);
-        let mut volume = SecretVolume::with(
-            &format!("sdk-process-{}", sdk.name()),
-            sessions.first.secret_data(expiration),
-        );
+        let mut volume = sessions.first_volume("sdk-process", sdk, expiration);
         assert_eq!(
             std::fs::read_to_string(volume.file(KEY_PROCESS)).expect("credentials.process"),
             PROCESS_PROFILE,
             "the Secret's credentials.process is not the documented one"
         );
-        let env = process_env(&moto);
-        let root = ScratchDir::new(&format!("sdk-root-{}", sdk.name()));
+        let env = process_env(moto);
+        let root = scratch_root(sdk);
         let launch = Launch::Mounted {
-            volume: volume.path().to_path_buf(),
-            root: root.path().to_path_buf(),
+            root: root.path(),
+            volume: volume.path(),
         };
-        let mut client = Client::spawn(sdk, &env, launch, &sessions);
-        let refresh = swap_and_expect_refresh(&mut client, &mut volume, &sessions, Source::Process);
+        let mut client = Client::spawn(sdk, &env, launch, sessions);
+        let refresh = swap_and_expect_refresh(&mut client, &mut volume, sessions, Source::Process);
         if matches!(sdk, Sdk::GoV1 | Sdk::GoV2) {
             // What the docs say of Go: it re-runs the process only once its credentials have
             // expired, not before. (The Secret holds the Expiration in whole seconds.)
@@ -156,7 +142,6 @@ fn process_delivery_refreshes_every_sdk_without_restart() {
         }
         refresh
     });
-    report("process", &results, started);
 }
 
 /// The static `credentials` file: each SDK authenticates with it and keeps the first role
@@ -167,22 +152,15 @@ fn static_credentials_file_never_refreshes() {
     if std::env::var_os(RUST_CLIENT_MARKER).is_some() {
         return rust_client();
     }
-    let started = Instant::now();
-    let moto = Moto::start();
-    let sessions = Sessions::assume(&moto);
-    let results = for_each_sdk(|sdk| {
-        let mut volume = SecretVolume::with(
-            &format!("sdk-static-{}", sdk.name()),
-            sessions
-                .first
-                .secret_data(sdk.first_expiration(Source::StaticFile)),
-        );
-        let mut env = consumer_env(&moto);
+    matrix("static file", |sdk, moto, sessions| {
+        let expiration = sdk.first_expiration(Source::StaticFile);
+        let mut volume = sessions.first_volume("sdk-static", sdk, expiration);
+        let mut env = consumer_env(moto);
         env.push((
             "AWS_SHARED_CREDENTIALS_FILE".into(),
             volume.file(KEY_CREDENTIALS).display().to_string(),
         ));
-        let mut client = Client::spawn(sdk, &env, Launch::Plain, &sessions);
+        let mut client = Client::spawn(sdk, &env, Launch::Plain, sessions);
         let first = client.answer().unwrap_or_else(|e| panic!("{sdk:?}: {e}"));
         assert_eq!(first, sessions.first.arn, "{sdk:?} first call");
         volume.update(sessions.second.secret_data(Timestamp::now() + 1.hour()));
@@ -200,14 +178,8 @@ fn static_credentials_file_never_refreshes() {
                  refreshing; if an SDK now re-reads it, update the docs' table"
             );
         }
-        Refresh {
-            sdk,
-            calls: CALLS,
-            after: None,
-            version: client.version.clone(),
-        }
+        client.refresh(CALLS, None)
     });
-    report("static file", &results, started);
 }
 
 /// A pod template labelled for `endpoint` delivery, mutated by the same function `inject` and
@@ -218,45 +190,36 @@ fn static_credentials_file_never_refreshes() {
 /// image without a shell. Each SDK then picks up swapped credentials as before.
 #[test]
 fn mutated_endpoint_pod_runs_every_sdk_without_a_shell() {
-    let started = Instant::now();
-    let moto = Moto::start();
-    let sessions = Sessions::assume(&moto);
     let empty_path = ScratchDir::new("sdk-empty-path");
-    let results = for_each_sdk(|sdk| {
+    matrix("endpoint, mutated pod, no shell", |sdk, moto, sessions| {
         // One pod per SDK, each with its own loopback port as if in its own network namespace.
         let pod = mutated_endpoint_pod(harness::free_port());
-        let mut volume = SecretVolume::with(
-            &format!("sdk-shell-less-{}", sdk.name()),
-            sessions
-                .first
-                .secret_data(sdk.first_expiration(Source::Endpoint)),
-        );
-        let sidecar = pod.start_sidecar(&volume, &sessions);
+        let expiration = sdk.first_expiration(Source::Endpoint);
+        let mut volume = sessions.first_volume("sdk-shell-less", sdk, expiration);
+        let sidecar = pod.start_sidecar(&volume, sessions);
         let mut env = pod.app_env();
         // Test plumbing only: moto as STS, and no config or credentials file or metadata
         // service to fall back on. No credentials, no PATH entry with a program in it.
-        for (k, v) in consumer_env(&moto) {
+        for (k, v) in consumer_env(moto) {
             if !env.iter().any(|(name, _)| *name == k) {
                 env.push((k, v));
             }
         }
         env.push(("PATH".into(), empty_path.path().display().to_string()));
-        let root = ScratchDir::new(&format!("sdk-root-{}", sdk.name()));
+        let root = scratch_root(sdk);
         let launch = Launch::ShellLess {
-            root: root.path().to_path_buf(),
+            root: root.path(),
             volume: None,
         };
-        let mut client = Client::spawn(sdk, &env, launch, &sessions);
-        let refresh =
-            swap_and_expect_refresh(&mut client, &mut volume, &sessions, Source::Endpoint);
-        sidecar.assert_log_has_no_credentials(&sessions);
+        let mut client = Client::spawn(sdk, &env, launch, sessions);
+        let refresh = swap_and_expect_refresh(&mut client, &mut volume, sessions, Source::Endpoint);
+        sidecar.assert_log_has_no_credentials(sessions);
         refresh
     });
     let entries = std::fs::read_dir(empty_path.path())
         .expect("the empty PATH directory")
         .count();
     assert_eq!(entries, 0, "the clients' PATH directory is not empty");
-    report("endpoint, mutated pod, no shell", &results, started);
 }
 
 /// A Deployment's pod template labelled for `endpoint` delivery (against a `process` default),
@@ -293,16 +256,14 @@ fn process_delivery_fails_without_a_shell() {
     let sessions = Sessions::assume(&moto);
     let empty_path = ScratchDir::new("sdk-empty-path");
     for_each_sdk(|sdk| {
-        let volume = SecretVolume::with(
-            &format!("sdk-process-shell-less-{}", sdk.name()),
-            sessions.first.secret_data(Timestamp::now() + 1.hour()),
-        );
+        let expiration = Timestamp::now() + 1.hour();
+        let volume = sessions.first_volume("sdk-process-shell-less", sdk, expiration);
         let mut env = process_env(&moto);
         env.push(("PATH".into(), empty_path.path().display().to_string()));
-        let root = ScratchDir::new(&format!("sdk-root-{}", sdk.name()));
+        let root = scratch_root(sdk);
         let launch = Launch::ShellLess {
-            root: root.path().to_path_buf(),
-            volume: Some(volume.path().to_path_buf()),
+            root: root.path(),
+            volume: Some(volume.path()),
         };
         let mut client = Client::spawn(sdk, &env, launch, &sessions);
         match client.answer() {
@@ -314,12 +275,7 @@ fn process_delivery_fails_without_a_shell() {
                 client.version
             ),
         }
-        Refresh {
-            sdk,
-            calls: 0,
-            after: None,
-            version: client.version.clone(),
-        }
+        client.refresh(0, None)
     });
     assert_eq!(
         moto.calls("GetCallerIdentity"),
@@ -468,16 +424,8 @@ fn listen_flag(args: &[String]) -> Option<String> {
 
 /// A JSON array of strings.
 fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("not an array: {value}"))
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .unwrap_or_else(|| panic!("not a string: {v}"))
-                .to_string()
-        })
-        .collect()
+    serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("not an array of strings ({e}): {value}"))
 }
 
 /// A container's `env`, with `fieldRef: metadata.uid` resolved to [`POD_UID`] (the only
@@ -564,6 +512,12 @@ impl Sessions {
         };
         assert_ne!(sessions.first.arn, sessions.second.arn);
         sessions
+    }
+
+    /// A volume (named `label` and the SDK) holding the first session, expiring at `expiration`.
+    fn first_volume(&self, label: &str, sdk: Sdk, expiration: Timestamp) -> SecretVolume {
+        let name = format!("{label}-{}", sdk.name());
+        SecretVolume::with(&name, self.first.secret_data(expiration))
     }
 
     /// Every credential value of both sessions, for redaction.
@@ -826,6 +780,20 @@ fn locked_version(package: &str) -> &'static str {
         .map_or("(not in Cargo.lock)", |(version, _)| version)
 }
 
+/// One test of the matrix: moto, both sessions, `lane` for every SDK, and the report.
+fn matrix(mode: &str, lane: impl Fn(Sdk, &Moto, &Sessions) -> Refresh + Sync) {
+    let started = Instant::now();
+    let moto = Moto::start();
+    let sessions = Sessions::assume(&moto);
+    let results = for_each_sdk(|sdk| lane(sdk, &moto, &sessions));
+    report(mode, &results, started);
+}
+
+/// An empty directory for a client's mount namespace root.
+fn scratch_root(sdk: Sdk) -> ScratchDir {
+    ScratchDir::new(&format!("sdk-root-{}", sdk.name()))
+}
+
 /// Runs `lane` for every SDK at once, each in its own thread; panics with every failure.
 fn for_each_sdk(lane: impl Fn(Sdk) -> Refresh + Sync) -> Vec<Refresh> {
     let lane = &lane;
@@ -913,12 +881,7 @@ fn swap_and_expect_refresh(
             .call()
             .unwrap_or_else(|e| panic!("{sdk:?} call {calls} after the swap: {e}"));
         if arn == sessions.second.arn {
-            return Refresh {
-                sdk,
-                calls,
-                after: Some(swapped.elapsed()),
-                version: client.version.clone(),
-            };
+            return client.refresh(calls, Some(swapped.elapsed()));
         }
         assert_eq!(arn, sessions.first.arn, "{sdk:?} call {calls}");
         assert!(
@@ -1030,13 +993,7 @@ impl PodSidecar {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "credentials-server exited with {status} before it was ready; its log:\n{}",
-                    sessions.redact(
-                        &self
-                            .log
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .join("\n")
-                    )
+                    sessions.redact(&self.log())
                 );
             }
             let status = Command::new(program)
@@ -1058,13 +1015,7 @@ impl PodSidecar {
                 Instant::now() < deadline,
                 "the startup probe still fails after {READY_DEADLINE:?} ({status}); the \
                  sidecar's log:\n{}",
-                sessions.redact(
-                    &self
-                        .log
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .join("\n")
-                )
+                sessions.redact(&self.log())
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -1072,13 +1023,17 @@ impl PodSidecar {
 }
 
 impl PodSidecar {
-    /// The sidecar served both sessions to an SDK; its log must name neither's secrets.
-    fn assert_log_has_no_credentials(&self, sessions: &Sessions) {
-        let log = self
-            .log
+    /// Its stderr so far.
+    fn log(&self) -> String {
+        self.log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .join("\n");
+            .join("\n")
+    }
+
+    /// The sidecar served both sessions to an SDK; its log must name neither's secrets.
+    fn assert_log_has_no_credentials(&self, sessions: &Sessions) {
+        let log = self.log();
         assert!(!log.is_empty(), "the sidecar logged nothing");
         let leaked = sessions
             .secrets()
@@ -1109,20 +1064,20 @@ fn controller_bin() -> PathBuf {
 // Client processes.
 
 /// How a client process is started.
-enum Launch {
+enum Launch<'a> {
     /// Directly, with the test's PATH.
     Plain,
     /// In a private mount namespace (see [`MOUNT_SCRIPT`]) rooted at the empty scratch
     /// directory `root`, with the test's PATH, and `volume` mounted at /meta/aws-iam, the
     /// Secret's mount path in a pod: `credentials.process` runs as written
     /// (`cat /meta/aws-iam/credentials.json`) and sees the volume's swaps.
-    Mounted { root: PathBuf, volume: PathBuf },
+    Mounted { root: &'a Path, volume: &'a Path },
     /// Like an image without a shell: the namespace has every shell and `cat` replaced by an
     /// unexecutable file, the environment is only the client's `env` (no PATH unless it has
     /// one), and `volume`, if any, is mounted at /meta/aws-iam.
     ShellLess {
-        root: PathBuf,
-        volume: Option<PathBuf>,
+        root: &'a Path,
+        volume: Option<&'a Path>,
     },
 }
 
@@ -1190,7 +1145,7 @@ impl Client {
         let mut command = match &launch {
             Launch::Plain => Command::new(&program),
             Launch::Mounted { root, volume } => in_namespace(root, Some(volume), false),
-            Launch::ShellLess { root, volume } => in_namespace(root, volume.as_deref(), true),
+            Launch::ShellLess { root, volume } => in_namespace(root, *volume, true),
         };
         if !matches!(launch, Launch::Plain) {
             command.arg(&program);
@@ -1214,8 +1169,7 @@ impl Client {
         let (tx, lines) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
             std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     if tx.send(line).is_err() {
                         break;
                     }
@@ -1232,6 +1186,17 @@ impl Client {
             log,
             secrets,
             version: String::new(),
+        }
+    }
+
+    /// How this client took the swap: `calls` after it, the new role reported `after` (or never).
+    fn refresh(&self, calls: usize, after: Option<Duration>) -> Refresh {
+        let (sdk, version) = (self.sdk, self.version.clone());
+        Refresh {
+            sdk,
+            calls,
+            after,
+            version,
         }
     }
 
@@ -1335,8 +1300,7 @@ fn collect(pipe: Option<impl Read + Send + 'static>) -> Arc<Mutex<Vec<String>>> 
     if let Some(pipe) = pipe {
         let log = log.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });

@@ -16,15 +16,17 @@ use futures::future::BoxFuture;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube_aws_iam_controller::apply::Executor;
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
 use kube_aws_iam_controller::plan::{CredentialRequest, PlanConfig, plan};
 use kube_aws_iam_controller::secret::{self, Credentials};
 use kube_aws_iam_controller::sts::{CredentialSource, StsError};
+use tokio::process::Command;
 
 use crate::support::apiserver::ApiServer;
+use crate::support::assert_contains;
 use crate::support::harness::*;
 use crate::support::moto::SignedCall;
 use crate::support::volume::SecretVolume;
@@ -50,17 +52,32 @@ fn access_key(s: &Secret) -> String {
     credential_values(s).remove(0)
 }
 
+/// The binary as the controller's pod runs it: its only credentials are the seed in `volume`.
+fn on_seed<'a>(cmd: &'a mut Command, volume: &SecretVolume) -> &'a mut Command {
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", volume.file("credentials"))
+}
+
+/// Expired seed credentials with access key `key` (the rest marked [`SEEDED`]).
+fn expired_seed(key: &str, expiration: Timestamp) -> Credentials {
+    Credentials {
+        access_key_id: key.into(),
+        secret_access_key: format!("{SEEDED}-expired-secret"),
+        session_token: format!("{SEEDED}-expired-token"),
+        expiration,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
     let env = Env::start("seed-bootstrap", ApiServer::builder()).await;
     let client = env.client();
 
-    let out = env.run(&["bootstrap", "--role-arn", SELF_ARN]).await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains(&format!("AWSIAMRole {SELF_NS}/{SELF_NAME} created")),
-        "{}",
-        text(&out.stdout)
+    let out = env.run_ok(&["bootstrap", "--role-arn", SELF_ARN]).await;
+    assert_contains(
+        &text(&out.stdout),
+        &format!("AWSIAMRole {SELF_NS}/{SELF_NAME} created"),
     );
     let role = Api::<AWSIAMRole>::namespaced(client.clone(), SELF_NS)
         .get(SELF_NAME)
@@ -86,11 +103,7 @@ async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
     );
     assert_eq!(Some(&owner.uid), role.metadata.uid.as_ref());
     assert_eq!(owner.controller, Some(true));
-    let (status, reason, _) = condition(&client, SELF_NS, SELF_NAME).await;
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "CredentialsReady")
-    );
+    assert_condition(&client, SELF_NS, SELF_NAME, ("True", "CredentialsReady")).await;
 
     // Exactly one AssumeRole, for the role, signed with the operator's key.
     let calls = env.moto.signed_calls();
@@ -101,58 +114,32 @@ async fn bootstrap_writes_the_complete_secret_a_pass_finds_up_to_date() {
 
     // A pass finds it up to date: no STS call, nothing written.
     let out = env
-        .run(&["once", "--base-role-arn", BASE, "--leader-elect=false"])
+        .run_ok(&["once", "--base-role-arn", BASE, "--leader-elect=false"])
         .await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("skip=1, blocked=0;"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&text(&out.stderr), "skip=1, blocked=0;");
     assert_eq!(env.moto.calls("AssumeRole"), 1);
 
     // Again: the role exists, the Secret is replaced with a new session.
-    let out = env.run(&["bootstrap", "--role-arn", SELF_ARN]).await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("exists"),
-        "{}",
-        text(&out.stdout)
-    );
+    let out = env.run_ok(&["bootstrap", "--role-arn", SELF_ARN]).await;
+    assert_contains(&text(&out.stdout), "exists");
     assert_ne!(access_key(&self_secret(&client).await), access_key(&s));
 
     // A different ARN for the existing role, or a foreign Secret of that name: refused (2).
-    let out = env
-        .run(&[
-            "bootstrap",
-            "--role-arn",
-            "arn:aws:iam::123456789012:role/other",
-        ])
-        .await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not arn:aws:iam::123456789012:role/other"));
-    let foreign = Secret {
-        metadata: ObjectMeta {
-            name: Some("taken".into()),
-            namespace: Some(SELF_NS.into()),
-            ..ObjectMeta::default()
-        },
-        ..Secret::default()
-    };
+    let other = format!("{BASE}other");
+    let out = env.run_code(&["bootstrap", "--role-arn", &other], 2).await;
+    assert!(text(&out.stderr).contains(&format!("not {other}")));
+    let mut foreign = Secret::default();
+    foreign.metadata.name = Some("taken".into());
+    foreign.metadata.namespace = Some(SELF_NS.into());
     Api::<Secret>::namespaced(client.clone(), SELF_NS)
         .create(&PostParams::default(), &foreign)
         .await
         .unwrap();
     let before = env.moto.calls("AssumeRole");
     let out = env
-        .run(&["bootstrap", "--role-arn", SELF_ARN, "--name", "taken"])
+        .run_code(&["bootstrap", "--role-arn", SELF_ARN, "--name", "taken"], 2)
         .await;
-    assert_eq!(out.status.code(), Some(2), "stderr:\n{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("not managed by kube-aws-iam-controller"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&text(&out.stderr), "not managed by kube-aws-iam-controller");
     assert_eq!(env.moto.calls("AssumeRole"), before, "refused before STS");
 }
 
@@ -183,14 +170,9 @@ async fn delete_secret(client: &kube::Client, ns: &str, name: &str) -> Option<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired() {
-    let env = Env::start(
-        "seed-run",
-        ApiServer::builder().object(role("team-a", "app", "app-one")),
-    )
-    .await;
+    let env = Env::with_role("seed-run", role("team-a", "app", "app-one")).await;
     let client = env.client();
-    let out = env.run(&["bootstrap", "--role-arn", SELF_ARN]).await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    env.run_ok(&["bootstrap", "--role-arn", SELF_ARN]).await;
     let seed_secret = self_secret(&client).await;
     let key1 = access_key(&seed_secret);
     let mut secrets_seen = credential_values(&seed_secret);
@@ -198,21 +180,10 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
     // The controller's pod: its own Secret mounted at a kubelet-style volume, no static keys.
     let mut volume = SecretVolume::with("seed-run-volume", data_map(&seed_secret));
     assert!(volume.path().join("..data").is_symlink());
-    let port = free_port();
     let log_path = env.dir.path().join("run.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = env
-        .command(&[
-            "run",
-            "--interval",
-            "1s",
-            "--health-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env("AWS_SHARED_CREDENTIALS_FILE", volume.file("credentials"))
-        .stdout(Stdio::null())
+    let (mut run, port) = env.run_loop("1s");
+    let mut child = on_seed(&mut run, &volume)
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
@@ -276,12 +247,7 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
     //    fails naming the file and the expiry; the metric shows it.
     let expired_at = Timestamp::now() - SignedDuration::from_hours(1);
     let expired_at = Timestamp::from_second(expired_at.as_second()).unwrap();
-    let stale = Credentials {
-        access_key_id: "ASIAEXPIREDSEED".into(),
-        secret_access_key: format!("{SEEDED}-expired-secret"),
-        session_token: format!("{SEEDED}-expired-token"),
-        expiration: expired_at,
-    };
+    let stale = expired_seed("ASIAEXPIREDSEED", expired_at);
     let mark = env.moto.signed_calls().len();
     volume.update(secret::encode(&stale, SELF_ARN, 1));
     let old = delete_secret(&client, "team-a", "app").await;
@@ -331,14 +297,11 @@ async fn run_on_seed_credentials_follows_kubelet_swaps_and_never_signs_expired()
     assert!(healthy, "/healthz recovers once the file is valid again");
 
     assert_eq!(
-        crate::support::harness::terminate(&mut child, Duration::from_secs(15)).await,
+        terminate(&mut child, Duration::from_secs(15)).await,
         Some(0)
     );
     let logs = std::fs::read_to_string(&log_path).unwrap();
-    assert!(
-        logs.contains("read the controller's own credentials"),
-        "{logs}"
-    );
+    assert_contains(&logs, "read the controller's own credentials");
     assert!(!logs.contains(SEEDED), "seeded credential in the log");
     for v in secrets_seen.iter().filter(|v| !v.starts_with("ASIA")) {
         assert!(!logs.contains(v.as_str()), "a credential value in the log");
@@ -407,29 +370,16 @@ async fn the_controllers_own_role_is_refreshed_before_any_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_seed_at_start_up_reaches_no_sts_and_exits_2() {
-    let env = Env::start(
-        "seed-expired-start",
-        ApiServer::builder().object(role("team-a", "app", "app-one")),
-    )
-    .await;
-    let stale = Credentials {
-        access_key_id: "ASIAEXPIREDATSTART".into(),
-        secret_access_key: format!("{SEEDED}-expired-secret"),
-        session_token: format!("{SEEDED}-expired-token"),
-        expiration: "2026-01-01T00:00:00Z".parse().unwrap(),
-    };
+    let env = Env::with_role("seed-expired-start", role("team-a", "app", "app-one")).await;
+    let stale = expired_seed(
+        "ASIAEXPIREDATSTART",
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    );
     let volume = SecretVolume::with("seed-expired-volume", secret::encode(&stale, SELF_ARN, 1));
-    let child = env
-        .command(&["once"])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env("AWS_SHARED_CREDENTIALS_FILE", volume.file("credentials"))
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), child)
-        .await
-        .expect("finishes")
-        .expect("starts");
-    assert_eq!(out.status.code(), Some(2), "stderr:\n{}", text(&out.stderr));
+    let mut once = env.command(&["once"]);
+    on_seed(&mut once, &volume);
+    let out = finish(once).await;
+    assert_exit(&out, 2);
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(&format!(
@@ -452,28 +402,18 @@ async fn an_expired_seed_at_start_up_reaches_no_sts_and_exits_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assume_role_chains_from_the_seed_session() {
     const HOP: &str = "arn:aws:iam::123456789012:role/hop";
-    let env = Env::start(
-        "seed-hop",
-        ApiServer::builder().object(role("team-a", "app", "app-one")),
-    )
-    .await;
+    let env = Env::with_role("seed-hop", role("team-a", "app", "app-one")).await;
     let client = env.client();
-    let out = env.run(&["bootstrap", "--role-arn", SELF_ARN]).await;
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    env.run_ok(&["bootstrap", "--role-arn", SELF_ARN]).await;
     let seed_key = access_key(&self_secret(&client).await);
     let volume = SecretVolume::with("seed-hop-volume", data_map(&self_secret(&client).await));
     let mark = env.moto.signed_calls().len();
     // Force the controller's own role to be renewed too (through the hop).
     delete_secret(&client, SELF_NS, SELF_NAME).await;
-    let out = env
-        .command(&["once", "--assume-role", HOP])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env("AWS_SHARED_CREDENTIALS_FILE", volume.file("credentials"))
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    let mut once = env.command(&["once", "--assume-role", HOP]);
+    on_seed(&mut once, &volume);
+    let out = finish(once).await;
+    assert_exit(&out, 0);
     let calls = env.moto.signed_calls().split_off(mark);
     let assumed = assume_calls(&calls);
     let hops: Vec<_> = assumed

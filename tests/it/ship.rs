@@ -10,27 +10,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ObjectMeta};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::plan::refresh;
-use kube_aws_iam_controller::policy::ALLOWED_ROLES_ANNOTATION;
 use kube_aws_iam_controller::secret;
 use serde_json::Value;
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder, RecordedRequest};
+use crate::support::argv;
 use crate::support::harness::{
-    BASE, Env, eventually, free_port, http_get, marked_managed_secret, marked_mixed_state, role,
-    serve_as_controller, text,
+    BASE, Env, eventually, marked_managed_secret, marked_mixed_state, namespace, role,
+    serve_as_controller, terminate, text, wait_ready,
 };
 use crate::support::moto::ScratchDir;
 use crate::support::repo_root;
@@ -158,11 +158,7 @@ fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
 }
 
 fn args(c: &Container) -> Vec<&str> {
-    c.args
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
+    c.args.iter().flatten().map(String::as_str).collect()
 }
 
 /// The hardening every controller pod must have: non-root, read-only root filesystem, no
@@ -218,20 +214,15 @@ fn assert_hardened(spec: &PodSpec, what: &str) {
         .resources
         .as_ref()
         .unwrap_or_else(|| panic!("{what}: resources"));
-    assert!(
-        resources
-            .requests
+    for (kind, quantities) in [
+        ("request", &resources.requests),
+        ("limit", &resources.limits),
+    ] {
+        let memory = quantities
             .as_ref()
-            .is_some_and(|r| r.contains_key("memory")),
-        "{what}: a memory request"
-    );
-    assert!(
-        resources
-            .limits
-            .as_ref()
-            .is_some_and(|r| r.contains_key("memory")),
-        "{what}: a memory limit"
-    );
+            .is_some_and(|q| q.contains_key("memory"));
+        assert!(memory, "{what}: a memory {kind}");
+    }
 }
 
 /// The numeric user of the Dockerfile's last `USER` line.
@@ -254,49 +245,38 @@ pub(crate) fn dockerfile_uid() -> i64 {
 
 #[test]
 fn kustomize_renders_deploy_and_cronjobs() {
-    let deploy = kustomize(&repo_root().join("deploy"));
-    let expected: BTreeSet<String> = [
+    // What both render: the CRD and the RBAC.
+    let shared = [
         "CustomResourceDefinition",
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
         "Role",
         "RoleBinding",
-        "Deployment",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    assert_eq!(kinds(&deploy), expected, "kinds rendered from deploy/");
+    ];
+    let and = |kind: &str| -> BTreeSet<String> {
+        shared
+            .iter()
+            .chain([&kind])
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let deploy = kustomize(&repo_root().join("deploy"));
+    assert_eq!(
+        kinds(&deploy),
+        and("Deployment"),
+        "kinds rendered from deploy/"
+    );
     assert_eq!(deploy.len(), 7, "one object of each kind in deploy/");
 
     let cronjobs = kustomize(&repo_root().join("cronjobs"));
-    let expected: BTreeSet<String> = [
-        "CustomResourceDefinition",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "CronJob",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
     assert_eq!(
         kinds(&cronjobs),
-        expected,
+        and("CronJob"),
         "kinds rendered from cronjobs/ (the CRD and RBAC of deploy/, a CronJob, no Deployment)"
     );
     // The shared objects are the same objects.
-    for kind in [
-        "CustomResourceDefinition",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-    ] {
+    for kind in shared {
         let a: Vec<&Value> = deploy.iter().filter(|d| kind_of(d) == kind).collect();
         let b: Vec<&Value> = cronjobs.iter().filter(|d| kind_of(d) == kind).collect();
         assert_eq!(a, b, "{kind} differs between deploy/ and cronjobs/");
@@ -425,18 +405,17 @@ fn deployment_runs_the_loop_with_probes_metrics_and_hardening() {
         .as_ref()
         .and_then(|m| m.annotations.clone())
         .unwrap_or_default();
-    assert_eq!(
-        annotations.get("prometheus.io/scrape").map(String::as_str),
-        Some("true")
-    );
-    assert_eq!(
-        annotations.get("prometheus.io/port").map(String::as_str),
-        Some("8080")
-    );
-    assert_eq!(
-        annotations.get("prometheus.io/path").map(String::as_str),
-        Some("/metrics")
-    );
+    for (key, value) in [
+        ("prometheus.io/scrape", "true"),
+        ("prometheus.io/port", "8080"),
+        ("prometheus.io/path", "/metrics"),
+    ] {
+        assert_eq!(
+            annotations.get(key).map(String::as_str),
+            Some(value),
+            "{key}"
+        );
+    }
 }
 
 /// The seed-credentials overlay mounts the Secret `bootstrap` writes where
@@ -779,16 +758,10 @@ impl Usage {
     }
 }
 
-/// Runs the binary to completion (at most a minute) and asserts its exit code and that no
+/// Runs the binary to completion (at most a minute) and asserts that it succeeds and that no
 /// seeded credential is in its output.
-async fn run_expecting(env: &Env, args: &[&str], code: i32) -> Output {
-    let out = env.run(args).await;
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{args:?}: stderr:\n{}",
-        text(&out.stderr)
-    );
+async fn run_clean(env: &Env, args: &[&str]) -> Output {
+    let out = env.run_ok(args).await;
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(
         !all.contains(SEEDED),
@@ -812,18 +785,6 @@ async fn serve_team_c(client: &Client) {
     for name in ["fresh", "stale"] {
         let r = roles.get(name).await.unwrap();
         serve_as_controller(client, &r, SEEDED, now, name == "fresh").await;
-    }
-}
-
-fn namespace(name: &str, allowed: Option<&str>) -> Namespace {
-    Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            annotations: allowed
-                .map(|a| BTreeMap::from([(ALLOWED_ROLES_ANNOTATION.to_string(), a.to_string())])),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
     }
 }
 
@@ -859,12 +820,7 @@ async fn record_every_mode() -> Usage {
     // 1. Every action kind, planned (dry) first, then applied.
     let env = Env::start("ship-rbac-mixed", mixed_state()).await;
     serve_team_c(&env.client()).await;
-    let out = run_expecting(
-        &env,
-        &["plan", "--base-role-arn", BASE, "--output", "json"],
-        0,
-    )
-    .await;
+    let out = run_clean(&env, &["plan", "--base-role-arn", BASE, "--output", "json"]).await;
     let planned = planned_kinds(&out.stdout);
     let expected: BTreeMap<String, String> = [
         ("team-a/expiring", "refresh OwnerChanged"),
@@ -884,7 +840,7 @@ async fn record_every_mode() -> Usage {
         "the mixed state covers every action kind"
     );
     let plan_reads = usage.collect(&env.api, "plan");
-    run_expecting(&env, &["once", "--dry-run", "--base-role-arn", BASE], 0).await;
+    run_clean(&env, &["once", "--dry-run", "--base-role-arn", BASE]).await;
     let dry_reads = usage.collect(&env.api, "once --dry-run");
     for (scenario, seen) in [("plan", &plan_reads), ("once --dry-run", &dry_reads)] {
         assert!(
@@ -892,7 +848,7 @@ async fn record_every_mode() -> Usage {
             "{scenario} only reads: {seen:?}"
         );
     }
-    let out = run_expecting(&env, &["once"], 0).await;
+    let out = run_clean(&env, &["once"]).await;
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(
@@ -906,24 +862,10 @@ async fn record_every_mode() -> Usage {
 
     // 2. The loop: ready, a Secret deleted behind its back is re-created (a second
     //    CreateCredentials Event for the same role, which the recorder patches), SIGTERM.
-    let env = Env::start(
-        "ship-rbac-run",
-        ApiServer::builder().object(role("team-a", "looped", "app-looped")),
-    )
-    .await;
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = env
-        .command(&["run", "--interval", "1s", "--health-addr", &addr])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let ready = eventually(Duration::from_secs(20), || async {
-        http_get(port, "/readyz").await.map(|(code, _)| code) == Some(200)
-    })
-    .await;
-    assert!(ready, "/readyz never became ready");
+    let env = Env::with_role("ship-rbac-run", role("team-a", "looped", "app-looped")).await;
+    let (mut run, port) = env.run_loop("1s");
+    let mut child = run.stderr(Stdio::null()).spawn().unwrap();
+    wait_ready(port).await;
     let secrets = Api::<Secret>::namespaced(env.client(), "team-a");
     let first = secrets.get("looped").await.unwrap().metadata.uid;
     secrets
@@ -949,7 +891,7 @@ async fn record_every_mode() -> Usage {
         .await;
     assert!(patched, "the repeated Event was patched");
     assert_eq!(
-        crate::support::harness::terminate(&mut child, Duration::from_secs(15)).await,
+        terminate(&mut child, Duration::from_secs(15)).await,
         Some(0)
     );
     usage.collect(&env.api, "run");
@@ -957,6 +899,7 @@ async fn record_every_mode() -> Usage {
 
     // 3. Namespace restrictions: allowed, blocked, and a Secret that must go.
     let now = Timestamp::now();
+    let revoked = role("closed", "revoked", "app-revoked");
     let env = Env::start(
         "ship-rbac-restricted",
         ApiServer::builder()
@@ -964,27 +907,15 @@ async fn record_every_mode() -> Usage {
             .object(namespace("closed", None))
             .object(role("open", "ok", "app-ok"))
             .object(role("closed", "refused", "app-refused"))
-            .object(role("closed", "revoked", "app-revoked"))
-            .object(marked_managed_secret(
-                SEEDED,
-                &role("closed", "revoked", "app-revoked"),
-                "",
-                now,
-                3600,
-            )),
+            .object(revoked.clone())
+            .object(marked_managed_secret(SEEDED, &revoked, "", now, 3600)),
     )
     .await;
-    let out = run_expecting(
+    let out = run_clean(
         &env,
-        &[
-            "plan",
-            "--namespace-restrictions",
-            "--base-role-arn",
-            BASE,
-            "--output",
-            "json",
-        ],
-        0,
+        &argv(&format!(
+            "plan --namespace-restrictions --base-role-arn {BASE} --output json"
+        )),
     )
     .await;
     let planned = planned_kinds(&out.stdout);
@@ -992,7 +923,7 @@ async fn record_every_mode() -> Usage {
     assert_eq!(planned["closed/refused"], "blocked NotPermitted");
     assert_eq!(planned["closed/revoked"], "delete NotPermitted");
     usage.collect(&env.api, "plan --namespace-restrictions");
-    run_expecting(&env, &["once", "--namespace-restrictions"], 0).await;
+    run_clean(&env, &["once", "--namespace-restrictions"]).await;
     usage.collect(&env.api, "once --namespace-restrictions");
     assert!(
         Api::<Secret>::namespaced(env.client(), "closed")
@@ -1004,14 +935,13 @@ async fn record_every_mode() -> Usage {
     );
 
     // 4. One namespace, with and without restrictions (a GET of that Namespace).
-    run_expecting(
+    run_clean(
         &env,
         &["once", "--namespace", "open", "--namespace-restrictions"],
-        0,
     )
     .await;
     usage.collect(&env.api, "once --namespace open --namespace-restrictions");
-    run_expecting(&env, &["once", "--namespace", "closed"], 0).await;
+    run_clean(&env, &["once", "--namespace", "closed"]).await;
     usage.collect(&env.api, "once --namespace closed");
     usage
 }

@@ -9,66 +9,28 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
-use aws_sdk_sts::primitives::DateTime;
-use aws_sdk_sts::types::Credentials as StsCredentials;
 use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use kube_aws_iam_controller::apply::{Outcome, Stage};
 use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::model::ObservedRole;
-use kube_aws_iam_controller::pass::{Controller, ControllerConfig};
-use kube_aws_iam_controller::secret::{self, Credentials};
-use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
+use kube_aws_iam_controller::sts::StsCredentialSource;
 use kube_fake_client::ClientBuilder;
+
+use crate::support::harness::all_events;
+use crate::support::sts::{self, controller, stored_role};
 
 const MARKER: &str = "REPLYSECRET";
 
 fn role(name: &str, duration: Option<i64>) -> AWSIAMRole {
-    let mut r = crate::support::harness::role("team-a", name, name);
-    r.metadata.uid = Some(format!("uid-{name}"));
-    r.metadata.generation = Some(1);
+    let mut r = stored_role("team-a", name, name);
     r.spec.role_session_duration = duration;
     r
-}
-
-/// A managed Secret whose one-hour credentials expire in ten minutes: due for refresh.
-fn due_secret(role: &AWSIAMRole) -> Secret {
-    let observed = ObservedRole::from_value(&serde_json::to_value(role).unwrap(), "").unwrap();
-    let now = Timestamp::now();
-    let creds = Credentials {
-        access_key_id: "ASIAOLDKEY".into(),
-        secret_access_key: format!("{MARKER}-old"),
-        session_token: format!("{MARKER}-old-token"),
-        expiration: now + SignedDuration::from_mins(10),
-    };
-    let arn = format!(
-        "arn:aws:iam::123456789012:role/{}",
-        role.spec.role_reference
-    );
-    secret::build(&observed, &arn, &creds, now - SignedDuration::from_mins(50))
-}
-
-fn output(key: &str, secret: &str, token: &str, expires_in: i64) -> AssumeRoleOutput {
-    AssumeRoleOutput::builder()
-        .credentials(
-            StsCredentials::builder()
-                .access_key_id(key)
-                .secret_access_key(secret)
-                .session_token(token)
-                .expiration(DateTime::from_secs(
-                    Timestamp::now().as_second() + expires_in,
-                ))
-                .build()
-                .unwrap(),
-        )
-        .build()
 }
 
 /// A 200 AssumeRole reply whose Credentials element has no Expiration.
@@ -80,11 +42,6 @@ fn without_expiration() -> HttpResponse {
          </AssumeRoleResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></AssumeRoleResponse>"
     );
     HttpResponse::new(StatusCode::try_from(200).unwrap(), SdkBody::from(body))
-}
-
-fn max_duration_error() -> HttpResponse {
-    let body = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>ValidationError</Code><Message>The requested DurationSeconds exceeds the MaxSessionDuration set for this role.</Message></Error><RequestId>r</RequestId></ErrorResponse>";
-    HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::from(body))
 }
 
 /// The reply each role gets, by the last segment of its ARN; every call is recorded.
@@ -99,24 +56,25 @@ fn scripted_sts(calls: Arc<Mutex<Vec<(String, i32)>>>) -> StsCredentialSource {
         let new_secret = format!("{MARKER}-new");
         let new_token = format!("{MARKER}-new-token");
         match name.as_str() {
-            "empty-key" => MockResponse::Output(output("", &new_secret, &new_token, 3600)),
-            "empty-secret" => MockResponse::Output(output("ASIANEW", "", &new_token, 3600)),
-            "empty-token" => MockResponse::Output(output("ASIANEW", &new_secret, "", 3600)),
+            "empty-key" => MockResponse::Output(sts::issued("", &new_secret, &new_token, 3600)),
+            "empty-secret" => MockResponse::Output(sts::issued("ASIANEW", "", &new_token, 3600)),
+            "empty-token" => MockResponse::Output(sts::issued("ASIANEW", &new_secret, "", 3600)),
             "no-expiry" => MockResponse::Http(without_expiration()),
-            "expired" => MockResponse::Output(output("ASIANEW", &new_secret, &new_token, -60)),
-            "short" => MockResponse::Output(output("ASIANEW", &new_secret, &new_token, 60)),
+            "expired" => MockResponse::Output(sts::issued("ASIANEW", &new_secret, &new_token, -60)),
+            "short" => MockResponse::Output(sts::issued("ASIANEW", &new_secret, &new_token, 60)),
             // Would succeed at 3600 s if the controller retried as for role chaining.
             "max-duration" if req.duration_seconds() == Some(7200) => {
-                MockResponse::Http(max_duration_error())
+                MockResponse::Http(sts::error(
+                    400,
+                    "ValidationError",
+                    "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
+                ))
             }
-            _ => MockResponse::Output(output("ASIANEW", &new_secret, &new_token, 3600)),
+            _ => MockResponse::Output(sts::issued("ASIANEW", &new_secret, &new_token, 3600)),
         }
     });
     let client = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
-    StsCredentialSource::new(
-        client,
-        rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
-    )
+    sts::source(client, 1000, 1000)
 }
 
 async fn api(roles: &[AWSIAMRole]) -> Client {
@@ -124,7 +82,10 @@ async fn api(roles: &[AWSIAMRole]) -> Client {
         .with_resource::<AWSIAMRole>()
         .with_status_subresource::<AWSIAMRole>();
     for r in roles {
-        builder = builder.with_object(r.clone()).with_object(due_secret(r));
+        builder =
+            builder
+                .with_object(r.clone())
+                .with_object(sts::due_secret(r, "ASIAOLDKEY", MARKER));
     }
     builder.build().await.expect("fake API builds")
 }
@@ -157,13 +118,7 @@ async fn unusable_sts_replies_fail_the_action_and_keep_the_secret() {
     let client = api(&roles).await;
     let before = secret_data(&client).await;
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let mut config = ControllerConfig::default();
-    config.plan.base_role_arn = Some("arn:aws:iam::123456789012:role/".parse().unwrap());
-    let ctl = Controller::new(
-        client.clone(),
-        config,
-        Arc::new(scripted_sts(calls.clone())),
-    );
+    let ctl = controller(client.clone(), scripted_sts(calls.clone()));
 
     let pass = ctl.pass().await.expect("observation works");
     let report = &pass.report;
@@ -219,8 +174,7 @@ async fn unusable_sts_replies_fail_the_action_and_keep_the_secret() {
         assert!(!message.contains("chaining"), "{name}: {message}");
         assert!(!message.contains(MARKER), "{name}: {message}");
     }
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-    let events = events.list(&ListParams::default()).await.unwrap().items;
+    let events = all_events(&client).await;
     for (name, _, _) in &cases {
         assert!(
             events.iter().any(|e| {
@@ -252,13 +206,6 @@ async fn unusable_sts_replies_fail_the_action_and_keep_the_secret() {
     );
 }
 
-fn sts_error_body(status: u16, code: &str, message: &str) -> HttpResponse {
-    let body = format!(
-        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
-    );
-    HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body))
-}
-
 async fn ready_message(client: &Client, name: &str) -> (String, String) {
     let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), "team-a");
     let status = roles.get(name).await.unwrap().status.unwrap();
@@ -275,7 +222,7 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
     let rule = mock!(aws_sdk_sts::Client::assume_role).then_compute_response(|req| {
         let name = req.role_arn().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string();
         match name.as_str() {
-            "signature" => MockResponse::Http(sts_error_body(
+            "signature" => MockResponse::Http(sts::error(
                 403,
                 "SignatureDoesNotMatch",
                 &format!(
@@ -284,12 +231,12 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
                 ),
             )),
             // A first line quoting the token: only redaction keeps it out.
-            "echo" => MockResponse::Http(sts_error_body(
+            "echo" => MockResponse::Http(sts::error(
                 403,
                 "InvalidClientTokenId",
                 &format!("The security token {} is invalid", "T0K3N".repeat(10)),
             )),
-            _ => MockResponse::Http(sts_error_body(
+            _ => MockResponse::Http(sts::error(
                 400,
                 "InvalidParameterValue",
                 &format!("internal {}", "detail ".repeat(300)),
@@ -297,19 +244,14 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
         }
     });
     let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
-    let source = StsCredentialSource::new(
-        sts,
-        rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
-    );
+    let source = sts::source(sts, 1000, 1000);
     let roles = [
         role("signature", None),
         role("verbose", None),
         role("echo", None),
     ];
     let client = api(&roles).await;
-    let mut config = ControllerConfig::default();
-    config.plan.base_role_arn = Some("arn:aws:iam::123456789012:role/".parse().unwrap());
-    let ctl = Controller::new(client.clone(), config.clone(), Arc::new(source));
+    let ctl = controller(client.clone(), source);
     let report = ctl.pass().await.unwrap().report;
     assert_eq!(report.failed(), 3, "{report}");
 
@@ -333,14 +275,7 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
             .build(),
     );
     let down_client = api(&[role("down", None)]).await;
-    let ctl = Controller::new(
-        down_client.clone(),
-        config,
-        Arc::new(StsCredentialSource::new(
-            unreachable,
-            rate_limiter(1000.try_into().unwrap(), 1000.try_into().unwrap()),
-        )),
-    );
+    let ctl = controller(down_client.clone(), sts::source(unreachable, 1000, 1000));
     let report = ctl.pass().await.unwrap().report;
     assert_eq!(report.failed(), 1, "{report}");
 
@@ -369,8 +304,7 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
             "{name}: {} characters: {message}",
             message.chars().count()
         );
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-        for e in events.list(&ListParams::default()).await.unwrap().items {
+        for e in all_events(client).await {
             let note = e.note.unwrap_or_default();
             assert!(
                 !note.contains(MARKER) && note.chars().count() <= 400,

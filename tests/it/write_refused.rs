@@ -13,9 +13,9 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 
-use crate::support::apiserver::ApiServer;
+use crate::support::assert_contains;
 use crate::support::harness::{
-    BASE, Env, assert_no_leak, condition, credential_values, role, text,
+    BASE, Env, assert_condition, assert_no_leak, credential_values, role, text,
 };
 
 async fn get_role(env: &Env) -> AWSIAMRole {
@@ -38,24 +38,11 @@ async fn patch_role(env: &Env, status: bool, patch: serde_json::Value) {
     }
 }
 
-fn secret_writes(env: &Env) -> usize {
-    env.api
-        .requests()
-        .iter()
-        .filter(|r| r.is_write() && r.resource == "secrets")
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_secret_write_is_reported_and_backs_off() {
-    let env = Env::start(
-        "write-refused",
-        ApiServer::builder().object(role("team-a", "app", "app")),
-    )
-    .await;
+    let env = Env::with_role("write-refused", role("team-a", "app", "app")).await;
     let once = ["once", "--base-role-arn", BASE];
-    let out = env.run(&once).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    env.run_ok(&once).await;
     let served = secret(&env).await;
     let expiry = get_role(&env).await.status.unwrap().expiration.unwrap();
     let mut sent = credential_values(&served);
@@ -79,11 +66,9 @@ async fn a_refused_secret_write_is_reported_and_backs_off() {
         assert_eq!(env.moto.calls("AssumeRole"), assumed + 1, "{stderr}");
 
         // The condition and an Event say why, and which credentials are still served.
-        let (status, reason, message) = condition(&env.client(), "team-a", "app").await;
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "WriteSecretFailed")
-        );
+        let client = env.client();
+        let message =
+            assert_condition(&client, "team-a", "app", ("False", "WriteSecretFailed")).await;
         for says in [
             "were not stored: writing Secret team-a/app",
             refusal,
@@ -118,25 +103,20 @@ async fn a_refused_secret_write_is_reported_and_backs_off() {
         );
 
         // The next pass backs off: no STS call, no write attempt; still reported as unresolved.
-        let writes = secret_writes(&env);
-        let out = env.run(&once).await;
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let writes = env.api.write_count_for("secrets");
+        env.run_code(&once, 1).await;
         assert_eq!(
             env.moto.calls("AssumeRole"),
             assumed + 1,
             "no STS call while backing off"
         );
-        assert_eq!(secret_writes(&env), writes);
+        assert_eq!(env.api.write_count_for("secrets"), writes);
         assert_eq!(
             get_role(&env).await.status.unwrap().failed_attempts,
             Some(1)
         );
         let plan = env.run(&["plan", "--base-role-arn", BASE]).await;
-        assert!(
-            text(&plan.stdout).contains("BackingOff"),
-            "{}",
-            text(&plan.stdout)
-        );
+        assert_contains(&text(&plan.stdout), "BackingOff");
         assert_no_leak(&plan, &sent);
     }
 
@@ -149,13 +129,8 @@ async fn a_refused_secret_write_is_reported_and_backs_off() {
         serde_json::json!({"status": {"retryAfter": "2000-01-01T00:00:00Z"}}),
     )
     .await;
-    let out = env.run(&once).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let (status, reason, _) = condition(&env.client(), "team-a", "app").await;
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "CredentialsReady")
-    );
+    env.run_ok(&once).await;
+    assert_condition(&env.client(), "team-a", "app", ("True", "CredentialsReady")).await;
     let stored = get_role(&env).await.status.unwrap();
     assert_eq!((stored.failed_attempts, stored.retry_after), (None, None));
     let renewed = secret(&env).await;

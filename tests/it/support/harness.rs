@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
 use kube_aws_iam_controller::model::ObservedRole;
 use kube_aws_iam_controller::plan::ready_status;
+use kube_aws_iam_controller::policy::ALLOWED_ROLES_ANNOTATION;
 use kube_aws_iam_controller::secret::{self, Credentials};
 use serde_json::json;
 
@@ -45,6 +47,11 @@ impl Env {
         }
     }
 
+    /// An environment whose API server holds just `role`.
+    pub async fn with_role(label: &str, role: AWSIAMRole) -> Env {
+        Env::start(label, ApiServer::builder().object(role)).await
+    }
+
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"));
         cmd.args(args)
@@ -59,11 +66,30 @@ impl Env {
 
     /// Runs the binary to completion (at most a minute).
     pub async fn run(&self, args: &[&str]) -> Output {
-        let child = self.command(args).output();
-        tokio::time::timeout(Duration::from_secs(60), child)
-            .await
-            .expect("the binary finishes within a minute")
-            .expect("the binary starts")
+        finish(self.command(args)).await
+    }
+
+    /// [`Env::run`], asserting that it succeeds.
+    pub async fn run_ok(&self, args: &[&str]) -> Output {
+        self.run_code(args, 0).await
+    }
+
+    /// [`Env::run`], asserting the exit code.
+    pub async fn run_code(&self, args: &[&str], code: i32) -> Output {
+        let out = self.run(args).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}; stderr:\n{stderr}");
+        out
+    }
+
+    /// `run --interval INTERVAL`, stdout discarded, with its health server on a free loopback
+    /// port, returned.
+    pub fn run_loop(&self, interval: &str) -> (tokio::process::Command, u16) {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = self.command(&["run", "--interval", interval, "--health-addr", &addr]);
+        cmd.stdout(std::process::Stdio::null());
+        (cmd, port)
     }
 
     pub fn client(&self) -> Client {
@@ -82,6 +108,25 @@ pub async fn kubeconfig_client(server: &ApiServer) -> Client {
         .await
         .expect("kubeconfig loads");
     Client::try_from(config).expect("client builds")
+}
+
+/// Runs `cmd` (an [`Env::command`] with more set) to completion, at most a minute.
+pub async fn finish(mut cmd: tokio::process::Command) -> Output {
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the binary finishes within a minute")
+        .expect("the binary starts")
+}
+
+/// Asserts the binary's exit code, showing its stderr when it differs.
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code; stderr:\n{stderr}"
+    );
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -282,6 +327,75 @@ pub async fn condition(client: &Client, ns: &str, name: &str) -> (String, String
         .unwrap_or_else(|| panic!("{ns}/{name} has no Ready condition"));
     let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
     (field("status"), field("reason"), field("message"))
+}
+
+/// Every Secret in the cluster.
+pub async fn all_secrets(client: &Client) -> Vec<Secret> {
+    let secrets = Api::<Secret>::all(client.clone());
+    secrets.list(&ListParams::default()).await.unwrap().items
+}
+
+/// Every Event in the cluster.
+pub async fn all_events(client: &Client) -> Vec<Event> {
+    let events = Api::<Event>::all(client.clone());
+    events.list(&ListParams::default()).await.unwrap().items
+}
+
+/// Asserts that for each (object name, reason) in `expected` some Event regarding that object
+/// has that reason.
+#[track_caller]
+pub fn assert_events(events: &[Event], expected: &[(&str, &str)]) {
+    let reasons: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            let on = e.regarding.as_ref().and_then(|r| r.name.as_deref());
+            (
+                on.unwrap_or_default(),
+                e.reason.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for expected in expected {
+        assert!(
+            reasons.contains(expected),
+            "missing event {expected:?} in {reasons:?}"
+        );
+    }
+}
+
+/// Waits (at most 20 s) until the health server on `port` answers `/readyz` with 200.
+pub async fn wait_ready(port: u16) {
+    let ready = eventually(Duration::from_secs(20), || async {
+        matches!(http_get(port, "/readyz").await, Some((200, _)))
+    })
+    .await;
+    assert!(ready, "/readyz never became ready");
+}
+
+/// A Namespace, with the allowed-roles annotation when `allowed` is given.
+pub fn namespace(name: &str, allowed: Option<&str>) -> Namespace {
+    let annotation = |a: &str| BTreeMap::from([(ALLOWED_ROLES_ANNOTATION.to_string(), a.into())]);
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            annotations: allowed.map(annotation),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+/// Asserts the (status, reason) of `ns/name`'s Ready condition; returns its message.
+pub async fn assert_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    expected: (&str, &str),
+) -> String {
+    let (status, reason, message) = condition(client, ns, name).await;
+    let got = (status.as_str(), reason.as_str());
+    assert_eq!(got, expected, "{ns}/{name}: {message}");
+    message
 }
 
 /// A free loopback port for the health server (bound and released).

@@ -6,6 +6,7 @@ pub use test_apiserver as apiserver;
 pub mod harness;
 pub mod moto;
 pub mod sidecar;
+pub mod sts;
 /// Applies a plan in memory (shared with the fuzz targets, so it lives in the crate).
 pub use kube_aws_iam_controller::fuzzing::simulate;
 pub mod volume;
@@ -32,6 +33,20 @@ pub fn snapshot(name: &str, body: &str) {
     }, {
         insta::assert_snapshot!(name, body);
     });
+}
+
+/// Asserts that `haystack` contains `needle`, showing all of it otherwise.
+#[track_caller]
+pub fn assert_contains(haystack: &str, needle: &str) {
+    assert!(
+        haystack.contains(needle),
+        "{needle:?} missing from:\n{haystack}"
+    );
+}
+
+/// The words of a command line (the tests' arguments hold no spaces).
+pub fn argv(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
 }
 
 pub fn repo_root() -> PathBuf {
