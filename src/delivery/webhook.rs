@@ -353,23 +353,15 @@ fn log(answer: &Answer) {
     let message = answer.message.as_deref().unwrap_or_default();
     match answer.outcome {
         Outcome::Mutated | Outcome::Unchanged => tracing::debug!(
-            uid = %answer.uid,
-            namespace = %answer.namespace,
-            pod = %answer.name,
-            result = answer.outcome.as_str(),
-            "admission"
+            uid = %answer.uid, namespace = %answer.namespace, pod = %answer.name,
+            result = answer.outcome.as_str(), "admission"
         ),
         Outcome::Denied => tracing::warn!(
-            uid = %answer.uid,
-            namespace = %answer.namespace,
-            pod = %answer.name,
-            message,
+            uid = %answer.uid, namespace = %answer.namespace, pod = %answer.name, message,
             "admission denied: the pod asks for credentials it cannot be given"
         ),
         Outcome::Invalid => tracing::warn!(
-            uid = %answer.uid,
-            status = answer.http_status,
-            message,
+            uid = %answer.uid, status = answer.http_status, message,
             "admission request refused: not a usable AdmissionReview"
         ),
     }

@@ -260,12 +260,14 @@ mod tests {
         MutateOptions::new("registry.example.com/kube-aws-iam-controller:test")
     }
 
+    const UID: &str = "705ab4f5-6393-11e8-b7cc-42010a800002";
+
     fn request(object: Value) -> Value {
         json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "request": {
-                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "uid": UID,
                 "kind": {"group": "", "version": "v1", "kind": "Pod"},
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
@@ -306,10 +308,7 @@ mod tests {
         let v = decode(&a);
         assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(v["kind"], "AdmissionReview");
-        assert_eq!(
-            v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "{v}"
-        );
+        assert_eq!(v["response"]["uid"], UID, "{v}");
         assert_eq!(v["response"]["allowed"], true);
         assert!(v["response"].get("patch").is_none());
         assert!(v["response"].get("patchType").is_none());
@@ -357,7 +356,7 @@ mod tests {
         assert_eq!((a.http_status, a.outcome), (200, Outcome::Invalid));
         let v = decode(&a);
         assert_eq!(v["response"]["allowed"], false);
-        assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(v["response"]["uid"], UID);
         let message = v["response"]["status"]["message"].as_str().unwrap();
         assert!(message.contains("AdmissionReview"), "{message}");
         assert!(
@@ -368,10 +367,8 @@ mod tests {
         let mut old = request(pod(json!({})));
         old["apiVersion"] = json!("admission.k8s.io/v1beta1");
         let a = answer(&old);
-        let message = decode(&a)["response"]["status"]["message"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let v = decode(&a);
+        let message = v["response"]["status"]["message"].as_str().unwrap();
         assert!(message.contains("admission.k8s.io/v1beta1"), "{message}");
 
         let mut no_object = request(Value::Null);

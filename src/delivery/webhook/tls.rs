@@ -265,11 +265,7 @@ mod tests {
         std::fs::write(&c, &other_cert).unwrap();
         let e = load_pair(&c, &k, &provider()).unwrap_err().to_string();
         assert!(e.contains("does not belong"), "{e}");
-        let body: String = key
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect::<Vec<_>>()
-            .concat();
+        let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
         assert!(!e.contains(&body[..16]));
         let missing = load_pair(&d.path().join("nope"), &k, &provider()).unwrap_err();
         assert!(missing.to_string().starts_with("--tls-cert-file "));
