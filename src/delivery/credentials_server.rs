@@ -602,12 +602,8 @@ mod tests {
                 assert!(!e.contains(bad), "{e}");
             }
         }
-        assert!(
-            Token::parse(None)
-                .unwrap_err()
-                .to_string()
-                .contains("not set")
-        );
+        let e = Token::parse(None).unwrap_err().to_string();
+        assert!(e.contains("not set"), "{e}");
     }
 
     #[test]
