@@ -86,13 +86,9 @@ fn check_case(name: &str) {
         !out.stdout.contains(CANARY) && !stderr.contains(CANARY),
         "{name}: a value of the input is echoed:\n{stderr}"
     );
-    snapshot(
-        &format!("inject@{name}"),
-        &format!(
-            "exit code: {}\n--- stderr\n{stderr}--- stdout\n{}",
-            out.code, out.stdout
-        ),
-    );
+    let (code, stdout) = (out.code, &out.stdout);
+    let shown = format!("exit code: {code}\n--- stderr\n{stderr}--- stdout\n{stdout}");
+    snapshot(&format!("inject@{name}"), &shown);
     if out.code != 0 {
         assert_eq!(out.code, 2, "{name}: a broken input exits 2");
         assert!(out.stdout.is_empty(), "{name}: printed half a bundle");
@@ -330,12 +326,8 @@ fn binary_reads_stdin_and_prints_what_the_library_does() {
     let expected = run(&parse(&case_argv(&dir))).stdout;
     for args in [vec!["inject", "-"], vec!["inject"]] {
         let out = bin(&args, input.as_bytes());
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
         assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
         assert!(out.stderr.is_empty());
     }
@@ -348,11 +340,8 @@ fn binary_fails_a_broken_bundle_with_nothing_on_stdout() {
     let input = read(&cases_dir().join("hostile-non-map-spec/input.yaml"));
     let out = bin(&["inject", "--role", "r", "-"], input.as_bytes());
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        out.stdout.is_empty(),
-        "printed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.is_empty(), "printed: {printed}");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("(stdin), document 1 (line 1) (Deployment spec-string): spec.template.spec: not a mapping"), "{stderr}");
     assert!(!stderr.contains(CANARY), "{stderr}");
@@ -373,12 +362,8 @@ fn binary_reads_directories_in_order() {
     std::fs::write(dir.join("c.txt"), "kind: C\n").unwrap();
     let d = dir.display().to_string();
     let out = bin(&["inject", &d, "-"], b"kind: Stdin\n");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         "kind: A\n---\nkind: B\n---\nkind: Stdin\n"
