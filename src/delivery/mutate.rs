@@ -1297,6 +1297,8 @@ mod tests {
         assert_eq!(out["spec"]["containers"][0]["futureField"], json!({"a": 1}));
         assert_eq!(out["spec"]["containers"][0]["env"][0]["futureEnv"], true);
         assert!(only_adds(&patch(&t, &options()).unwrap().unwrap()));
+        let remove = serde_json::from_value(json!([{"op": "remove", "path": "/spec"}])).unwrap();
+        assert!(!only_adds(&remove), "a removal is no addition");
     }
 
     #[test]
