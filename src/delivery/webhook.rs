@@ -290,7 +290,7 @@ async fn respond(
             log(&answer);
             let status =
                 StatusCode::from_u16(answer.http_status).unwrap_or(StatusCode::BAD_REQUEST);
-            reply(status, answer.content_type, answer.body)
+            reply(status, answer.content_type, answer.body.into())
         }
         ("/mutate", _) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n");
@@ -306,7 +306,7 @@ async fn respond(
         ("/metrics", _) => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
+            shared.metrics.encode().into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
@@ -368,15 +368,11 @@ fn log(answer: &Answer) {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    reply(status, "text/plain; charset=utf-8", body)
+    reply(status, "text/plain; charset=utf-8", body.into())
 }
 
-fn reply(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
