@@ -88,10 +88,7 @@ pub fn main(args: &CredentialsServerArgs) -> Result<CommandOutput> {
         .enable_io()
         .enable_time()
         .build()
-        .map_err(|e| Error::Server {
-            addr: args.listen.to_string(),
-            source: e,
-        })?;
+        .map_err(server_error(args.listen))?;
     let server = Arc::new(Server {
         token,
         source: Source::new(args.credentials_file.clone()),
@@ -113,20 +110,21 @@ fn check_loopback(addr: SocketAddr) -> Result<()> {
     }
 }
 
+/// An I/O failure of the server at `addr` (start-up only: serving never fails the process).
+fn server_error(addr: SocketAddr) -> impl Fn(std::io::Error) -> Error {
+    move |source| Error::Server {
+        addr: addr.to_string(),
+        source,
+    }
+}
+
 async fn serve(addr: SocketAddr, server: Arc<Server>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Server {
-            addr: addr.to_string(),
-            source: e,
-        })?;
-    let signal_error = |e| Error::Server {
-        addr: addr.to_string(),
-        source: e,
-    };
+        .map_err(server_error(addr))?;
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(server_error(addr))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(server_error(addr))?;
     eprintln!(
         "credentials-server: serving {} on http://{addr}{CREDENTIALS_PATH}",
         server.source.path.display()
@@ -205,13 +203,10 @@ impl Server {
         }
         if path == READY_PATH {
             return match self.source.current() {
-                Ok(credentials) => json_response(
-                    StatusCode::OK,
-                    Bytes::from(
-                        json!({"Ready": true, "Expiration": credentials.expiration_text})
-                            .to_string(),
-                    ),
-                ),
+                Ok(credentials) => {
+                    let body = json!({"Ready": true, "Expiration": credentials.expiration_text});
+                    json_response(StatusCode::OK, Bytes::from(body.to_string()))
+                }
                 Err(problem) => {
                     // Not ready, whatever the cause: the contract of a readiness path.
                     let mut response = problem.response();
@@ -220,22 +215,17 @@ impl Server {
                 }
             };
         }
-        match request.headers().get(AUTHORIZATION) {
-            None => {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    &format!("the Authorization header is missing (set {TOKEN_ENV})"),
-                );
-            }
-            Some(given) if !self.token.matches(given.as_bytes()) => {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    &format!("the Authorization header does not match {TOKEN_ENV}"),
-                );
-            }
-            Some(_) => {}
+        let unauthorized = match request.headers().get(AUTHORIZATION) {
+            None => Some(format!(
+                "the Authorization header is missing (set {TOKEN_ENV})"
+            )),
+            Some(given) if !self.token.matches(given.as_bytes()) => Some(format!(
+                "the Authorization header does not match {TOKEN_ENV}"
+            )),
+            Some(_) => None,
+        };
+        if let Some(message) = unauthorized {
+            return error(StatusCode::UNAUTHORIZED, "Unauthorized", &message);
         }
         match self.source.current() {
             Ok(credentials) => json_response(StatusCode::OK, credentials.body),
@@ -450,12 +440,9 @@ fn stat_problem(path: &Path, e: &std::io::Error) -> Problem {
 /// Reads and checks the file. The identity comes from the opened file, so it always belongs
 /// to the content read even if kubelet swaps the volume in between.
 fn read(path: &Path) -> (Option<Identity>, std::result::Result<Loaded, Problem>) {
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) => return (None, Err(stat_problem(path, &e))),
-    };
-    let metadata = match file.metadata() {
-        Ok(metadata) => metadata,
+    let opened = std::fs::File::open(path).and_then(|file| Ok((file.metadata()?, file)));
+    let (metadata, file) = match opened {
+        Ok(opened) => opened,
         Err(e) => return (None, Err(stat_problem(path, &e))),
     };
     let identity = Some(Identity::of(&metadata));
@@ -579,11 +566,7 @@ fn ask_ready(addr: SocketAddr) -> std::result::Result<(), String> {
     let message = response
         .split_once("\r\n\r\n")
         .and_then(|(_, body)| serde_json::from_str::<Value>(body).ok())
-        .and_then(|body| {
-            body.get("Message")
-                .and_then(Value::as_str)
-                .map(String::from)
-        })
+        .and_then(|body| Some(body.get("Message")?.as_str()?.to_string()))
         .unwrap_or_default();
     Err(format!("HTTP {status} {message}").trim_end().to_string())
 }
@@ -619,12 +602,8 @@ mod tests {
                 assert!(!e.contains(bad), "{e}");
             }
         }
-        assert!(
-            Token::parse(None)
-                .unwrap_err()
-                .to_string()
-                .contains("not set")
-        );
+        let e = Token::parse(None).unwrap_err().to_string();
+        assert!(e.contains("not set"), "{e}");
     }
 
     #[test]
@@ -643,27 +622,16 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_field_not_the_value() {
-        let cases: [(&[u8], &str); 6] = [
-            (b"not json SECRETVALUE", "not a JSON object"),
-            (br#"["SECRETVALUE"]"#, "not a JSON object"),
-            (
-                br#"{"Version":2,"AccessKeyId":"SECRETVALUE"}"#,
-                "\"Version\" is not 1",
-            ),
-            (
-                br#"{"Version":1,"AccessKeyId":"SECRETVALUE","SecretAccessKey":"SECRETVALUE"}"#,
-                "\"SessionToken\"",
-            ),
-            (
-                br#"{"Version":1,"AccessKeyId":"SECRETVALUE","SecretAccessKey":7,"SessionToken":"x","Expiration":"x"}"#,
-                "\"SecretAccessKey\"",
-            ),
-            (
-                br#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"B","SessionToken":"SECRETVALUE","Expiration":"SECRETVALUE"}"#,
-                "\"Expiration\" is not an RFC 3339 time",
-            ),
+        #[rustfmt::skip]
+        let cases: [(&str, &[u8]); 6] = [
+            ("not a JSON object", b"not json SECRETVALUE"),
+            ("not a JSON object", br#"["SECRETVALUE"]"#),
+            ("\"Version\" is not 1", br#"{"Version":2,"AccessKeyId":"SECRETVALUE"}"#),
+            ("\"SessionToken\"", br#"{"Version":1,"AccessKeyId":"SECRETVALUE","SecretAccessKey":"SECRETVALUE"}"#),
+            ("\"SecretAccessKey\"", br#"{"Version":1,"AccessKeyId":"SECRETVALUE","SecretAccessKey":7,"SessionToken":"x","Expiration":"x"}"#),
+            ("\"Expiration\" is not an RFC 3339 time", br#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"B","SessionToken":"SECRETVALUE","Expiration":"SECRETVALUE"}"#),
         ];
-        for (input, expected) in cases {
+        for (expected, input) in cases {
             let e = parse(input).err().unwrap();
             assert!(e.contains(expected), "{e}");
             assert!(!e.contains("SECRETVALUE"), "{e}");

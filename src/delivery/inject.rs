@@ -80,7 +80,7 @@ pub enum InjectError {
     },
 }
 
-/// What [`inject_text`] did to one source.
+/// What [`inject_text`] did to one source (or, inside it, to one document).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Injected {
     pub text: String,
@@ -92,12 +92,13 @@ pub struct Injected {
 
 pub fn run(args: &InjectArgs) -> Result<CommandOutput> {
     let mut sources: Vec<(String, Vec<u8>)> = Vec::new();
+    let stdin = [PathBuf::from("-")];
     let paths = if args.paths.is_empty() {
-        vec![PathBuf::from("-")]
+        &stdin[..]
     } else {
-        args.paths.clone()
+        &args.paths
     };
-    for path in &paths {
+    for path in paths {
         if path.as_os_str() == "-" {
             let mut bytes = Vec::new();
             std::io::stdin()
@@ -140,12 +141,9 @@ pub fn inject_sources(
     let mut notes = Vec::new();
     let mut errors = Vec::new();
     for (name, bytes) in sources {
-        let text = match std::str::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(_) => {
-                errors.push(InjectError::NotText(name.clone()));
-                continue;
-            }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            errors.push(InjectError::NotText(name.clone()));
+            continue;
         };
         match inject_text(name, text, options, role) {
             Ok(injected) => {
@@ -298,10 +296,12 @@ fn segments(text: &str) -> Vec<Segment> {
 
 /// Whether a document has nothing but comments and blank lines.
 fn is_blank(body: &str) -> bool {
-    body.lines().all(|l| {
-        let t = l.trim();
-        t.is_empty() || t.starts_with('#')
-    })
+    body.lines().all(is_comment_or_blank)
+}
+
+fn is_comment_or_blank(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#')
 }
 
 /// Read YAML as Kubernetes' own readers (YAML 1.1) do: `0440` is octal, `yes` is a boolean.
@@ -310,19 +310,13 @@ fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! { legacy_octal_numbers: true }
 }
 
-struct Rewritten {
-    text: String,
-    mutated: usize,
-    notes: Vec<String>,
-}
-
 /// `None` when the document stays as it is.
 fn inject_document(
     place: &Place,
     segment: &Segment,
     options: &MutateOptions,
     role: Option<&str>,
-) -> Result<Option<Rewritten>, InjectError> {
+) -> Result<Option<Injected>, InjectError> {
     if segment.body.len() > MAX_DOCUMENT_BYTES {
         return Err(InjectError::TooLarge {
             place: place.clone(),
@@ -348,11 +342,7 @@ fn inject_document(
                 at,
             }
         })?;
-    let mut rewritten = Rewritten {
-        text: String::new(),
-        mutated: 0,
-        notes: Vec::new(),
-    };
+    let mut rewritten = Injected::default();
     let changed = inject_object(place, &mut value, options, role, None, &mut rewritten)?;
     if !changed {
         return Ok(None);
@@ -378,11 +368,7 @@ fn inject_document(
         rewritten.text.push_str("---\n");
     }
     // Comment lines heading the document stay (the re-serialised rest loses its comments).
-    for line in segment
-        .body
-        .lines()
-        .take_while(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-    {
+    for line in segment.body.lines().take_while(|l| is_comment_or_blank(l)) {
         rewritten.text.push_str(line);
         rewritten.text.push('\n');
     }
@@ -416,7 +402,7 @@ fn inject_object(
     options: &MutateOptions,
     role: Option<&str>,
     typed: Option<(&str, &str)>,
-    out: &mut Rewritten,
+    out: &mut Injected,
 ) -> Result<bool, InjectError> {
     let Value::Object(map) = value else {
         return Ok(false);
@@ -447,32 +433,21 @@ fn inject_object(
                 let typed = item_kind.map(|k| (api_version.as_str(), k));
                 let mut changed = false;
                 for (i, item) in items.iter_mut().enumerate() {
-                    let item_place = place.clone();
-                    changed |= inject_object(&item_place, item, options, role, typed, out)
-                        .map_err(|e| match e {
-                            InjectError::Mutate {
-                                place,
-                                object,
-                                at,
-                                error,
-                            } => InjectError::Mutate {
-                                place,
-                                object: format!(" items[{i}]{object}"),
-                                at,
-                                error,
-                            },
-                            other => other,
-                        })?;
+                    changed |= inject_object(place, item, options, role, typed, out).map_err(
+                        |mut e| {
+                            if let InjectError::Mutate { object, .. } = &mut e {
+                                *object = format!(" items[{i}]{object}");
+                            }
+                            e
+                        },
+                    )?;
                 }
                 Ok(changed)
             }
             Some(_) => Err(fail(
                 &describe(&kind, map),
                 "",
-                MutateError::Malformed {
-                    field: "items".into(),
-                    message: "not a list".into(),
-                },
+                mutate::malformed("items", "not a list"),
             )),
         };
     }
@@ -493,14 +468,9 @@ fn inject_object(
         Some(t @ Value::Object(_)) => t,
         _ if role.is_none() => return Ok(false),
         _ => {
-            return Err(fail(
-                &object,
-                "",
-                MutateError::Malformed {
-                    field: prefix.trim_end_matches('.').to_string(),
-                    message: "missing or not a mapping".into(),
-                },
-            ));
+            let field = prefix.trim_end_matches('.');
+            let error = mutate::malformed(field, "missing or not a mapping");
+            return Err(fail(&object, "", error));
         }
     };
     let mut labelled = false;
@@ -514,14 +484,9 @@ fn inject_object(
             )),
         }
     }
-    match mutate::patch(template, options).map_err(fail_at)? {
-        Some(ops) => {
-            json_patch::patch(template, &ops).map_err(|e| {
-                fail_at(MutateError::Malformed {
-                    field: "spec".into(),
-                    message: format!("the mutation's patch does not apply: {e}"),
-                })
-            })?;
+    match mutate::mutated(template, options).map_err(fail_at)? {
+        Some(mutated) => {
+            *template = mutated;
             out.mutated += 1;
             Ok(true)
         }
@@ -538,31 +503,10 @@ enum Labelled {
 
 /// Sets the role label on a pod template unless it has one.
 fn label(template: &mut Value, role: &str) -> Result<Labelled, MutateError> {
-    let bad = |field: &str| MutateError::Malformed {
-        field: field.into(),
-        message: "not a mapping".into(),
-    };
-    let Value::Object(t) = template else {
-        return Err(bad("(template)"));
-    };
-    let meta = t
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if meta.is_null() {
-        *meta = Value::Object(Map::new());
-    }
-    let Value::Object(meta) = meta else {
-        return Err(bad("metadata"));
-    };
-    let labels = meta
-        .entry("labels")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if labels.is_null() {
-        *labels = Value::Object(Map::new());
-    }
-    let Value::Object(labels) = labels else {
-        return Err(bad("metadata.labels"));
-    };
+    let bad = |field: &str| mutate::malformed(field, "not a mapping");
+    let t = template.as_object_mut().ok_or_else(|| bad("(template)"))?;
+    let meta = mapping_at(t, "metadata").ok_or_else(|| bad("metadata"))?;
+    let labels = mapping_at(meta, "labels").ok_or_else(|| bad("metadata.labels"))?;
     match labels.get(ROLE_LABEL) {
         Some(Value::String(existing)) if existing == role => Ok(Labelled::Already),
         Some(Value::String(existing)) => Ok(Labelled::Kept(existing.clone())),
@@ -573,6 +517,18 @@ fn label(template: &mut Value, role: &str) -> Result<Labelled, MutateError> {
             Ok(Labelled::Added)
         }
     }
+}
+
+/// The mapping under `key`, made an empty one where it is absent or null.
+fn mapping_at<'a>(
+    map: &'a mut Map<String, Value>,
+    key: &str,
+) -> Option<&'a mut Map<String, Value>> {
+    let value = map.entry(key).or_insert(Value::Null);
+    if value.is_null() {
+        *value = Value::Object(Map::new());
+    }
+    value.as_object_mut()
 }
 
 /// ` (Deployment shop/web)`, naming the object only where its name is a plausible one.
@@ -622,6 +578,15 @@ impl<'de> serde::Deserialize<'de> for Order {
 
 struct OrderVisitor;
 
+/// Visitor methods for the scalars other than strings: they carry no order (and no name).
+macro_rules! scalars_have_no_order {
+    ($($visit:ident($ty:ty),)*) => {$(
+        fn $visit<E: serde::de::Error>(self, _: $ty) -> std::result::Result<Order, E> {
+            Ok(Order::default())
+        }
+    )*};
+}
+
 impl<'de> serde::de::Visitor<'de> for OrderVisitor {
     type Value = Order;
 
@@ -659,32 +624,14 @@ impl<'de> serde::de::Visitor<'de> for OrderVisitor {
         })
     }
 
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<Order, E> {
-        Ok(Order::default())
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<Order, E> {
-        Ok(Order::default())
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<Order, E> {
-        Ok(Order::default())
-    }
-
-    fn visit_i128<E: serde::de::Error>(self, _: i128) -> std::result::Result<Order, E> {
-        Ok(Order::default())
-    }
-
-    fn visit_u128<E: serde::de::Error>(self, _: u128) -> std::result::Result<Order, E> {
-        Ok(Order::default())
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<Order, E> {
-        Ok(Order::default())
-    }
-
-    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> std::result::Result<Order, E> {
-        Ok(Order::default())
+    scalars_have_no_order! {
+        visit_bool(bool),
+        visit_i64(i64),
+        visit_u64(u64),
+        visit_i128(i128),
+        visit_u128(u128),
+        visit_f64(f64),
+        visit_bytes(&[u8]),
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Order, E> {

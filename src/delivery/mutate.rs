@@ -52,6 +52,18 @@ pub struct MutateOptions {
     pub region: Option<String>,
 }
 
+impl MutateOptions {
+    /// The flags' defaults (process delivery, the default port, no region) with this image.
+    pub fn new(sidecar_image: impl Into<String>) -> Self {
+        MutateOptions {
+            default_delivery: Delivery::Process,
+            sidecar_image: sidecar_image.into(),
+            sidecar_port: super::DEFAULT_SIDECAR_PORT,
+            region: None,
+        }
+    }
+}
+
 /// Why a labelled pod cannot be mutated. Every message names the field at fault and never
 /// quotes more of the pod than the offending name (a pod spec may hold secrets in `env`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -137,20 +149,16 @@ pub fn patch(
     let Some(after) = mutate(&before, options)? else {
         return Ok(None);
     };
-    let had_init = before
+    let before_inits = before
         .spec
         .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some();
-    let mut without_sidecar = after.clone();
+        .and_then(|s| s.init_containers.as_ref());
+    let had_init = before_inits.is_some();
+    let mut without_sidecar = after;
     let mut sidecar = None;
     if let Some(spec) = without_sidecar.spec.as_mut() {
         let inits = spec.init_containers.get_or_insert_with(Vec::new);
-        let before_has = before
-            .spec
-            .as_ref()
-            .and_then(|s| s.init_containers.as_ref())
-            .is_some_and(|i| i.iter().any(|c| c.name == SIDECAR_NAME));
+        let before_has = before_inits.is_some_and(|i| i.iter().any(|c| c.name == SIDECAR_NAME));
         if !before_has && inits.first().is_some_and(|c| c.name == SIDECAR_NAME) {
             sidecar = Some(inits.remove(0));
         }
@@ -160,32 +168,28 @@ pub fn patch(
     }
     let mut ops = json_patch::diff(&to_json(&before)?, &to_json(&without_sidecar)?);
     if let Some(sidecar) = sidecar {
+        let sidecar = to_json(&sidecar)?;
         let (path, value) = if had_init {
-            ("/spec/initContainers/0", to_json(&sidecar)?)
+            ("/spec/initContainers/0", sidecar)
         } else {
-            (
-                "/spec/initContainers",
-                Value::Array(vec![to_json(&sidecar)?]),
-            )
+            ("/spec/initContainers", Value::Array(vec![sidecar]))
         };
         ops.0
             .push(json_patch::PatchOperation::Add(json_patch::AddOperation {
-                path: json_patch::jsonptr::PointerBuf::parse(path).map_err(|e| {
-                    MutateError::Malformed {
-                        field: "spec.initContainers".into(),
-                        message: e.to_string(),
-                    }
-                })?,
+                path: json_patch::jsonptr::PointerBuf::parse(path)
+                    .map_err(|e| malformed("spec.initContainers", &e.to_string()))?,
                 value,
             }));
     }
-    debug_assert!(
-        ops.0
-            .iter()
-            .all(|op| matches!(op, json_patch::PatchOperation::Add(_))),
-        "the mutation only adds"
-    );
+    debug_assert!(only_adds(&ops), "the mutation only adds");
     Ok((!ops.0.is_empty()).then_some(ops))
+}
+
+fn only_adds(patch: &json_patch::Patch) -> bool {
+    patch
+        .0
+        .iter()
+        .all(|op| matches!(op, json_patch::PatchOperation::Add(_)))
 }
 
 /// `object` mutated: [`patch`] applied to a copy (what `inject` prints, what the webhook's
@@ -272,12 +276,10 @@ pub fn decode(object: &Value) -> Result<PodTemplateSpec, MutateError> {
     let Value::Object(map) = object else {
         return Err(malformed("(document)", "not a mapping"));
     };
-    let metadata = match map.get("metadata") {
-        None | Some(Value::Null) => None,
-        Some(m) => {
-            Some(ObjectMeta::deserialize(m).map_err(|e| malformed("metadata", &e.to_string()))?)
-        }
-    };
+    let metadata = map.get("metadata").filter(|m| !m.is_null());
+    let metadata = metadata
+        .map(|m| ObjectMeta::deserialize(m).map_err(|e| malformed("metadata", &e.to_string())))
+        .transpose()?;
     let spec = match map.get("spec") {
         None | Some(Value::Null) => return Err(malformed("spec", "missing")),
         Some(Value::Object(_)) => {
@@ -291,22 +293,21 @@ pub fn decode(object: &Value) -> Result<PodTemplateSpec, MutateError> {
         Some(_) => return Err(malformed("spec", "not a mapping")),
     };
     // Every container needs a name to be chosen, and Kubernetes rejects one without.
-    let lists = [
-        ("initContainers", spec.init_containers.as_deref()),
-        ("containers", Some(spec.containers.as_slice())),
-    ];
-    for (key, list) in lists {
-        if let Some(i) = list.into_iter().flatten().position(|c| c.name.is_empty()) {
-            return Err(malformed(
-                &format!("spec.{key}[{i}].name"),
-                "missing or empty",
-            ));
-        }
+    if let Some((field, i, _)) = containers(&spec).find(|(_, _, c)| c.name.is_empty()) {
+        return Err(malformed(&format!("{field}[{i}].name"), "missing or empty"));
     }
     Ok(PodTemplateSpec {
         metadata,
         spec: Some(spec),
     })
+}
+
+/// Every init container, then every app container: the field holding it, its index there, it.
+fn containers(spec: &PodSpec) -> impl Iterator<Item = (&'static str, usize, &Container)> {
+    let inits = spec.init_containers.iter().flatten().enumerate();
+    let inits = inits.map(|(i, c)| ("spec.initContainers", i, c));
+    let apps = spec.containers.iter().enumerate();
+    inits.chain(apps.map(|(i, c)| ("spec.containers", i, c)))
 }
 
 /// Kubernetes reads a resource quantity written as a number (`cpu: 0.5`, `memory: 1000000`)
@@ -371,7 +372,8 @@ fn decodes<T: serde::de::DeserializeOwned>(v: &Value) -> Option<String> {
     T::deserialize(v).err().map(|e| e.to_string())
 }
 
-fn malformed(field: &str, message: &str) -> MutateError {
+/// A [`MutateError::Malformed`], with any quoted value in `message` redacted.
+pub(super) fn malformed(field: &str, message: &str) -> MutateError {
     MutateError::Malformed {
         field: field.to_string(),
         message: redact_quoted(message),
@@ -419,7 +421,7 @@ pub fn is_object_name(name: &str) -> bool {
 }
 
 /// At most 64 characters of a user value, for an error message.
-fn truncated(value: &str) -> String {
+pub(crate) fn truncated(value: &str) -> String {
     let mut s: String = value.chars().take(64).collect();
     if s.len() < value.len() {
         s.push('…');
@@ -446,12 +448,8 @@ fn delivery_of(meta: &ObjectMeta, default: Delivery) -> Result<Delivery, MutateE
 /// Names of the containers to give credentials: the annotation's, or every container and
 /// init container (never the sidecar).
 fn chosen_containers(meta: &ObjectMeta, spec: &PodSpec) -> Result<Vec<String>, MutateError> {
-    let all: Vec<&str> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .map(|c| c.name.as_str())
+    let all: Vec<&str> = containers(spec)
+        .map(|(_, _, c)| c.name.as_str())
         .filter(|n| *n != SIDECAR_NAME)
         .collect();
     if spec.containers.iter().any(|c| c.name == SIDECAR_NAME) {
@@ -499,20 +497,12 @@ fn for_each_chosen(
 
 fn add_volume(spec: &mut PodSpec, role: &str) -> Result<(), MutateError> {
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    let same_secret = |s: &SecretVolumeSource| s.secret_name.as_deref() == Some(role);
     match volumes.iter().find(|v| v.name == VOLUME_NAME) {
-        Some(v) => {
-            let same_secret = v
-                .secret
-                .as_ref()
-                .is_some_and(|s| s.secret_name.as_deref() == Some(role));
-            if same_secret {
-                Ok(())
-            } else {
-                Err(MutateError::VolumeConflict {
-                    role: role.to_string(),
-                })
-            }
-        }
+        Some(v) if v.secret.as_ref().is_some_and(same_secret) => Ok(()),
+        Some(_) => Err(MutateError::VolumeConflict {
+            role: role.to_string(),
+        }),
         None => {
             volumes.push(Volume {
                 name: VOLUME_NAME.into(),
@@ -617,27 +607,20 @@ fn check_endpoint_possible(spec: &PodSpec, port: u16) -> Result<(), MutateError>
     if spec.host_network == Some(true) {
         return Err(MutateError::HostNetwork);
     }
-    let lists = [
-        ("spec.initContainers", spec.init_containers.as_deref()),
-        ("spec.containers", Some(spec.containers.as_slice())),
-    ];
-    for (field, list) in lists {
-        for c in list.into_iter().flatten() {
-            let clash = c
-                .ports
-                .iter()
-                .flatten()
-                .any(|p| p.container_port == i32::from(port));
-            if clash && c.name != SIDECAR_NAME {
-                return Err(MutateError::PortConflict {
-                    field,
-                    container: c.name.clone(),
-                    port,
-                });
-            }
-        }
+    let uses_port = |c: &Container| {
+        c.ports
+            .iter()
+            .flatten()
+            .any(|p| p.container_port == i32::from(port))
+    };
+    match containers(spec).find(|(_, _, c)| c.name != SIDECAR_NAME && uses_port(c)) {
+        Some((field, _, c)) => Err(MutateError::PortConflict {
+            field,
+            container: c.name.clone(),
+            port,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The native sidecar of the endpoint delivery: an init container with `restartPolicy:
@@ -709,12 +692,7 @@ mod tests {
     use serde_json::json;
 
     fn options() -> MutateOptions {
-        MutateOptions {
-            default_delivery: Delivery::Process,
-            sidecar_image: "example.com/kaic:1".into(),
-            sidecar_port: 9911,
-            region: None,
-        }
+        MutateOptions::new("example.com/kaic:1")
     }
 
     fn endpoint() -> MutateOptions {
@@ -738,6 +716,11 @@ mod tests {
         })
     }
 
+    /// A bare object labelled with role `r`, around `spec`.
+    fn labelled(spec: Value) -> Value {
+        json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": spec})
+    }
+
     fn mutate_ok(object: &Value, options: &MutateOptions) -> Value {
         mutated(object, options)
             .expect("mutation succeeds")
@@ -748,6 +731,17 @@ mod tests {
         patch(object, options).expect_err("mutation must fail")
     }
 
+    fn mutates(object: &Value, options: &MutateOptions) -> bool {
+        patch(object, options).unwrap().is_some()
+    }
+
+    /// Asserts that the mutation fails with `expected`; its message, for more checks.
+    fn refused(object: &Value, options: &MutateOptions, expected: MutateError) -> String {
+        let e = err(object, options);
+        assert_eq!(e, expected, "{object}");
+        e.to_string()
+    }
+
     fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
         container["env"]
             .as_array()?
@@ -755,8 +749,8 @@ mod tests {
             .find(|e| e["name"] == name)
     }
 
-    fn env_value(container: &Value, name: &str) -> Option<String> {
-        env(container, name).map(|e| e["value"].as_str().unwrap_or("").to_string())
+    fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+        env(container, name).map(|e| e["value"].as_str().unwrap_or(""))
     }
 
     fn names(list: &Value) -> Vec<&str> {
@@ -790,24 +784,23 @@ mod tests {
         with(template(), "/metadata/annotations", json!({ key: value }))
     }
 
+    /// The template with `value` as its role label.
+    fn with_role(value: Value) -> Value {
+        let pointer = format!("/metadata/labels/{}", ROLE_LABEL.replace('/', "~1"));
+        with(template(), &pointer, value)
+    }
+
     #[test]
     fn unlabelled_objects_are_left_alone() {
-        let mut t = template();
-        t["metadata"]["labels"]
-            .as_object_mut()
-            .unwrap()
-            .remove(ROLE_LABEL);
-        assert_eq!(patch(&t, &options()), Ok(None));
-        assert_eq!(
-            patch(&json!({"spec": {"containers": []}}), &options()),
-            Ok(None)
-        );
-        assert_eq!(patch(&json!("text"), &options()), Ok(None));
-        // Even a broken spec is nobody's business without the label.
-        assert_eq!(
-            patch(&json!({"metadata": {}, "spec": 5}), &options()),
-            Ok(None)
-        );
+        for t in [
+            with(template(), "/metadata/labels", json!({"app": "web"})),
+            json!({"spec": {"containers": []}}),
+            json!("text"),
+            // Even a broken spec is nobody's business without the label.
+            json!({"metadata": {}, "spec": 5}),
+        ] {
+            assert_eq!(patch(&t, &options()), Ok(None), "{t}");
+        }
     }
 
     #[test]
@@ -859,51 +852,39 @@ mod tests {
                 "{c}"
             );
         }
-        let sidecar = &spec["initContainers"][0];
-        assert_eq!(sidecar["image"], "example.com/kaic:1");
-        assert_eq!(sidecar["restartPolicy"], "Always");
+        // The whole sidecar: no ports, no command (the image's entrypoint is the binary).
         assert_eq!(
-            sidecar["args"],
-            json!([
-                "credentials-server",
-                "--listen",
-                "127.0.0.1:9911",
-                "--credentials-file",
-                "/meta/aws-iam/credentials.json"
-            ])
-        );
-        assert_eq!(sidecar["volumeMounts"], json!([expected_mount()]));
-        assert_eq!(sidecar["env"], json!([token]));
-        assert_eq!(
-            sidecar["startupProbe"]["exec"]["command"],
-            json!([
-                SIDECAR_BINARY,
-                "credentials-server",
-                "--listen",
-                "127.0.0.1:9911",
-                "--probe"
-            ])
-        );
-        assert_eq!(sidecar["startupProbe"]["periodSeconds"], 1);
-        assert_eq!(sidecar["startupProbe"]["timeoutSeconds"], 2);
-        assert_eq!(sidecar["startupProbe"]["failureThreshold"], 120);
-        assert_eq!(
-            sidecar["resources"],
-            json!({"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}})
-        );
-        assert_eq!(
-            sidecar["securityContext"],
+            spec["initContainers"][0],
             json!({
-                "allowPrivilegeEscalation": false,
-                "capabilities": {"drop": ["ALL"]},
-                "readOnlyRootFilesystem": true,
-                "runAsGroup": 65532,
-                "runAsNonRoot": true,
-                "runAsUser": 65532,
-                "seccompProfile": {"type": "RuntimeDefault"}
+                "name": SIDECAR_NAME,
+                "image": "example.com/kaic:1",
+                "restartPolicy": "Always",
+                "args": [
+                    "credentials-server", "--listen", "127.0.0.1:9911",
+                    "--credentials-file", "/meta/aws-iam/credentials.json"
+                ],
+                "env": [token],
+                "volumeMounts": [expected_mount()],
+                "startupProbe": {
+                    "exec": {"command": [
+                        SIDECAR_BINARY, "credentials-server", "--listen", "127.0.0.1:9911", "--probe"
+                    ]},
+                    "periodSeconds": 1,
+                    "timeoutSeconds": 2,
+                    "failureThreshold": 120
+                },
+                "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                    "readOnlyRootFilesystem": true,
+                    "runAsGroup": 65532,
+                    "runAsNonRoot": true,
+                    "runAsUser": 65532,
+                    "seccompProfile": {"type": "RuntimeDefault"}
+                }
             })
         );
-        assert!(sidecar.get("ports").is_none() && sidecar.get("command").is_none());
     }
 
     #[test]
@@ -912,10 +893,8 @@ mod tests {
         assert_eq!(out["spec"]["initContainers"][0]["name"], SIDECAR_NAME);
         let out = mutate_ok(&annotated(DELIVERY_ANNOTATION, "process"), &endpoint());
         assert_eq!(names(&out["spec"]["initContainers"]), ["init"]);
-        assert_eq!(
-            env_value(&out["spec"]["containers"][0], "AWS_SHARED_CREDENTIALS_FILE").as_deref(),
-            Some(PROCESS_FILE)
-        );
+        let file = env_value(&out["spec"]["containers"][0], "AWS_SHARED_CREDENTIALS_FILE");
+        assert_eq!(file, Some(PROCESS_FILE));
     }
 
     #[test]
@@ -927,22 +906,13 @@ mod tests {
         let out = mutate_ok(&template(), &o);
         let s = out.to_string();
         assert!(!s.contains("9911"), "{s}");
-        assert_eq!(
-            env_value(
-                &out["spec"]["containers"][0],
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-            )
-            .as_deref(),
-            Some("http://127.0.0.1:12345/credentials")
-        );
-        assert_eq!(
-            out["spec"]["initContainers"][0]["args"][2],
-            "127.0.0.1:12345"
-        );
-        assert_eq!(
-            out["spec"]["initContainers"][0]["startupProbe"]["exec"]["command"][3],
-            "127.0.0.1:12345"
-        );
+        let app = &out["spec"]["containers"][0];
+        let uri = env_value(app, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
+        assert_eq!(uri, Some("http://127.0.0.1:12345/credentials"));
+        let sidecar = &out["spec"]["initContainers"][0];
+        assert_eq!(sidecar["args"][2], "127.0.0.1:12345");
+        let probe = &sidecar["startupProbe"]["exec"]["command"];
+        assert_eq!(probe[3], "127.0.0.1:12345");
     }
 
     #[test]
@@ -966,11 +936,7 @@ mod tests {
         let t = with(template(), "/spec/initContainers", json!([]));
         for o in [options(), endpoint()] {
             let p = patch(&t, &o).unwrap().unwrap();
-            assert!(
-                p.0.iter()
-                    .all(|op| matches!(op, json_patch::PatchOperation::Add(_))),
-                "{p:?}"
-            );
+            assert!(only_adds(&p), "{p:?}");
             let out = mutate_ok(&t, &o);
             let expected: &[&str] = match o.default_delivery {
                 Delivery::Process => &[],
@@ -983,10 +949,8 @@ mod tests {
 
     #[test]
     fn the_containers_annotation_chooses_containers_and_init_containers() {
-        let out = mutate_ok(
-            &annotated(CONTAINERS_ANNOTATION, " side , init,"),
-            &options(),
-        );
+        let t = annotated(CONTAINERS_ANNOTATION, " side , init,");
+        let out = mutate_ok(&t, &options());
         let spec = &out["spec"];
         assert!(spec["containers"][0].get("env").is_none());
         assert!(spec["containers"][0].get("volumeMounts").is_none());
@@ -1004,49 +968,36 @@ mod tests {
 
     #[test]
     fn an_unknown_or_empty_container_list_is_an_error_naming_the_annotation() {
-        let e = err(&annotated(CONTAINERS_ANNOTATION, "app,nope"), &options());
+        let t = annotated(CONTAINERS_ANNOTATION, "app,nope");
+        let nope = MutateError::UnknownContainer {
+            name: "nope".into(),
+        };
         assert_eq!(
-            e,
-            MutateError::UnknownContainer {
-                name: "nope".into()
-            }
-        );
-        assert_eq!(
-            e.to_string(),
+            refused(&t, &options(), nope),
             "metadata.annotations[kube-aws-iam-controller/containers]: no container named \"nope\" in spec.containers or spec.initContainers"
         );
-        assert_eq!(
-            err(&annotated(CONTAINERS_ANNOTATION, " , "), &options()),
-            MutateError::NoContainers
-        );
-        assert_eq!(
-            err(&annotated(CONTAINERS_ANNOTATION, ""), &options()).to_string(),
-            "metadata.annotations[kube-aws-iam-controller/containers]: names no container"
-        );
+        for empty in [" , ", ""] {
+            let t = annotated(CONTAINERS_ANNOTATION, empty);
+            assert_eq!(
+                refused(&t, &options(), MutateError::NoContainers),
+                "metadata.annotations[kube-aws-iam-controller/containers]: names no container"
+            );
+        }
         // The sidecar is not a container one can choose.
         let mut t = annotated(CONTAINERS_ANNOTATION, SIDECAR_NAME);
         t["metadata"]["annotations"][DELIVERY_ANNOTATION] = json!("endpoint");
-        assert!(matches!(
-            err(&t, &options()),
-            MutateError::UnknownContainer { .. }
-        ));
+        let e = err(&t, &options());
+        assert!(matches!(e, MutateError::UnknownContainer { .. }), "{e:?}");
     }
 
     #[test]
     fn an_unknown_delivery_is_an_error_naming_the_annotation() {
         for bad in ["Endpoint", "", "sidecar", "process "] {
-            let e = err(&annotated(DELIVERY_ANNOTATION, bad), &options());
-            assert_eq!(
-                e,
-                MutateError::UnknownDelivery {
-                    value: bad.to_string()
-                }
-            );
-            assert!(
-                e.to_string()
-                    .starts_with("metadata.annotations[kube-aws-iam-controller/delivery]: "),
-                "{e}"
-            );
+            let value = bad.to_string();
+            let t = annotated(DELIVERY_ANNOTATION, bad);
+            let e = refused(&t, &options(), MutateError::UnknownDelivery { value });
+            let field = "metadata.annotations[kube-aws-iam-controller/delivery]: ";
+            assert!(e.starts_with(field), "{e}");
         }
     }
 
@@ -1055,18 +1006,10 @@ mod tests {
         for bad in [
             "", "My-Role", "my_role", "-role", "role-", "a..b", ".a", "a.", "rôle", "a b",
         ] {
-            let t = with(
-                template(),
-                &format!("/metadata/labels/{}", ROLE_LABEL.replace('/', "~1")),
-                json!(bad),
-            );
-            let e = err(&t, &options());
-            assert_eq!(e, MutateError::InvalidRole { value: bad.into() }, "{bad:?}");
-            assert!(
-                e.to_string()
-                    .starts_with("metadata.labels[kube-aws-iam-controller/role]: "),
-                "{e}"
-            );
+            let invalid = MutateError::InvalidRole { value: bad.into() };
+            let e = refused(&with_role(json!(bad)), &options(), invalid);
+            let field = "metadata.labels[kube-aws-iam-controller/role]: ";
+            assert!(e.starts_with(field), "{e}");
         }
         for good in ["a", "0", "my-role", "a.b-c.d9", &"a".repeat(253)] {
             assert!(is_object_name(good), "{good:?}");
@@ -1075,44 +1018,29 @@ mod tests {
         assert!(!is_object_name("a-.b"));
         assert!(!is_object_name("a.-b"));
         // A long bad value is shortened in the message.
-        let long = "X".repeat(300);
-        let t = with(
-            template(),
-            &format!("/metadata/labels/{}", ROLE_LABEL.replace('/', "~1")),
-            json!(long),
-        );
-        let msg = err(&t, &options()).to_string();
+        let msg = err(&with_role(json!("X".repeat(300))), &options()).to_string();
         assert!(msg.contains(&format!("{}…", "X".repeat(64))), "{msg}");
         assert!(!msg.contains(&"X".repeat(65)), "{msg}");
         // A label that is not a string is still an error, not a silent skip.
-        let t = with(
-            template(),
-            &format!("/metadata/labels/{}", ROLE_LABEL.replace('/', "~1")),
-            json!(7),
-        );
         assert!(
-            matches!(err(&t, &options()), MutateError::Malformed { field, .. } if field == "metadata")
+            matches!(err(&with_role(json!(7)), &options()), MutateError::Malformed { field, .. } if field == "metadata")
         );
     }
 
     #[test]
     fn the_users_environment_wins() {
-        let t = with(
-            template(),
-            "/spec/containers/0/env",
-            json!([
-                {"name": "AWS_SHARED_CREDENTIALS_FILE", "value": "/mine"},
-                {"name": "AWS_REGION", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "r"}}}
-            ]),
-        );
+        let mine = json!([
+            {"name": "AWS_SHARED_CREDENTIALS_FILE", "value": "/mine"},
+            {"name": "AWS_REGION", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "r"}}}
+        ]);
+        let t = with(template(), "/spec/containers/0/env", mine);
         let o = MutateOptions {
             region: Some("eu-central-1".into()),
             ..options()
         };
         let out = mutate_ok(&t, &o);
-        let app = &out["spec"]["containers"][0];
         assert_eq!(
-            app["env"],
+            out["spec"]["containers"][0]["env"],
             json!([
                 {"name": "AWS_SHARED_CREDENTIALS_FILE", "value": "/mine"},
                 {"name": "AWS_REGION", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "r"}}},
@@ -1122,16 +1050,10 @@ mod tests {
             ])
         );
         // Endpoint: a user's token or URL is kept too.
-        let t = with(
-            template(),
-            "/spec/containers/1/env",
-            json!([{"name": TOKEN_ENV, "value": "t"}, {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://x"}]),
-        );
+        let users = json!([{"name": TOKEN_ENV, "value": "t"}, {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://x"}]);
+        let t = with(template(), "/spec/containers/1/env", users.clone());
         let out = mutate_ok(&t, &endpoint());
-        assert_eq!(
-            out["spec"]["containers"][1]["env"],
-            json!([{"name": TOKEN_ENV, "value": "t"}, {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://x"}])
-        );
+        assert_eq!(out["spec"]["containers"][1]["env"], users);
     }
 
     #[test]
@@ -1145,15 +1067,9 @@ mod tests {
             &out["spec"]["containers"][0],
             &out["spec"]["initContainers"][1],
         ] {
-            assert_eq!(env_value(c, "AWS_REGION").as_deref(), Some("us-west-2"));
-            assert_eq!(
-                env_value(c, "AWS_DEFAULT_REGION").as_deref(),
-                Some("us-west-2")
-            );
-            assert_eq!(
-                env_value(c, "AWS_STS_REGIONAL_ENDPOINTS").as_deref(),
-                Some("regional")
-            );
+            assert_eq!(env_value(c, "AWS_REGION"), Some("us-west-2"));
+            assert_eq!(env_value(c, "AWS_DEFAULT_REGION"), Some("us-west-2"));
+            assert_eq!(env_value(c, "AWS_STS_REGIONAL_ENDPOINTS"), Some("regional"));
         }
         // The sidecar does not talk to AWS.
         assert!(env(&out["spec"]["initContainers"][0], "AWS_REGION").is_none());
@@ -1163,37 +1079,26 @@ mod tests {
 
     #[test]
     fn the_users_own_copy_of_the_volume_and_mount_is_kept() {
-        let mut t = with(
-            template(),
-            "/spec/volumes",
-            json!([{"name": VOLUME_NAME, "secret": {"secretName": "my-role", "defaultMode": 288}}]),
-        );
-        t = with(
-            t,
-            "/spec/containers/0/volumeMounts",
-            json!([{"name": VOLUME_NAME, "mountPath": "/meta/aws-iam/"}]),
-        );
+        let volumes =
+            json!([{"name": VOLUME_NAME, "secret": {"secretName": "my-role", "defaultMode": 288}}]);
+        let mounts = json!([{"name": VOLUME_NAME, "mountPath": "/meta/aws-iam/"}]);
+        let t = with(template(), "/spec/volumes", volumes.clone());
+        let t = with(t, "/spec/containers/0/volumeMounts", mounts.clone());
         let out = mutate_ok(&t, &options());
-        assert_eq!(out["spec"]["volumes"], t["spec"]["volumes"]);
-        assert_eq!(
-            out["spec"]["containers"][0]["volumeMounts"],
-            t["spec"]["containers"][0]["volumeMounts"]
-        );
-        assert_eq!(
-            out["spec"]["containers"][1]["volumeMounts"],
-            json!([expected_mount()])
-        );
+        assert_eq!(out["spec"]["volumes"], volumes);
+        assert_eq!(out["spec"]["containers"][0]["volumeMounts"], mounts);
+        let side = &out["spec"]["containers"][1];
+        assert_eq!(side["volumeMounts"], json!([expected_mount()]));
         // The volume mounted elsewhere too: the mount at the path is still added.
+        let elsewhere = json!({"name": VOLUME_NAME, "mountPath": "/other"});
         let t = with(
             template(),
             "/spec/containers/0/volumeMounts",
-            json!([{"name": VOLUME_NAME, "mountPath": "/other"}]),
+            json!([elsewhere]),
         );
         let out = mutate_ok(&t, &options());
-        assert_eq!(
-            out["spec"]["containers"][0]["volumeMounts"],
-            json!([{"name": VOLUME_NAME, "mountPath": "/other"}, expected_mount()])
-        );
+        let app = &out["spec"]["containers"][0];
+        assert_eq!(app["volumeMounts"], json!([elsewhere, expected_mount()]));
     }
 
     #[test]
@@ -1204,122 +1109,69 @@ mod tests {
             json!({"name": VOLUME_NAME, "emptyDir": {}}),
         ] {
             let t = with(template(), "/spec/volumes", json!([volume]));
-            let e = err(&t, &options());
-            assert_eq!(
-                e,
-                MutateError::VolumeConflict {
-                    role: "my-role".into()
-                }
-            );
-            assert!(
-                e.to_string()
-                    .starts_with("spec.volumes[aws-iam-credentials]: "),
-                "{e}"
-            );
+            let role = "my-role".to_string();
+            let e = refused(&t, &options(), MutateError::VolumeConflict { role });
+            assert!(e.starts_with("spec.volumes[aws-iam-credentials]: "), "{e}");
             // Whatever the delivery: the sidecar mounts it too.
-            assert!(matches!(
-                err(&t, &endpoint()),
-                MutateError::VolumeConflict { .. }
-            ));
+            assert_eq!(err(&t, &endpoint()).to_string(), e);
         }
     }
 
     #[test]
     fn another_mount_at_the_path_or_a_sub_path_is_a_conflict() {
-        let t = with(
-            template(),
-            "/spec/initContainers/0/volumeMounts",
-            json!([{"name": "mine", "mountPath": "/meta/aws-iam"}]),
-        );
-        let e = err(&t, &options());
+        let mine = json!([{"name": "mine", "mountPath": "/meta/aws-iam"}]);
+        let t = with(template(), "/spec/initContainers/0/volumeMounts", mine);
+        let conflict = MutateError::MountConflict {
+            field: "spec.initContainers",
+            container: "init".into(),
+            volume: "mine".into(),
+        };
         assert_eq!(
-            e,
-            MutateError::MountConflict {
-                field: "spec.initContainers",
-                container: "init".into(),
-                volume: "mine".into()
-            }
-        );
-        assert_eq!(
-            e.to_string(),
+            refused(&t, &options(), conflict),
             "spec.initContainers[init].volumeMounts: /meta/aws-iam is already mounted from volume \"mine\"; remove that mount or the kube-aws-iam-controller/role label"
         );
         // Not chosen: not its business.
         let mut t2 = t.clone();
         t2["metadata"]["annotations"] = json!({CONTAINERS_ANNOTATION: "app"});
-        assert!(patch(&t2, &options()).unwrap().is_some());
+        assert!(mutates(&t2, &options()));
         // The endpoint delivery mounts nothing into the apps.
-        assert!(patch(&t, &endpoint()).unwrap().is_some());
-        for sub in [
-            json!({"subPath": "credentials"}),
-            json!({"subPathExpr": "$(X)"}),
-        ] {
-            let mut m = json!({"name": VOLUME_NAME, "mountPath": "/meta/aws-iam"});
-            m.as_object_mut()
-                .unwrap()
-                .extend(sub.as_object().unwrap().clone());
+        assert!(mutates(&t, &endpoint()));
+        for (key, path) in [("subPath", "credentials"), ("subPathExpr", "$(X)")] {
+            let m = json!({"name": VOLUME_NAME, "mountPath": "/meta/aws-iam", key: path});
             let t = with(template(), "/spec/containers/1/volumeMounts", json!([m]));
-            let e = err(&t, &options());
-            assert_eq!(
-                e,
-                MutateError::SubPathMount {
-                    field: "spec.containers",
-                    container: "side".into()
-                }
-            );
-            assert!(
-                e.to_string()
-                    .starts_with("spec.containers[side].volumeMounts: ")
-            );
+            let sub_path = MutateError::SubPathMount {
+                field: "spec.containers",
+                container: "side".into(),
+            };
+            let e = refused(&t, &options(), sub_path);
+            assert!(e.starts_with("spec.containers[side].volumeMounts: "));
         }
         // An empty subPath is no subPath.
-        let t = with(
-            template(),
-            "/spec/containers/1/volumeMounts",
-            json!([{"name": VOLUME_NAME, "mountPath": "/meta/aws-iam", "subPath": "", "subPathExpr": ""}]),
-        );
-        assert!(patch(&t, &options()).unwrap().is_some());
+        let m = json!({"name": VOLUME_NAME, "mountPath": "/meta/aws-iam", "subPath": "", "subPathExpr": ""});
+        let t = with(template(), "/spec/containers/1/volumeMounts", json!([m]));
+        assert!(mutates(&t, &options()));
     }
 
     #[test]
     fn endpoint_refuses_host_network_port_clashes_and_a_taken_sidecar_name() {
         let t = with(template(), "/spec/hostNetwork", json!(true));
-        assert_eq!(err(&t, &endpoint()), MutateError::HostNetwork);
-        assert!(
-            err(&t, &endpoint())
-                .to_string()
-                .starts_with("spec.hostNetwork: ")
-        );
-        assert!(
-            patch(&t, &options()).unwrap().is_some(),
-            "process works on the host network"
-        );
+        let e = refused(&t, &endpoint(), MutateError::HostNetwork);
+        assert!(e.starts_with("spec.hostNetwork: "));
+        assert!(mutates(&t, &options()), "process works on the host network");
         let t = with(template(), "/spec/hostNetwork", json!(false));
-        assert!(patch(&t, &endpoint()).unwrap().is_some());
+        assert!(mutates(&t, &endpoint()));
 
-        let t = with(
-            template(),
-            "/spec/containers/1/ports",
-            json!([{"containerPort": 8080}, {"containerPort": 9911}]),
-        );
-        let e = err(&t, &endpoint());
-        assert_eq!(
-            e,
-            MutateError::PortConflict {
-                field: "spec.containers",
-                container: "side".into(),
-                port: 9911
-            }
-        );
-        assert!(
-            e.to_string()
-                .starts_with("spec.containers[side].ports: port 9911 ")
-        );
-        let t = with(
-            template(),
-            "/spec/initContainers/0/ports",
-            json!([{"containerPort": 9911}]),
-        );
+        let ports = json!([{"containerPort": 8080}, {"containerPort": 9911}]);
+        let t = with(template(), "/spec/containers/1/ports", ports);
+        let clash = MutateError::PortConflict {
+            field: "spec.containers",
+            container: "side".into(),
+            port: 9911,
+        };
+        let e = refused(&t, &endpoint(), clash);
+        assert!(e.starts_with("spec.containers[side].ports: port 9911 "));
+        let ports = json!([{"containerPort": 9911}]);
+        let t = with(template(), "/spec/initContainers/0/ports", ports);
         assert!(matches!(
             err(&t, &endpoint()),
             MutateError::PortConflict {
@@ -1327,10 +1179,7 @@ mod tests {
                 ..
             }
         ));
-        assert!(
-            patch(&t, &options()).unwrap().is_some(),
-            "process has no port"
-        );
+        assert!(mutates(&t, &options()), "process has no port");
 
         let t = with(template(), "/spec/containers/1/name", json!(SIDECAR_NAME));
         assert_eq!(err(&t, &endpoint()), MutateError::SidecarNameTaken);
@@ -1339,92 +1188,49 @@ mod tests {
 
     #[test]
     fn malformed_specs_are_errors_naming_the_part_without_quoting_values() {
+        let bad_annotations = json!({"metadata": {"labels": {ROLE_LABEL: "r"}, "annotations": []}, "spec": {"containers": []}});
+        #[rustfmt::skip]
         let cases = [
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}}),
-                "spec",
-                "missing",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": "x"}),
-                "spec",
-                "not a mapping",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": []}),
-                "spec",
-                "not a mapping",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"containers": {"a": 1}}}),
-                "spec.containers",
-                "not a list",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"initContainers": 3, "containers": []}}),
-                "spec.initContainers",
-                "not a list",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"containers": [{"name": "ok"}, {"name": "app", "env": [{"name": "K", "value": 12345}]}]}}),
-                "spec.containers[app]",
-                "invalid type",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"containers": [{"name": "a"}, {"image": "x"}]}}),
-                "spec.containers[1].name",
-                "missing or empty",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"containers": [], "initContainers": [{"name": ""}]}}),
-                "spec.initContainers[0].name",
-                "missing or empty",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"containers": [], "volumes": ["v"]}}),
-                "spec.volumes[0]",
-                "invalid type",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"containers": [], "hostNetwork": "yes"}}),
-                "spec",
-                "invalid type",
-            ),
-            (
-                json!({"metadata": {"labels": {ROLE_LABEL: "r"}, "annotations": []}, "spec": {"containers": []}}),
-                "metadata",
-                "invalid type",
-            ),
+            ("spec", "missing", json!({"metadata": {"labels": {ROLE_LABEL: "r"}}})),
+            ("spec", "not a mapping", labelled(json!("x"))),
+            ("spec", "not a mapping", labelled(json!([]))),
+            ("spec.containers", "not a list", labelled(json!({"containers": {"a": 1}}))),
+            ("spec.initContainers", "not a list", labelled(json!({"initContainers": 3, "containers": []}))),
+            ("spec.containers[app]", "invalid type", labelled(json!({"containers": [
+                {"name": "ok"}, {"name": "app", "env": [{"name": "K", "value": 12345}]}
+            ]}))),
+            ("spec.containers[1].name", "missing or empty", labelled(json!({"containers": [{"name": "a"}, {"image": "x"}]}))),
+            ("spec.initContainers[0].name", "missing or empty", labelled(json!({"containers": [], "initContainers": [{"name": ""}]}))),
+            ("spec.volumes[0]", "invalid type", labelled(json!({"containers": [], "volumes": ["v"]}))),
+            ("spec", "invalid type", labelled(json!({"containers": [], "hostNetwork": "yes"}))),
+            ("metadata", "invalid type", bad_annotations),
         ];
-        for (object, field, message) in cases {
-            match err(&object, &options()) {
-                MutateError::Malformed {
-                    field: f,
-                    message: m,
-                } => {
-                    assert_eq!(f, field, "{object}");
-                    assert!(m.contains(message), "{object}: {m}");
-                }
-                other => panic!("{object}: {other:?}"),
-            }
+        for (field, expected, object) in cases {
+            let e = err(&object, &options());
+            let MutateError::Malformed { field: f, message } = &e else {
+                panic!("{object}: {e:?}");
+            };
+            assert_eq!(f, field, "{object}");
+            assert!(message.contains(expected), "{object}: {message}");
         }
         // A container named with something that is no name is pointed at by index.
-        let t = json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"containers": [{"name": "Bad Name", "env": 1}]}});
+        let t = labelled(json!({"containers": [{"name": "Bad Name", "env": 1}]}));
         assert!(
             matches!(err(&t, &options()), MutateError::Malformed { field, .. } if field == "spec.containers[0]")
         );
         assert_eq!(
             decode(&json!([1])),
-            Err(MutateError::Malformed {
-                field: "(document)".into(),
-                message: "not a mapping".into()
-            })
+            Err(malformed("(document)", "not a mapping"))
         );
         // A value of the wrong type is not quoted back (it may be a secret).
-        let t = json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"containers": [{"name": "app", "env": [{"name": "K", "value": ["SUPERSECRET"]}], "image": 5}]}});
+        let t = labelled(
+            json!({"containers": [{"name": "app", "env": [{"name": "K", "value": ["SUPERSECRET"]}], "image": 5}]}),
+        );
         let msg = err(&t, &options()).to_string();
         assert!(!msg.contains("SUPERSECRET"), "{msg}");
-        let t = json!({"metadata": {"labels": {ROLE_LABEL: "r"}}, "spec": {"containers": [{"name": "app", "ports": [{"containerPort": "SUPERSECRET"}]}]}});
+        let t = labelled(
+            json!({"containers": [{"name": "app", "ports": [{"containerPort": "SUPERSECRET"}]}]}),
+        );
         let msg = err(&t, &options()).to_string();
         assert!(!msg.contains("SUPERSECRET"), "{msg}");
         assert!(
@@ -1435,17 +1241,14 @@ mod tests {
 
     #[test]
     fn numeric_quantities_decode_and_stay_as_written() {
-        let t = json!({
-            "metadata": {"labels": {ROLE_LABEL: "r"}},
-            "spec": {
-                "overhead": {"cpu": 0.25},
-                "containers": [{
-                    "name": "app",
-                    "resources": {"limits": {"cpu": 1, "memory": 1_000_000}, "requests": {"cpu": 0.5}}
-                }],
-                "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": 1024}}]
-            }
-        });
+        let t = labelled(json!({
+            "overhead": {"cpu": 0.25},
+            "containers": [{
+                "name": "app",
+                "resources": {"limits": {"cpu": 1, "memory": 1_000_000}, "requests": {"cpu": 0.5}}
+            }],
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": 1024}}]
+        }));
         let out = mutate_ok(&t, &endpoint());
         assert_eq!(
             out["spec"]["containers"][0]["resources"],
@@ -1456,10 +1259,8 @@ mod tests {
         assert_eq!(patch(&out, &endpoint()), Ok(None));
         // Elsewhere a number where a string belongs is still an error.
         let t = with(t, "/spec/containers/0/image", json!(5));
-        assert!(matches!(
-            err(&t, &endpoint()),
-            MutateError::Malformed { .. }
-        ));
+        let e = err(&t, &endpoint());
+        assert!(matches!(e, MutateError::Malformed { .. }), "{e:?}");
     }
 
     #[test]
@@ -1490,33 +1291,22 @@ mod tests {
         assert_eq!(out["metadata"]["futureMeta"], 1);
         assert_eq!(out["status"], json!({"phase": "Pending"}));
         assert_eq!(out["kind"], "Pod");
-        assert_eq!(out["spec"]["initContainers"][1]["futureField"], "keep");
-        assert!(
-            out["spec"]["initContainers"][0]
-                .get("futureField")
-                .is_none()
-        );
+        let inits = &out["spec"]["initContainers"];
+        assert_eq!(inits[1]["futureField"], "keep");
+        assert!(inits[0].get("futureField").is_none());
         assert_eq!(out["spec"]["containers"][0]["futureField"], json!({"a": 1}));
         assert_eq!(out["spec"]["containers"][0]["env"][0]["futureEnv"], true);
-        // Only additions.
-        let p = patch(&t, &options()).unwrap().unwrap();
-        assert!(
-            p.0.iter()
-                .all(|op| matches!(op, json_patch::PatchOperation::Add(_)))
-        );
+        assert!(only_adds(&patch(&t, &options()).unwrap().unwrap()));
+        let remove = serde_json::from_value(json!([{"op": "remove", "path": "/spec"}])).unwrap();
+        assert!(!only_adds(&remove), "a removal is no addition");
     }
 
     #[test]
     fn the_patch_is_minimal() {
         let p = patch(&template(), &endpoint()).unwrap().unwrap();
-        let ops: Vec<String> =
+        let ops: Vec<Value> =
             p.0.iter()
-                .map(|op| {
-                    serde_json::to_value(op).unwrap()["path"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
+                .map(|op| serde_json::to_value(op).unwrap()["path"].take())
                 .collect();
         assert_eq!(
             ops,
@@ -1547,7 +1337,6 @@ mod tests {
             }
         }
     }
-
     /// Pod templates with a random mix of containers, user settings and annotations.
     fn arb_template() -> impl Strategy<Value = Value> {
         let env_names = prop::sample::subsequence(
@@ -1650,7 +1439,7 @@ mod tests {
                 prop_assert_eq!(mutate(&decode(&t).unwrap(), &o).unwrap(), None);
                 return Ok(());
             };
-            prop_assert!(p.0.iter().all(|op| matches!(op, json_patch::PatchOperation::Add(_))));
+            prop_assert!(only_adds(&p));
             let once = mutate_ok(&t, &o);
             prop_assert_eq!(patch(&once, &o), Ok(None));
             let typed = mutate(&decode(&t).unwrap(), &o).unwrap().unwrap();

@@ -116,12 +116,8 @@ impl WebhookMetrics {
             "Serving certificate reloads after its files changed, by result (ok, failed)",
             reloads.clone(),
         );
-        for outcome in Outcome::ALL {
-            requests
-                .get_or_create(&ResultLabel {
-                    result: outcome.as_str(),
-                })
-                .inc_by(0);
+        for result in Outcome::ALL.map(Outcome::as_str) {
+            requests.get_or_create(&ResultLabel { result }).inc_by(0);
         }
         for result in ["ok", "failed"] {
             reloads.get_or_create(&ResultLabel { result }).inc_by(0);
@@ -135,11 +131,8 @@ impl WebhookMetrics {
     }
 
     fn record(&self, outcome: Outcome, elapsed: Duration) {
-        self.requests
-            .get_or_create(&ResultLabel {
-                result: outcome.as_str(),
-            })
-            .inc();
+        let result = outcome.as_str();
+        self.requests.get_or_create(&ResultLabel { result }).inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 
@@ -295,14 +288,9 @@ async fn respond(
             let answer = mutate(req, &shared.options).await;
             shared.metrics.record(answer.outcome, started.elapsed());
             log(&answer);
-            let mut response = Response::new(Full::new(Bytes::from(answer.body)));
-            *response.status_mut() =
+            let status =
                 StatusCode::from_u16(answer.http_status).unwrap_or(StatusCode::BAD_REQUEST);
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(answer.content_type),
-            );
-            response
+            reply(status, answer.content_type, answer.body.into())
         }
         ("/mutate", _) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n");
@@ -315,16 +303,11 @@ async fn respond(
             text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
         }
         ("/readyz", _) => text(StatusCode::OK, "ok\n"),
-        ("/metrics", _) => {
-            let mut r = text(StatusCode::OK, shared.metrics.encode());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
+        ("/metrics", _) => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode().into(),
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)
@@ -370,34 +353,30 @@ fn log(answer: &Answer) {
     let message = answer.message.as_deref().unwrap_or_default();
     match answer.outcome {
         Outcome::Mutated | Outcome::Unchanged => tracing::debug!(
-            uid = %answer.uid,
-            namespace = %answer.namespace,
-            pod = %answer.name,
-            result = answer.outcome.as_str(),
-            "admission"
+            uid = %answer.uid, namespace = %answer.namespace, pod = %answer.name,
+            result = answer.outcome.as_str(), "admission"
         ),
         Outcome::Denied => tracing::warn!(
-            uid = %answer.uid,
-            namespace = %answer.namespace,
-            pod = %answer.name,
-            message,
+            uid = %answer.uid, namespace = %answer.namespace, pod = %answer.name, message,
             "admission denied: the pod asks for credentials it cannot be given"
         ),
         Outcome::Invalid => tracing::warn!(
-            uid = %answer.uid,
-            status = answer.http_status,
-            message,
+            uid = %answer.uid, status = answer.http_status, message,
             "admission request refused: not a usable AdmissionReview"
         ),
     }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+    reply(status, "text/plain; charset=utf-8", body.into())
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        header::HeaderValue::from_static(content_type),
     );
     r
 }
@@ -405,15 +384,9 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Delivery;
 
     fn options() -> MutateOptions {
-        MutateOptions {
-            default_delivery: Delivery::Process,
-            sidecar_image: "image".into(),
-            sidecar_port: 9911,
-            region: None,
-        }
+        MutateOptions::new("image")
     }
 
     /// A body beyond the cap is refused with 413 whether or not its length was declared

@@ -14,9 +14,10 @@ use std::process::{Command, Output, Stdio};
 
 use clap::Parser as _;
 use kube_aws_iam_controller::cli::{Cli, Command as Sub};
+use kube_aws_iam_controller::delivery::ROLE_LABEL;
 use kube_aws_iam_controller::delivery::inject::{self, InjectArgs};
 use kube_aws_iam_controller::delivery::mutate::{self, MutateOptions};
-use kube_aws_iam_controller::delivery::{Delivery, ROLE_LABEL};
+use serde_json::Value;
 
 use crate::support::{repo_root, snapshot};
 
@@ -77,21 +78,17 @@ fn case_argv(dir: &Path) -> Vec<String> {
 /// Runs one fixture case: snapshot, idempotence, nothing printed on failure, no canary.
 fn check_case(name: &str) {
     let dir = cases_dir().join(name);
-    let argv = case_argv(&dir);
-    let out = run(&parse(&argv));
+    let args = parse(&case_argv(&dir));
+    let out = run(&args);
     let prefix = format!("{}/", dir.display());
     let stderr = out.stderr.replace(&prefix, "");
     assert!(
         !out.stdout.contains(CANARY) && !stderr.contains(CANARY),
         "{name}: a value of the input is echoed:\n{stderr}"
     );
-    snapshot(
-        &format!("inject@{name}"),
-        &format!(
-            "exit code: {}\n--- stderr\n{stderr}--- stdout\n{}",
-            out.code, out.stdout
-        ),
-    );
+    let (code, stdout) = (out.code, &out.stdout);
+    let shown = format!("exit code: {code}\n--- stderr\n{stderr}--- stdout\n{stdout}");
+    snapshot(&format!("inject@{name}"), &shown);
     if out.code != 0 {
         assert_eq!(out.code, 2, "{name}: a broken input exits 2");
         assert!(out.stdout.is_empty(), "{name}: printed half a bundle");
@@ -105,8 +102,8 @@ fn check_case(name: &str) {
     let again = inject::inject_text(
         "output",
         &out.stdout,
-        &parse(&argv).mutation.options(),
-        parse(&argv).role.as_deref(),
+        &args.mutation.options(),
+        args.role.as_deref(),
     )
     .unwrap_or_else(|e| panic!("{name}: the output does not inject: {e:?}"));
     assert_eq!(again.mutated, 0, "{name}: output mutated again");
@@ -181,12 +178,7 @@ fn unchanged_input_is_printed_byte_for_byte() {
 }
 
 fn options() -> MutateOptions {
-    MutateOptions {
-        default_delivery: Delivery::Process,
-        sidecar_image: "example.com/kaic:1".into(),
-        sidecar_port: 9911,
-        region: None,
-    }
+    MutateOptions::new("example.com/kaic:1")
 }
 
 /// Each mutated pod template is exactly what the mutation's patch makes of it, so `inject`
@@ -200,35 +192,27 @@ fn injected_templates_equal_the_patched_input() {
         out.mutated, 9,
         "Pod, 5 workloads, CronJob and the Deployments of both lists"
     );
-    let docs = |text: &str| -> Vec<serde_json::Value> {
+    let docs = |text: &str| -> Vec<Value> {
         text.split("\n---")
-            .filter_map(|d| serde_saphyr::from_str::<serde_json::Value>(d).ok())
+            .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
             .filter(|v| !v.is_null())
             .collect()
     };
     let before = docs(&input);
     let after = docs(&out.text);
     assert_eq!(before.len(), after.len());
-    let templates = |v: &serde_json::Value| -> Vec<serde_json::Value> {
-        let pointer = match v["kind"].as_str() {
-            Some("Pod") => "",
-            Some("CronJob") => "/spec/jobTemplate/spec/template",
-            _ => "/spec/template",
-        };
-        let items = v.get("items").and_then(|i| i.as_array());
-        let objects: Vec<&serde_json::Value> = match items {
-            Some(items) => items.iter().collect(),
-            None => vec![v],
+    let templates = |v: &Value| -> Vec<Value> {
+        let (objects, pointer) = match v.get("items").and_then(Value::as_array) {
+            Some(items) => (items.iter().collect(), "/spec/template"),
+            None => match v["kind"].as_str() {
+                Some("Pod") => (vec![v], ""),
+                Some("CronJob") => (vec![v], "/spec/jobTemplate/spec/template"),
+                _ => (vec![v], "/spec/template"),
+            },
         };
         objects
             .iter()
-            .filter_map(|o| {
-                o.pointer(if items.is_some() {
-                    "/spec/template"
-                } else {
-                    pointer
-                })
-            })
+            .filter_map(|o| o.pointer(pointer))
             .filter(|t| t.pointer("/metadata/labels").is_some())
             .cloned()
             .collect()
@@ -295,14 +279,12 @@ fn an_invalid_role_flag_is_refused() {
 
 #[test]
 fn sources_are_joined_into_one_stream() {
-    let sources = vec![
-        (
-            "a.yaml".to_string(),
-            b"kind: A\nmetadata: {name: a}".to_vec(),
-        ),
-        ("b.yaml".to_string(), b"---\nkind: B\n".to_vec()),
-        ("c.yaml".to_string(), b"".to_vec()),
-        ("d.yaml".to_string(), b"kind: D\n".to_vec()),
+    let source = |name: &str, text: &str| (name.to_string(), text.as_bytes().to_vec());
+    let sources = [
+        source("a.yaml", "kind: A\nmetadata: {name: a}"),
+        source("b.yaml", "---\nkind: B\n"),
+        source("c.yaml", ""),
+        source("d.yaml", "kind: D\n"),
     ];
     let out = inject::inject_sources(&sources, &options(), None).unwrap();
     assert_eq!(
@@ -344,12 +326,8 @@ fn binary_reads_stdin_and_prints_what_the_library_does() {
     let expected = run(&parse(&case_argv(&dir))).stdout;
     for args in [vec!["inject", "-"], vec!["inject"]] {
         let out = bin(&args, input.as_bytes());
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
         assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
         assert!(out.stderr.is_empty());
     }
@@ -362,11 +340,8 @@ fn binary_fails_a_broken_bundle_with_nothing_on_stdout() {
     let input = read(&cases_dir().join("hostile-non-map-spec/input.yaml"));
     let out = bin(&["inject", "--role", "r", "-"], input.as_bytes());
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        out.stdout.is_empty(),
-        "printed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.is_empty(), "printed: {printed}");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("(stdin), document 1 (line 1) (Deployment spec-string): spec.template.spec: not a mapping"), "{stderr}");
     assert!(!stderr.contains(CANARY), "{stderr}");
@@ -380,21 +355,15 @@ fn binary_fails_a_broken_bundle_with_nothing_on_stdout() {
 /// A directory is read in name order (*.yaml and *.yml only); files and `-` mix.
 #[test]
 fn binary_reads_directories_in_order() {
-    let dir = std::env::temp_dir().join(format!("inject-dir-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     std::fs::write(dir.join("b.yml"), "kind: B\n").unwrap();
     std::fs::write(dir.join("a.yaml"), "kind: A\n").unwrap();
     std::fs::write(dir.join("c.txt"), "kind: C\n").unwrap();
     let d = dir.display().to_string();
     let out = bin(&["inject", &d, "-"], b"kind: Stdin\n");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         "kind: A\n---\nkind: B\n---\nkind: Stdin\n"
@@ -445,25 +414,13 @@ fn content_on_the_marker_line_is_not_duplicated() {
     let text = "kind: ConfigMap\n--- {apiVersion: v1, kind: Pod, metadata: {name: p, labels: {kube-aws-iam-controller/role: r}}, spec: {containers: [{name: c, image: i}]}}\n--- # heading comment\napiVersion: v1\nkind: Pod\nmetadata: {name: q, labels: {kube-aws-iam-controller/role: r}}\nspec: {containers: [{name: c, image: i}]}\n";
     let out = inject::inject_text("m", text, &options(), None).unwrap();
     assert_eq!(out.mutated, 2);
-    assert_eq!(out.text.matches("name: p").count(), 1, "{}", out.text);
-    assert_eq!(
-        out.text.matches("# heading comment").count(),
-        1,
-        "{}",
-        out.text
-    );
-    assert!(
-        out.text
-            .starts_with("kind: ConfigMap\n---\napiVersion: v1\nkind: Pod\n"),
-        "{}",
-        out.text
-    );
-    assert!(
-        out.text
-            .contains("---\n# heading comment\napiVersion: v1\n"),
-        "{}",
-        out.text
-    );
-    let again = inject::inject_text("m", &out.text, &options(), None).unwrap();
-    assert_eq!(again.text, out.text);
+    let printed = &out.text;
+    assert_eq!(printed.matches("name: p").count(), 1, "{printed}");
+    assert_eq!(printed.matches("# heading comment").count(), 1, "{printed}");
+    let start = "kind: ConfigMap\n---\napiVersion: v1\nkind: Pod\n";
+    assert!(printed.starts_with(start), "{printed}");
+    let heading = "---\n# heading comment\napiVersion: v1\n";
+    assert!(printed.contains(heading), "{printed}");
+    let again = inject::inject_text("m", printed, &options(), None).unwrap();
+    assert_eq!(&again.text, printed);
 }

@@ -128,16 +128,7 @@ pub fn review(body: &[u8], options: &MutateOptions) -> Answer {
     } else {
         request.name.clone()
     };
-    let mut answer = Answer {
-        http_status: 200,
-        content_type: "application/json",
-        body: Vec::new(),
-        outcome: Outcome::Unchanged,
-        uid: request.uid.clone(),
-        namespace,
-        name,
-        message: None,
-    };
+    let mut answer = Answer::to(request.uid.clone(), namespace, name);
     let is_pod_creation = request.operation == Operation::Create
         && request.kind.group.is_empty()
         && request.kind.kind == "Pod"
@@ -152,11 +143,8 @@ pub fn review(body: &[u8], options: &MutateOptions) -> Answer {
         return answer;
     }
     if !object.is_object() {
-        answer.outcome = Outcome::Invalid;
         let message = "request.object must be the Pod being created".to_string();
-        answer.body = response(&request.uid, refusal(&message));
-        answer.message = Some(message);
-        return answer;
+        return answer.refused(Outcome::Invalid, message);
     }
     match mutate::patch(&object, options) {
         Ok(Some(patch)) if !patch.0.is_empty() => match serde_json::to_vec(&patch) {
@@ -170,25 +158,43 @@ pub fn review(body: &[u8], options: &MutateOptions) -> Answer {
                         "patch": base64::engine::general_purpose::STANDARD.encode(bytes),
                     }),
                 );
+                answer
             }
-            Err(e) => {
-                let message = format!("cannot serialise the patch: {e}");
-                answer.outcome = Outcome::Denied;
-                answer.body = response(&request.uid, refusal(&message));
-                answer.message = Some(message);
-            }
+            Err(e) => answer.refused(Outcome::Denied, format!("cannot serialise the patch: {e}")),
         },
         Ok(_) => {
             answer.body = response(&request.uid, json!({ "allowed": true }));
+            answer
         }
         Err(e) => {
             let message = format!("kube-aws-iam-controller cannot give this pod credentials: {e}");
-            answer.outcome = Outcome::Denied;
-            answer.body = response(&request.uid, refusal(&message));
-            answer.message = Some(message);
+            answer.refused(Outcome::Denied, message)
         }
     }
-    answer
+}
+
+impl Answer {
+    /// An AdmissionReview answer to request `uid`, so far without a body.
+    fn to(uid: String, namespace: String, name: String) -> Answer {
+        Answer {
+            http_status: 200,
+            content_type: "application/json",
+            body: Vec::new(),
+            outcome: Outcome::Unchanged,
+            uid,
+            namespace,
+            name,
+            message: None,
+        }
+    }
+
+    /// The answer refusing the request with `message`.
+    fn refused(mut self, outcome: Outcome, message: String) -> Answer {
+        self.outcome = outcome;
+        self.body = response(&self.uid, refusal(&message));
+        self.message = Some(message);
+        self
+    }
 }
 
 /// `{"allowed": false, "status": …}` with a 400 status the API server relays to the client.
@@ -220,16 +226,9 @@ fn response(uid: &str, mut fields: Value) -> Vec<u8> {
 /// message) when its UID is known, else a plain HTTP 400.
 fn invalid(uid: Option<String>, message: String) -> Answer {
     match uid {
-        Some(uid) => Answer {
-            http_status: 200,
-            content_type: "application/json",
-            body: response(&uid, refusal(&message)),
-            outcome: Outcome::Invalid,
-            uid,
-            namespace: String::new(),
-            name: String::new(),
-            message: Some(message),
-        },
+        Some(uid) => {
+            Answer::to(uid, String::new(), String::new()).refused(Outcome::Invalid, message)
+        }
         None => bare_error(400, message),
     }
 }
@@ -250,33 +249,25 @@ pub fn bare_error(http_status: u16, message: String) -> Answer {
 
 /// At most 64 characters of a value quoted back in a message.
 fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(64).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    format!("{out:?}")
+    format!("{:?}", mutate::truncated(s))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Delivery;
 
     fn options() -> MutateOptions {
-        MutateOptions {
-            default_delivery: Delivery::Process,
-            sidecar_image: "registry.example.com/kube-aws-iam-controller:test".into(),
-            sidecar_port: 9911,
-            region: None,
-        }
+        MutateOptions::new("registry.example.com/kube-aws-iam-controller:test")
     }
+
+    const UID: &str = "705ab4f5-6393-11e8-b7cc-42010a800002";
 
     fn request(object: Value) -> Value {
         json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "request": {
-                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "uid": UID,
                 "kind": {"group": "", "version": "v1", "kind": "Pod"},
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
@@ -300,25 +291,24 @@ mod tests {
         })
     }
 
+    /// The answer to `body`, sent as JSON.
+    fn answer(body: &Value) -> Answer {
+        review(body.to_string().as_bytes(), &options())
+    }
+
     fn decode(answer: &Answer) -> Value {
         serde_json::from_slice(&answer.body).unwrap()
     }
 
     #[test]
     fn unlabelled_pods_are_allowed_untouched_and_typemeta_and_uid_are_echoed() {
-        let a = review(
-            request(pod(json!({"app": "x"}))).to_string().as_bytes(),
-            &options(),
-        );
+        let a = answer(&request(pod(json!({"app": "x"}))));
         assert_eq!((a.http_status, a.outcome), (200, Outcome::Unchanged));
         assert_eq!(a.name, "app-7d9c-");
         let v = decode(&a);
         assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(v["kind"], "AdmissionReview");
-        assert_eq!(
-            v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "{v}"
-        );
+        assert_eq!(v["response"]["uid"], UID, "{v}");
         assert_eq!(v["response"]["allowed"], true);
         assert!(v["response"].get("patch").is_none());
         assert!(v["response"].get("patchType").is_none());
@@ -331,7 +321,7 @@ mod tests {
         let mut sub = request(pod(json!({"kube-aws-iam-controller/role": "app"})));
         sub["request"]["subResource"] = json!("binding");
         for body in [update, sub] {
-            let a = review(body.to_string().as_bytes(), &options());
+            let a = answer(&body);
             assert_eq!(a.outcome, Outcome::Unchanged);
             assert_eq!(decode(&a)["response"]["allowed"], true);
         }
@@ -362,11 +352,11 @@ mod tests {
     fn a_malformed_review_with_a_uid_is_refused_in_an_admission_review() {
         let mut body = request(pod(json!({})));
         body["request"]["operation"] = json!(42);
-        let a = review(body.to_string().as_bytes(), &options());
+        let a = answer(&body);
         assert_eq!((a.http_status, a.outcome), (200, Outcome::Invalid));
         let v = decode(&a);
         assert_eq!(v["response"]["allowed"], false);
-        assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(v["response"]["uid"], UID);
         let message = v["response"]["status"]["message"].as_str().unwrap();
         assert!(message.contains("AdmissionReview"), "{message}");
         assert!(
@@ -376,16 +366,14 @@ mod tests {
 
         let mut old = request(pod(json!({})));
         old["apiVersion"] = json!("admission.k8s.io/v1beta1");
-        let a = review(old.to_string().as_bytes(), &options());
-        let message = decode(&a)["response"]["status"]["message"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let a = answer(&old);
+        let v = decode(&a);
+        let message = v["response"]["status"]["message"].as_str().unwrap();
         assert!(message.contains("admission.k8s.io/v1beta1"), "{message}");
 
         let mut no_object = request(Value::Null);
         no_object["request"]["object"] = Value::Null;
-        let a = review(no_object.to_string().as_bytes(), &options());
+        let a = answer(&no_object);
         assert_eq!(a.outcome, Outcome::Invalid);
         assert!(
             a.message.unwrap().contains("request.object"),
@@ -396,7 +384,7 @@ mod tests {
     #[test]
     fn a_patch_from_the_mutation_is_answered_as_base64_json_patch() {
         let object = pod(json!({"kube-aws-iam-controller/role": "app"}));
-        let a = review(request(object.clone()).to_string().as_bytes(), &options());
+        let a = answer(&request(object.clone()));
         assert_eq!(a.outcome, Outcome::Mutated);
         let v = decode(&a);
         assert_eq!(v["response"]["allowed"], true);
@@ -414,7 +402,7 @@ mod tests {
     fn a_labelled_pod_that_cannot_be_mutated_is_denied_naming_the_field() {
         let mut object = pod(json!({"kube-aws-iam-controller/role": "app"}));
         object["metadata"]["annotations"] = json!({"kube-aws-iam-controller/delivery": "pigeon"});
-        let a = review(request(object).to_string().as_bytes(), &options());
+        let a = answer(&request(object));
         assert_eq!((a.http_status, a.outcome), (200, Outcome::Denied));
         let v = decode(&a);
         assert_eq!(v["response"]["allowed"], false);

@@ -96,18 +96,12 @@ struct FileStamp {
 
 impl FileStamp {
     fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt as _;
         let meta = std::fs::metadata(path).ok()?;
-        #[cfg(unix)]
-        let inode = {
-            use std::os::unix::fs::MetadataExt as _;
-            (meta.dev(), meta.ino())
-        };
-        #[cfg(not(unix))]
-        let inode = (0, 0);
         Some(FileStamp {
             modified: meta.modified().ok(),
             len: meta.len(),
-            inode,
+            inode: (meta.dev(), meta.ino()),
         })
     }
 }
@@ -226,22 +220,11 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn dir(label: &str) -> Dir {
-        let path = std::env::temp_dir().join(format!(
-            "webhook-tls-{label}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Dir(path)
+    /// A fresh directory (removed on drop), and the certificate and key paths in it.
+    fn files() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let (c, k) = (d.path().join("tls.crt"), d.path().join("tls.key"));
+        (d, c, k)
     }
 
     fn pair(name: &str) -> (String, String) {
@@ -268,11 +251,9 @@ mod tests {
 
     #[test]
     fn start_up_errors_name_the_flag_and_never_echo_the_key() {
-        let d = dir("errors");
+        let (d, c, k) = files();
         let (cert, key) = pair("a.example");
         let (other_cert, _) = pair("b.example");
-        let c = d.0.join("tls.crt");
-        let k = d.0.join("tls.key");
         std::fs::write(&c, &cert).unwrap();
         std::fs::write(&k, "garbage").unwrap();
         let e = load_pair(&c, &k, &provider()).unwrap_err().to_string();
@@ -284,21 +265,15 @@ mod tests {
         std::fs::write(&c, &other_cert).unwrap();
         let e = load_pair(&c, &k, &provider()).unwrap_err().to_string();
         assert!(e.contains("does not belong"), "{e}");
-        let body: String = key
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect::<Vec<_>>()
-            .concat();
+        let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
         assert!(!e.contains(&body[..16]));
-        let missing = load_pair(&d.0.join("nope"), &k, &provider()).unwrap_err();
+        let missing = load_pair(&d.path().join("nope"), &k, &provider()).unwrap_err();
         assert!(missing.to_string().starts_with("--tls-cert-file "));
     }
 
     #[test]
     fn a_changed_pair_is_served_and_a_broken_one_is_not() {
-        let d = dir("reload");
-        let c = d.0.join("tls.crt");
-        let k = d.0.join("tls.key");
+        let (_d, c, k) = files();
         let (cert1, key1) = pair("one.example");
         std::fs::write(&c, &cert1).unwrap();
         std::fs::write(&k, &key1).unwrap();
