@@ -15,8 +15,8 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::arn::{self, BaseArn, MAX_SESSION_NAME, RoleArn};
+use crate::delivery::Delivery;
 use crate::delivery::mutate::{self, MutateOptions};
-use crate::delivery::{DEFAULT_SIDECAR_PORT, Delivery};
 use crate::model::{Observed, ObservedSecret};
 use crate::offline;
 use crate::plan::render::{OutputFormat, render};
@@ -569,12 +569,7 @@ fn check_rendering(
 
 /// The mutation options every pod is mutated with.
 pub fn mutate_options() -> Vec<MutateOptions> {
-    let base = MutateOptions {
-        default_delivery: Delivery::Process,
-        sidecar_image: "registry.example.com/kube-aws-iam-controller:fuzz".into(),
-        sidecar_port: DEFAULT_SIDECAR_PORT,
-        region: None,
-    };
+    let base = MutateOptions::new("registry.example.com/kube-aws-iam-controller:fuzz");
     vec![
         base.clone(),
         MutateOptions {

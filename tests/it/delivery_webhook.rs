@@ -16,8 +16,8 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube_aws_iam_controller::delivery::ROLE_LABEL;
 use kube_aws_iam_controller::delivery::mutate::{self, MutateOptions};
-use kube_aws_iam_controller::delivery::{Delivery, ROLE_LABEL};
 use serde_json::{Value, json};
 
 use crate::ship::{kind_of, kinds, kustomize, only, relative_path};
@@ -42,12 +42,7 @@ fn fixture(name: &str) -> Value {
 }
 
 fn options() -> MutateOptions {
-    MutateOptions {
-        default_delivery: Delivery::Process,
-        sidecar_image: SIDECAR_IMAGE.into(),
-        sidecar_port: 9911,
-        region: None,
-    }
+    MutateOptions::new(SIDECAR_IMAGE)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sts::error::DisplayErrorContext;
 use jiff::{Timestamp, ToSpan};
 use kube_aws_iam_controller::delivery::mutate::{self, MutateOptions};
-use kube_aws_iam_controller::delivery::{DELIVERY_ANNOTATION, Delivery, ROLE_LABEL, TOKEN_ENV};
+use kube_aws_iam_controller::delivery::{DELIVERY_ANNOTATION, ROLE_LABEL, TOKEN_ENV};
 use kube_aws_iam_controller::secret::{self, Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS};
 use serde_json::{Value, json};
 
@@ -226,10 +226,8 @@ fn mutated_endpoint_pod_runs_every_sdk_without_a_shell() {
 /// mutated through the JSON patch the webhook would answer with (`inject` applies the same).
 fn mutated_endpoint_pod(port: u16) -> PodSpecView {
     let options = MutateOptions {
-        default_delivery: Delivery::Process,
-        sidecar_image: "registry.example.com/kube-aws-iam-controller:test".into(),
         sidecar_port: port,
-        region: None,
+        ..MutateOptions::new("registry.example.com/kube-aws-iam-controller:test")
     };
     let template = json!({
         "metadata": {
