@@ -8,7 +8,9 @@
 
 use base64::Engine as _;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionReview, META_API_VERSION_V1, META_KIND, Operation};
+use kube::core::admission::{
+    AdmissionRequest, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
+};
 use serde_json::{Value, json};
 
 use crate::delivery::mutate::{self, MutateOptions};
@@ -68,17 +70,51 @@ pub struct Answer {
 
 /// Answers the body of a `POST /mutate`.
 pub fn review(body: &[u8], options: &MutateOptions) -> Answer {
-    let mut value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            return bare_error(
-                400,
-                format!(
-                    "the request body is not JSON ({e}); expected an admission.k8s.io/v1 AdmissionReview"
-                ),
-            );
-        }
+    let (request, object) = match decode(body) {
+        Ok(decoded) => decoded,
+        Err(answer) => return *answer,
     };
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let name = if request.name.is_empty() {
+        object
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        request.name.clone()
+    };
+    let answer = Answer::to(request.uid.clone(), namespace, name);
+    let is_pod_creation = request.operation == Operation::Create
+        && request.kind.group.is_empty()
+        && request.kind.kind == "Pod"
+        && request
+            .sub_resource
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty();
+    if !is_pod_creation {
+        // Only pod creations are registered; anything else passes untouched.
+        return answer.allowed(json!({ "allowed": true }));
+    }
+    if !object.is_object() {
+        let message = "request.object must be the Pod being created".to_string();
+        return answer.refused(Outcome::Invalid, message);
+    }
+    admit_pod(answer, &object, options)
+}
+
+/// The request of an admission.k8s.io/v1 AdmissionReview and, kept as raw JSON, the object it
+/// is about; or the answer refusing a body that is not one.
+fn decode(body: &[u8]) -> Result<(AdmissionRequest<DynamicObject>, Value), Box<Answer>> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+        Box::new(bare_error(
+            400,
+            format!(
+                "the request body is not JSON ({e}); expected an admission.k8s.io/v1 AdmissionReview"
+            ),
+        ))
+    })?;
     let uid = value
         .pointer("/request/uid")
         .and_then(Value::as_str)
@@ -92,17 +128,12 @@ pub fn review(body: &[u8], options: &MutateOptions) -> Answer {
     if let Some(old) = value.pointer_mut("/request/oldObject") {
         *old = Value::Null;
     }
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(value) {
-        Ok(r) => r,
-        Err(e) => {
-            return invalid(
-                uid,
-                format!("the body is not an admission.k8s.io/v1 AdmissionReview: {e}"),
-            );
-        }
-    };
+    let review: AdmissionReview<DynamicObject> = serde_json::from_value(value).map_err(|e| {
+        let message = format!("the body is not an admission.k8s.io/v1 AdmissionReview: {e}");
+        Box::new(invalid(uid.clone(), message))
+    })?;
     if review.types.kind != META_KIND || review.types.api_version != META_API_VERSION_V1 {
-        return invalid(
+        return Err(Box::new(invalid(
             uid,
             format!(
                 "apiVersion/kind must be {META_API_VERSION_V1}/{META_KIND}, got {}/{} \
@@ -110,62 +141,37 @@ pub fn review(body: &[u8], options: &MutateOptions) -> Answer {
                 clip(&review.types.api_version),
                 clip(&review.types.kind)
             ),
-        );
+        )));
     }
     let Some(request) = review.request else {
-        return invalid(uid, "the AdmissionReview has no request".into());
+        return Err(Box::new(invalid(
+            uid,
+            "the AdmissionReview has no request".into(),
+        )));
     };
     if request.uid.is_empty() {
-        return invalid(None, "request.uid is empty".into());
+        return Err(Box::new(invalid(None, "request.uid is empty".into())));
     }
-    let namespace = request.namespace.clone().unwrap_or_default();
-    let name = if request.name.is_empty() {
-        object
-            .pointer("/metadata/generateName")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    } else {
-        request.name.clone()
-    };
-    let mut answer = Answer::to(request.uid.clone(), namespace, name);
-    let is_pod_creation = request.operation == Operation::Create
-        && request.kind.group.is_empty()
-        && request.kind.kind == "Pod"
-        && request
-            .sub_resource
-            .as_deref()
-            .unwrap_or_default()
-            .is_empty();
-    if !is_pod_creation {
-        // Only pod creations are registered; anything else passes untouched.
-        answer.body = response(&request.uid, json!({ "allowed": true }));
-        return answer;
-    }
-    if !object.is_object() {
-        let message = "request.object must be the Pod being created".to_string();
-        return answer.refused(Outcome::Invalid, message);
-    }
-    match mutate::patch(&object, options) {
+    Ok((request, object))
+}
+
+/// A pod being created: allowed with the mutation's patch, allowed as it is when it needs none,
+/// or denied with the reason it cannot be given credentials.
+fn admit_pod(answer: Answer, pod: &Value, options: &MutateOptions) -> Answer {
+    match mutate::patch(pod, options) {
         Ok(Some(patch)) if !patch.0.is_empty() => match serde_json::to_vec(&patch) {
             Ok(bytes) => {
+                let mut answer = answer.allowed(json!({
+                    "allowed": true,
+                    "patchType": "JSONPatch",
+                    "patch": base64::engine::general_purpose::STANDARD.encode(bytes),
+                }));
                 answer.outcome = Outcome::Mutated;
-                answer.body = response(
-                    &request.uid,
-                    json!({
-                        "allowed": true,
-                        "patchType": "JSONPatch",
-                        "patch": base64::engine::general_purpose::STANDARD.encode(bytes),
-                    }),
-                );
                 answer
             }
             Err(e) => answer.refused(Outcome::Denied, format!("cannot serialise the patch: {e}")),
         },
-        Ok(_) => {
-            answer.body = response(&request.uid, json!({ "allowed": true }));
-            answer
-        }
+        Ok(_) => answer.allowed(json!({ "allowed": true })),
         Err(e) => {
             let message = format!("kube-aws-iam-controller cannot give this pod credentials: {e}");
             answer.refused(Outcome::Denied, message)
@@ -186,6 +192,12 @@ impl Answer {
             name,
             message: None,
         }
+    }
+
+    /// The answer allowing the request with this `response`.
+    fn allowed(mut self, response: Value) -> Answer {
+        self.body = self::response(&self.uid, response);
+        self
     }
 
     /// The answer refusing the request with `message`.
