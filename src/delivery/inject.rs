@@ -431,18 +431,7 @@ fn inject_object(
             Some(Value::Array(items)) => {
                 let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
                 let typed = item_kind.map(|k| (api_version.as_str(), k));
-                let mut changed = false;
-                for (i, item) in items.iter_mut().enumerate() {
-                    changed |= inject_object(place, item, options, role, typed, out).map_err(
-                        |mut e| {
-                            if let InjectError::Mutate { object, .. } = &mut e {
-                                *object = format!(" items[{i}]{object}");
-                            }
-                            e
-                        },
-                    )?;
-                }
-                Ok(changed)
+                inject_items(place, items, options, role, typed, out)
             }
             Some(_) => Err(fail(
                 &describe(&kind, map),
@@ -492,6 +481,27 @@ fn inject_object(
         }
         None => Ok(labelled),
     }
+}
+
+/// Mutates the items of a list in place; whether any changed. An error names the item.
+fn inject_items(
+    place: &Place,
+    items: &mut [Value],
+    options: &MutateOptions,
+    role: Option<&str>,
+    typed: Option<(&str, &str)>,
+    out: &mut Injected,
+) -> Result<bool, InjectError> {
+    let mut changed = false;
+    for (i, item) in items.iter_mut().enumerate() {
+        changed |= inject_object(place, item, options, role, typed, out).map_err(|mut e| {
+            if let InjectError::Mutate { object, .. } = &mut e {
+                *object = format!(" items[{i}]{object}");
+            }
+            e
+        })?;
+    }
+    Ok(changed)
 }
 
 enum Labelled {
