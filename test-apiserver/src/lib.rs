@@ -742,38 +742,7 @@ async fn list(
     );
 
     if let Some(token) = param("continue").filter(|s| !s.is_empty()) {
-        let Some((id, start)) = decode_token(token) else {
-            return status_response(400, "continue key is not valid", None);
-        };
-        let expire = !from_test && std::mem::take(&mut lock(&state.faults).continue_410);
-        let snapshot = {
-            let mut snapshots = lock(&state.snapshots);
-            if expire {
-                snapshots.lists.retain(|(i, _)| *i != id);
-            }
-            snapshots
-                .lists
-                .iter()
-                .find(|(i, _)| *i == id)
-                .map(|(_, s)| Arc::clone(s))
-        };
-        let Some(snapshot) = snapshot else {
-            return status_response(
-                410,
-                "The provided continue parameter is too old to display a consistent list \
-                 result. You can start a new list without the continue parameter.",
-                None,
-            );
-        };
-        if snapshot.identity != identity {
-            return status_response(
-                400,
-                "continue key is not valid: it belongs to another list request \
-                 (path or selectors differ)",
-                None,
-            );
-        }
-        return page(state, id, &snapshot, start, limit);
+        return continue_list(state, token, &identity, limit, from_test);
     }
 
     // The fake must not cut the list; selectors pass through, re-encoded so it reads them.
@@ -823,6 +792,50 @@ async fn list(
         _ => 0,
     };
     page(state, id, &snapshot, 0, limit)
+}
+
+/// The next page of a list started earlier, from the snapshot its `continue` token names: 410
+/// once that snapshot is gone (or the test asked for it to expire), 400 for a token of another
+/// request.
+fn continue_list(
+    state: &State,
+    token: &str,
+    identity: &str,
+    limit: Option<usize>,
+    from_test: bool,
+) -> Response<Body> {
+    let Some((id, start)) = decode_token(token) else {
+        return status_response(400, "continue key is not valid", None);
+    };
+    let expire = !from_test && std::mem::take(&mut lock(&state.faults).continue_410);
+    let snapshot = {
+        let mut snapshots = lock(&state.snapshots);
+        if expire {
+            snapshots.lists.retain(|(i, _)| *i != id);
+        }
+        snapshots
+            .lists
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| Arc::clone(s))
+    };
+    let Some(snapshot) = snapshot else {
+        return status_response(
+            410,
+            "The provided continue parameter is too old to display a consistent list \
+             result. You can start a new list without the continue parameter.",
+            None,
+        );
+    };
+    if snapshot.identity != identity {
+        return status_response(
+            400,
+            "continue key is not valid: it belongs to another list request \
+             (path or selectors differ)",
+            None,
+        );
+    }
+    page(state, id, &snapshot, start, limit)
 }
 
 fn page(
