@@ -140,10 +140,17 @@ fn malformed_documents_are_reported_and_the_rest_planned() {
     )
     .unwrap();
     std::fs::write(dir.join("b.yml"), [0xffu8, 0xfe, 0x00]).unwrap();
-    let out = bin(&argv(&format!(
-        "plan --from {} --base-role-arn arn:aws:iam::123456789012:role/ --output json",
-        dir.display()
-    )));
+    let dir = dir.to_str().expect("a UTF-8 scratch path");
+    let base = "arn:aws:iam::123456789012:role/";
+    let out = bin(&[
+        "plan",
+        "--from",
+        dir,
+        "--base-role-arn",
+        base,
+        "--output",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
     assert_contains(&err, "a.yaml: document 2: could not be read as YAML");

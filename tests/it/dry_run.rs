@@ -12,7 +12,6 @@ use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::secret;
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder};
-use crate::support::argv;
 use crate::support::assert_contains;
 use crate::support::harness::*;
 
@@ -202,8 +201,8 @@ async fn offline_plan_without_a_base_blames_the_plan_not_the_spec() {
         "apiVersion: zalando.org/v1\nkind: AWSIAMRole\nmetadata: {name: bare, namespace: team-a, uid: u1, generation: 1}\nspec: {roleReference: team/app-bare}\n---\napiVersion: zalando.org/v1\nkind: AWSIAMRole\nmetadata: {name: bad, namespace: team-a, uid: u2, generation: 1}\nspec: {roleReference: \"/app-bad\"}\n",
     )
     .unwrap();
-    let line = format!("plan --from {} --output json", input.display());
-    let plan = argv(&line);
+    let input = input.to_str().expect("a UTF-8 scratch path");
+    let plan = ["plan", "--from", input, "--output", "json"];
     // The action planned for `bare`, from a JSON plan on stdout.
     let action = |out: &Output| {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -44,7 +44,9 @@ pub fn assert_contains(haystack: &str, needle: &str) {
     );
 }
 
-/// The words of a command line (the tests' arguments hold no spaces).
+/// The words of a command line written as one string. Only for arguments without spaces: a
+/// scratch path (under the checkout's target directory, which may contain spaces) goes
+/// separately.
 pub fn argv(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
