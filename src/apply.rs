@@ -70,6 +70,9 @@ pub enum Outcome {
     },
     /// Not started because the controller is shutting down.
     NotStarted,
+    /// Not sent: the cluster changed since it was observed (an orphan's AWSIAMRole is back);
+    /// the next pass plans it again.
+    Superseded,
 }
 
 impl Outcome {
@@ -78,6 +81,7 @@ impl Outcome {
             Outcome::Done => "ok",
             Outcome::Failed { .. } => "failed",
             Outcome::NotStarted => "not_started",
+            Outcome::Superseded => "superseded",
         }
     }
 }
@@ -105,6 +109,27 @@ pub struct PassReport {
     pub managed_roles: usize,
     /// Earliest expiry among the Secrets, when known.
     pub earliest_expiry: Option<Timestamp>,
+    /// The writes that succeeded, for a watched state to wait for before it plans those
+    /// objects again.
+    pub written: Vec<Written>,
+}
+
+/// Which object a write changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WrittenKind {
+    Secret,
+    Role,
+}
+
+/// A write the executor made: until a watch shows the object past `replaced`, the watched
+/// state still holds what the plan was made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub kind: WrittenKind,
+    pub namespace: String,
+    pub name: String,
+    /// The resourceVersion the write replaced or deleted; `None` when it created the object.
+    pub replaced: Option<String>,
 }
 
 impl PassReport {
@@ -152,6 +177,10 @@ impl fmt::Display for PassReport {
             if skipped > 0 {
                 part.push_str(&format!(" ({skipped} not started)"));
             }
+            let superseded = counts.get(&(kind, "superseded")).copied().unwrap_or(0);
+            if superseded > 0 {
+                part.push_str(&format!(" ({superseded} superseded)"));
+            }
             parts.push(part);
         }
         let sts: Vec<String> = self
@@ -184,6 +213,11 @@ pub struct Executor {
     /// The controller's own AWSIAMRole (namespace, name): its action runs, and finishes,
     /// before any other, so the credentials the controller signs with are renewed first.
     first: Option<(String, String)>,
+    /// GET an orphan's AWSIAMRole just before deleting its Secret (the plan came from a
+    /// watched state, which may lag).
+    confirm_orphans: bool,
+    /// Writes of the pass under way.
+    written: std::sync::Mutex<Vec<Written>>,
 }
 
 /// What one action did, before it is named in the report.
@@ -228,7 +262,28 @@ impl Executor {
             concurrency: concurrency.max(1),
             stopping: Arc::new(AtomicBool::new(false)),
             first: None,
+            confirm_orphans: false,
+            written: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Confirms every orphan delete with a GET of its AWSIAMRole just before it is sent.
+    pub fn confirming_orphans(mut self, confirm: bool) -> Self {
+        self.confirm_orphans = confirm;
+        self
+    }
+
+    fn wrote(&self, kind: WrittenKind, namespace: &str, name: &str, replaced: Option<String>) {
+        let written = Written {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            replaced,
+        };
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(written);
     }
 
     /// Runs the action of AWSIAMRole `namespace/name` before all others in every pass.
@@ -287,6 +342,8 @@ impl Executor {
                 outcome: done.outcome,
             });
         }
+        report.written =
+            std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
         report.duration = start.elapsed();
         report
     }
@@ -484,14 +541,18 @@ impl Executor {
     ) -> Result<(), String> {
         let mut desired = secret::build(role, arn, credentials, issued_at);
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &role.namespace);
+        let replaced = existing.and_then(|e| e.resource_version.clone());
         let written = match existing {
             None => api.create(&PostParams::default(), &desired).await,
-            Some(existing) => {
-                desired.metadata.resource_version = existing.resource_version.clone();
+            Some(_) => {
+                desired.metadata.resource_version = replaced.clone();
                 api.replace(&role.name, &PostParams::default(), &desired)
                     .await
             }
         };
+        if written.is_ok() {
+            self.wrote(WrittenKind::Secret, &role.namespace, &role.name, replaced);
+        }
         written.map(|_| ()).map_err(|e| {
             // The request carried the credentials; a server may quote it back.
             let mut known = vec![
@@ -520,6 +581,19 @@ impl Executor {
         revoked: Option<&(&ObservedRole, AWSIAMRoleStatus)>,
     ) -> Done {
         let done = Done::default();
+        if revoked.is_none() && self.confirm_orphans {
+            match self.role_exists(&existing.namespace, &existing.name).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(namespace = %existing.namespace, name = %existing.name, "not deleting the Secret: its AWSIAMRole exists again");
+                    return Done {
+                        outcome: Outcome::Superseded,
+                        ..done
+                    };
+                }
+                Err(message) => return done.fail(Stage::Secret, message),
+            }
+        }
         if let Err(message) = self.delete_secret(existing).await {
             return done.fail(Stage::Secret, message);
         }
@@ -542,6 +616,22 @@ impl Executor {
         Done { writes: 2, ..done }
     }
 
+    /// Whether an AWSIAMRole of that name exists now (any uid: a new one re-owns the Secret).
+    async fn role_exists(&self, namespace: &str, name: &str) -> Result<bool, String> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &ApiResource::erase::<AWSIAMRole>(&()),
+        );
+        match api.get_metadata_opt(name).await {
+            Ok(found) => Ok(found.is_some()),
+            Err(e) => Err(format!(
+                "confirming that AWSIAMRole {namespace}/{name} is gone before deleting its Secret: {}",
+                kube_message(&e)
+            )),
+        }
+    }
+
     async fn delete_secret(&self, existing: &ObservedSecret) -> Result<(), String> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &existing.namespace);
         let params = DeleteParams {
@@ -552,7 +642,15 @@ impl Executor {
             ..DeleteParams::default()
         };
         match api.delete(&existing.name, &params).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.wrote(
+                    WrittenKind::Secret,
+                    &existing.namespace,
+                    &existing.name,
+                    existing.resource_version.clone(),
+                );
+                Ok(())
+            }
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
             Err(e) => {
                 let message = format!(
@@ -604,7 +702,10 @@ impl Executor {
         });
         api.patch_status(&role.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map(|_| ())
+            .map(|_| {
+                let replaced = role.resource_version.clone();
+                self.wrote(WrittenKind::Role, &role.namespace, &role.name, replaced);
+            })
             .map_err(|e| {
                 let message = format!(
                     "updating status of AWSIAMRole {}/{}: {}",

@@ -62,9 +62,15 @@ pub struct Options {
     /// Debug logging.
     #[arg(long, global = true, env = "KUBE_AWS_IAM_CONTROLLER_DEBUG")]
     pub debug: bool,
-    /// Time between passes of `run` (at least 1s).
+    /// Longest time between passes of `run` (at least 1s); with --watch a pass also starts
+    /// when a watched object changes and when something falls due.
     #[arg(long, global = true, default_value = "10s", value_parser = interval, env = "KUBE_AWS_IAM_CONTROLLER_INTERVAL")]
     pub interval: Duration,
+    /// `run` keeps its state with watches and passes on change, when due and every
+    /// --interval, reading no list; `--watch=false` lists everything every --interval instead.
+    /// `once`, `plan` and dry runs always list.
+    #[arg(long, global = true, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "KUBE_AWS_IAM_CONTROLLER_WATCH")]
+    pub watch: bool,
     /// Smallest refresh margin: credentials are refreshed once no more than
     /// max(refresh-limit, lifetime/2) + jitter remains (capped at lifetime - 3m); at least 1m.
     #[arg(long, global = true, default_value = "15m", value_parser = refresh_limit, env = "KUBE_AWS_IAM_CONTROLLER_REFRESH_LIMIT")]

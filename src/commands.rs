@@ -58,14 +58,16 @@ pub fn controller_config(options: &Options) -> Result<ControllerConfig> {
         },
         concurrency: options.concurrency.get(),
         own_role: None,
+        watch: options.watch,
     })
 }
 
-/// Connects to Kubernetes and STS, discovering the base role ARN when it is not given. A dry
+/// Connects to Kubernetes and STS (`watch`: `run`'s state is kept by watches), discovering the base role ARN when it is not given. A dry
 /// run makes only that read-only `GetCallerIdentity` call, so it resolves bare role names as
 /// the real pass will; it never assumes a role.
-async fn connect(options: &Options, dry_run: bool) -> Result<Controller> {
+async fn connect(options: &Options, dry_run: bool, watch: bool) -> Result<Controller> {
     let mut config = controller_config(options)?;
+    config.watch = watch && !dry_run;
     let client = kube_client(options.apiserver.as_deref()).await?;
     let seed = crate::seed::detect()?.map(Arc::new);
     let aws = AwsOptions {
@@ -179,7 +181,7 @@ pub async fn plan(options: &Options, args: &PlanArgs) -> Result<CommandOutput> {
     match &args.from {
         Some(_) => plan_offline(options, args),
         None => {
-            let controller = connect(options, true).await?;
+            let controller = connect(options, true, false).await?;
             let (_, rendered) = controller.once().await?;
             Ok(CommandOutput {
                 stdout: rendered.unwrap_or_default(),
@@ -232,7 +234,7 @@ pub fn plan_offline(options: &Options, args: &PlanArgs) -> Result<CommandOutput>
 
 /// `once`: one pass against the cluster (printing the plan with `--dry-run`).
 pub async fn once(options: &Options) -> Result<CommandOutput> {
-    let controller = connect(options, options.dry_run).await?;
+    let controller = connect(options, options.dry_run, false).await?;
     let (exit_code, rendered) = controller.once().await?;
     Ok(CommandOutput {
         stdout: rendered.unwrap_or_default(),
@@ -243,7 +245,7 @@ pub async fn once(options: &Options) -> Result<CommandOutput> {
 
 /// `run` (and the bare binary): the loop, until SIGTERM/SIGINT.
 pub async fn run(options: &Options) -> Result<CommandOutput> {
-    let controller = connect(options, options.dry_run).await?;
+    let controller = connect(options, options.dry_run, options.watch).await?;
     controller
         .run(options.interval, &options.health_addr)
         .await?;

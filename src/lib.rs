@@ -28,6 +28,7 @@ pub mod secret;
 pub mod seed;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod sts;
 pub mod telemetry;
 pub mod text;
@@ -71,6 +72,10 @@ pub enum Error {
     /// Leader election: the Lease could not be read or written, or another holder kept it.
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
+    /// The watched state is incomplete (not listed yet, or a watch broke and has not been
+    /// relisted): the pass applied nothing.
+    #[error("watched state is stale: {0}")]
+    Stale(String),
     /// The controller's own seed credentials file is unusable.
     #[error(transparent)]
     Seed(#[from] seed::SeedError),
@@ -93,6 +98,7 @@ impl Error {
             Error::Server { .. } => "server",
             Error::Lease(_) => "lease",
             Error::Seed(_) => "seed",
+            Error::Stale(_) => "stale",
         }
     }
 

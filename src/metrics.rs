@@ -23,10 +23,53 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabel {
+    trigger: &'static str,
+}
+
+/// What started a pass of `run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The first pass, or the first after taking the leader Lease.
+    Start,
+    /// A watched object changed (debounced).
+    Change,
+    /// The last plan said something falls due now (a refresh margin, a `retryAfter`).
+    Due,
+    /// `--interval` passed since the last pass.
+    Interval,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Start,
+        Trigger::Change,
+        Trigger::Due,
+        Trigger::Interval,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Change => "change",
+            Trigger::Due => "due",
+            Trigger::Interval => "interval",
+        }
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pass_duration: Histogram,
     passes: Family<ResultLabel, Counter>,
+    triggers: Family<TriggerLabel, Counter>,
     actions: Family<ActionLabels, Counter>,
     sts_calls: Family<ResultLabel, Counter>,
     managed_roles: Gauge,
@@ -47,6 +90,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("kube_aws_iam_controller");
         let pass_duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
         let passes = Family::<ResultLabel, Counter>::default();
+        let triggers = Family::<TriggerLabel, Counter>::default();
         let actions = Family::<ActionLabels, Counter>::default();
         let sts_calls = Family::<ResultLabel, Counter>::default();
         let managed_roles = Gauge::default();
@@ -63,6 +107,11 @@ impl Metrics {
             "passes",
             "Reconciliation passes by result (ok, failed: observation failed)",
             passes.clone(),
+        );
+        registry.register(
+            "pass_triggers",
+            "Passes of run by what started them (start, change, due, interval)",
+            triggers.clone(),
         );
         registry.register(
             "actions",
@@ -103,6 +152,13 @@ impl Metrics {
         for result in ["ok", "failed"] {
             passes.get_or_create(&ResultLabel { result }).inc_by(0);
         }
+        for trigger in Trigger::ALL {
+            triggers
+                .get_or_create(&TriggerLabel {
+                    trigger: trigger.as_str(),
+                })
+                .inc_by(0);
+        }
         for result in ["ok", "throttled", "denied", "error"] {
             sts_calls.get_or_create(&ResultLabel { result }).inc_by(0);
         }
@@ -110,6 +166,7 @@ impl Metrics {
             registry,
             pass_duration,
             passes,
+            triggers,
             actions,
             sts_calls,
             managed_roles,
@@ -123,6 +180,15 @@ impl Metrics {
     /// The expiry of the credentials the controller itself signs with (seed credentials).
     pub fn set_own_expiry(&self, expiry: jiff::Timestamp) {
         self.own_expiry.set(expiry.as_second() as f64);
+    }
+
+    /// Counts a pass of `run` by what started it.
+    pub fn record_trigger(&self, trigger: Trigger) {
+        self.triggers
+            .get_or_create(&TriggerLabel {
+                trigger: trigger.as_str(),
+            })
+            .inc();
     }
 
     pub fn set_leader(&self, leading: bool) {

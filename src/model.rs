@@ -77,6 +77,36 @@ pub struct ObservedSecret {
     pub owner_references: Vec<OwnerReference>,
     pub data: BTreeMap<String, Vec<u8>>,
     pub undecodable_keys: BTreeSet<String>,
+    /// Set on the lean form kept between passes ([`ObservedSecret::lean`]): what reading the
+    /// data gave when the Secret arrived. Its credential values are no longer in `data`.
+    pub checked: Option<Checked>,
+}
+
+/// What the planner needs from a readable Secret (no credential material).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretContent {
+    pub role_arn: String,
+    pub expire: jiff::Timestamp,
+    pub generation: i64,
+}
+
+/// A Secret's data, read once and then dropped: the verdict of reading it and a digest of all
+/// of it. The digest makes two lean Secrets differ whenever their data differ (a credential
+/// edited by hand wakes the loop and is judged again), without keeping any value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub content: Result<SecretContent, String>,
+    pub digest: [u8; 16],
+}
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digest: String = self.digest.iter().map(|b| format!("{b:02x}")).collect();
+        f.debug_struct("Checked")
+            .field("content", &self.content)
+            .field("digest", &digest)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ObservedSecret {
@@ -96,6 +126,7 @@ impl std::fmt::Debug for ObservedSecret {
             .field("owner_references", &self.owner_references)
             .field("data", &data)
             .field("undecodable_keys", &self.undecodable_keys)
+            .field("checked", &self.checked)
             .finish()
     }
 }
@@ -284,6 +315,7 @@ impl ObservedSecret {
             owner_references: meta.owner_references.unwrap_or_default(),
             data,
             undecodable_keys,
+            checked: None,
         })
     }
 
@@ -309,7 +341,42 @@ impl ObservedSecret {
             owner_references: meta.owner_references.clone().unwrap_or_default(),
             data,
             undecodable_keys: BTreeSet::new(),
+            checked: None,
         }
+    }
+
+    /// The form kept between passes: `decode` reads the data once, then every value but the
+    /// non-secret keys in `keep` is dropped, with the annotations other than the controller's
+    /// (`prefix`). The verdict and a digest of the data stand in for what was dropped.
+    pub fn lean(
+        mut self,
+        decode: fn(&ObservedSecret) -> Result<SecretContent, String>,
+        keep: &[&str],
+        prefix: &str,
+    ) -> Self {
+        use sha2::{Digest as _, Sha256};
+        if self.checked.is_some() {
+            return self;
+        }
+        let content = decode(&self);
+        let mut hasher = Sha256::new();
+        for (k, v) in &self.data {
+            hasher.update((k.len() as u64).to_be_bytes());
+            hasher.update(k.as_bytes());
+            hasher.update((v.len() as u64).to_be_bytes());
+            hasher.update(v);
+        }
+        for k in &self.undecodable_keys {
+            hasher.update(b"\0undecodable\0");
+            hasher.update(k.as_bytes());
+        }
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&hasher.finalize()[..16]);
+        self.data.retain(|k, _| keep.contains(&k.as_str()));
+        self.undecodable_keys.clear();
+        self.annotations.retain(|k, _| k.starts_with(prefix));
+        self.checked = Some(Checked { content, digest });
+        self
     }
 }
 

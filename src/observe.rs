@@ -1,4 +1,4 @@
-//! Observation: the only place that reads the cluster. Paged lists of AWSIAMRoles and managed
+//! Observation: the reads of the cluster a pass plans from. Paged lists of AWSIAMRoles and managed
 //! Secrets (and Namespaces with namespace restrictions), decoded object by object, plus a
 //! metadata-only GET for each name an AWSIAMRole needs that no managed Secret holds.
 //!
@@ -70,19 +70,28 @@ pub async fn observe(client: &Client, options: &ObserveOptions) -> Result<Observ
     } else {
         BTreeMap::new()
     };
+    let conflicts = holders(client, &roles, &secrets).await?;
+    secrets.extend(conflicts);
+    Ok(Observed::new(roles, secrets, namespaces))
+}
+
+/// The Secrets (metadata only) holding the names of AWSIAMRoles that have no managed Secret in
+/// `secrets`. A role whose spec is unusable is blocked whatever holds its name: no GET for it.
+pub async fn holders(
+    client: &Client,
+    roles: &[ObservedRole],
+    secrets: &[ObservedSecret],
+) -> Result<Vec<ObservedSecret>> {
     let held: BTreeSet<(&str, &str)> = secrets
         .iter()
         .map(|s| (s.namespace.as_str(), s.name.as_str()))
         .collect();
-    // A role whose spec is unusable is blocked whatever holds its name: no GET for it.
     let unserved: Vec<(String, String)> = roles
         .iter()
         .filter(|r| r.spec.is_ok() && !held.contains(&(r.namespace.as_str(), r.name.as_str())))
         .map(|r| (r.namespace.clone(), r.name.clone()))
         .collect();
-    let conflicts = find_conflicts(client, unserved).await?;
-    secrets.extend(conflicts);
-    Ok(Observed::new(roles, secrets, namespaces))
+    find_conflicts(client, unserved).await
 }
 
 /// Lists a collection page by page, restarting when the continue token expired. Each page is

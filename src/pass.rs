@@ -1,5 +1,9 @@
 //! One pass (observe → plan → apply, or render in dry-run) and the drivers around it: `once`
 //! (CronJob) and `run` (a loop with health and metrics, graceful on SIGTERM/SIGINT).
+//!
+//! `run` keeps its state with watches ([`crate::store`]) unless `--watch=false`: a pass then
+//! starts after a change (debounced), when the last plan says something falls due, and every
+//! `--interval`, and reads the watched state instead of listing.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,17 +16,25 @@ use tokio::sync::watch;
 
 use crate::apply::{Executor, PassReport};
 use crate::lease::LeaderElector;
-use crate::metrics::Metrics;
-use crate::observe::{ObserveOptions, observe};
+use crate::metrics::{Metrics, Trigger};
+use crate::model::Observed;
+use crate::observe::{ObserveOptions, holders, observe};
 use crate::plan::render::{OutputFormat, render, summary_line};
 use crate::plan::{PlanConfig, plan};
 use crate::seed::SeedCredentials;
 use crate::server::{self, Health};
+use crate::store::Store;
 use crate::sts::CredentialSource;
 use crate::{Error, Result};
 
 /// How long in-flight work may take after SIGTERM/SIGINT before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// A change starts a pass once the watches have been quiet this long ...
+const DEBOUNCE_QUIET: Duration = Duration::from_millis(150);
+/// ... or this long after the first change of a burst, whichever comes first.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(600);
+/// Slack after a due time, so the plan made then sees it due (times are whole seconds).
+const DUE_SLACK: Duration = Duration::from_millis(50);
 
 /// How passes run. `commands` builds it from the command line; tests and benchmarks build it
 /// directly.
@@ -34,6 +46,8 @@ pub struct ControllerConfig {
     pub concurrency: usize,
     /// The controller's own AWSIAMRole (namespace, name), applied before any other action.
     pub own_role: Option<(String, String)>,
+    /// `run` keeps its state with watches (`--watch`); `once` and `plan` always list.
+    pub watch: bool,
 }
 
 impl Default for ControllerConfig {
@@ -43,6 +57,7 @@ impl Default for ControllerConfig {
             observe: ObserveOptions::default(),
             concurrency: 8,
             own_role: None,
+            watch: false,
         }
     }
 }
@@ -74,6 +89,8 @@ pub struct Controller {
     seed: Option<Arc<SeedCredentials>>,
     /// Leader election (`None` when off or in a dry run, which writes nothing).
     elector: Option<Arc<LeaderElector>>,
+    /// `run` keeps its state with watches.
+    watch: bool,
 }
 
 /// What a pass produced.
@@ -81,6 +98,8 @@ pub struct PassOutcome {
     pub report: PassReport,
     /// The rendered plan (dry-run only).
     pub rendered: Option<String>,
+    /// When the plan says something falls due next (see [`crate::plan::Plan::next_due`]).
+    pub next_due: Option<Timestamp>,
 }
 
 /// A kube client from kubeconfig or the in-cluster environment; `--apiserver` overrides the URL
@@ -116,7 +135,8 @@ impl Controller {
         source: Arc<dyn CredentialSource>,
     ) -> Self {
         let executor = Executor::new(client.clone(), source, config.concurrency)
-            .run_first(config.own_role.clone());
+            .run_first(config.own_role.clone())
+            .confirming_orphans(config.watch);
         Self::with_mode(client, config, Mode::Apply(Box::new(executor)))
     }
 
@@ -146,13 +166,55 @@ impl Controller {
             metrics: Arc::new(Metrics::new()),
             seed: None,
             elector: None,
+            watch: config.watch,
         }
     }
 
-    /// One pass. `Err` when the cluster could not be observed (nothing was applied).
+    /// One pass over listed objects. `Err` when the cluster could not be observed (nothing
+    /// was applied).
     pub async fn pass(&self) -> Result<PassOutcome> {
+        self.pass_from(None).await
+    }
+
+    /// What a pass plans from: the watched state when there is one, else fresh lists.
+    async fn observe(&self, store: Option<&Store>) -> Result<Observed> {
+        let Some(store) = store else {
+            return observe(&self.client, &self.observe).await;
+        };
+        let mut observed = store
+            .observed()
+            .map_err(|stale| Error::Stale(stale.to_string()))?;
+        // Names that AWSIAMRoles need and no managed Secret holds: a foreign Secret there is
+        // a conflict (the watch sees only managed Secrets); a managed one the watch has not
+        // delivered yet leaves its role for the next pass.
+        let found = holders(&self.client, &observed.roles, &observed.secrets).await?;
+        let unseen: std::collections::BTreeSet<(String, String)> = found
+            .iter()
+            .filter(|s| crate::model::is_managed(&s.labels))
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+            .collect();
+        if !unseen.is_empty() {
+            tracing::debug!(
+                roles = unseen.len(),
+                "left out of this pass: their Secrets exist but the watch has not shown them yet"
+            );
+            observed
+                .roles
+                .retain(|r| !unseen.contains(&(r.namespace.clone(), r.name.clone())));
+        }
+        let unmanaged = found
+            .into_iter()
+            .filter(|s| !crate::model::is_managed(&s.labels));
+        observed
+            .conflicts
+            .extend(unmanaged.map(|s| (s.namespace, s.name)));
+        Ok(observed)
+    }
+
+    /// One pass, from the watched state when `store` is given.
+    async fn pass_from(&self, store: Option<&Store>) -> Result<PassOutcome> {
         let start = Instant::now();
-        let observed = match observe(&self.client, &self.observe).await {
+        let observed = match self.observe(store).await {
             Ok(o) => o,
             Err(e) => {
                 self.metrics.record_failed_pass(start.elapsed());
@@ -160,6 +222,7 @@ impl Controller {
             }
         };
         let plan = plan(&observed, Timestamp::now(), &self.config);
+        let next_due = plan.next_due();
         let (mut report, rendered) = match &self.mode {
             Mode::Apply(executor) => (executor.apply(&plan).await, None),
             Mode::DryRun(r) => (
@@ -180,7 +243,14 @@ impl Controller {
                 report.duration.as_secs_f64()
             ),
         }
-        Ok(PassOutcome { report, rendered })
+        if let Some(store) = store {
+            store.expect(&report.written);
+        }
+        Ok(PassOutcome {
+            report,
+            rendered,
+            next_due,
+        })
     }
 
     /// `once`: exit code 0 (all actions done), 1 (some failed), 2 (the pass could not run).
@@ -216,10 +286,12 @@ impl Controller {
         Ok((u8::from(outcome.report.unresolved()), outcome.rendered))
     }
 
-    /// `run`: a pass every `interval` until SIGTERM/SIGINT. On a signal it stops starting new
-    /// actions, lets in-flight ones finish (bounded), and returns. With leader election it
-    /// passes only while it holds the Lease, and stands by (alive and ready, passing nothing)
-    /// while another replica does.
+    /// `run`: passes until SIGTERM/SIGINT. With watches, a pass starts after a change
+    /// (debounced), when the last plan says something falls due, and every `interval`; without,
+    /// every `interval`. On a signal it stops starting new actions, lets in-flight ones finish
+    /// (bounded), and returns. With leader election it passes only while it holds the Lease,
+    /// and stands by (alive and ready, passing nothing) while another replica does; a standby
+    /// keeps its watched state warm, so it passes at once when it takes over.
     pub async fn run(&self, interval: Duration, health_addr: &str) -> Result<()> {
         let addr = server::parse_addr(health_addr)
             .map_err(|e| Error::Config(format!("--health-addr {e}")))?;
@@ -238,18 +310,46 @@ impl Controller {
             ),
             None => (None, Some((leading_tx, contact_tx))),
         };
+        let store = self.watch.then(|| Store::new(self.observe.namespaces));
+        // Dropped at the end of `run`, which stops the watches.
+        let _watches = store.as_ref().map(|s| s.watch(&self.client, &self.observe));
+        let mut changes = store.as_ref().map(|s| s.subscribe());
+        if store.is_some() {
+            tracing::info!(
+                "watching AWSIAMRoles and managed Secrets; passing on change, when due and every {}",
+                humantime::format_duration(interval)
+            );
+        }
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
-        loop {
+        let mut trigger = Trigger::Start;
+        'passes: loop {
             if !*leading.borrow() {
                 self.metrics.set_leader(false);
                 tracing::info!("standing by until this replica holds the leader lease");
                 if !stand_by(&mut leading, &mut contact, &health, shutdown.as_mut()).await {
                     break;
                 }
+                trigger = Trigger::Start;
             }
             self.metrics.set_leader(true);
-            let pass = self.pass();
+            // No pass before every watched kind has been listed once.
+            while let (Some(store), Some(changes)) = (&store, changes.as_mut()) {
+                if store.synced() {
+                    break;
+                }
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = leading.wait_for(|l| !*l) => continue 'passes,
+                    _ = &mut shutdown => break 'passes,
+                }
+            }
+            if let Some(changes) = changes.as_mut() {
+                // What this pass reads includes every change so far.
+                changes.borrow_and_update();
+            }
+            self.metrics.record_trigger(trigger);
+            let pass = self.pass_from(store.as_deref());
             tokio::pin!(pass);
             let outcome = tokio::select! {
                 outcome = &mut pass => outcome,
@@ -265,20 +365,30 @@ impl Controller {
                     break;
                 }
             };
+            let mut due = None;
             match outcome {
                 Ok(outcome) => {
+                    tracing::debug!(%trigger, "pass started by {trigger}");
                     health.pass_succeeded();
                     if let Some(text) = outcome.rendered {
                         print!("{text}");
                     }
+                    due = outcome.next_due.filter(|_| store.is_some()).map(|at| {
+                        let wait = Duration::try_from(at.duration_since(Timestamp::now()))
+                            .unwrap_or(Duration::ZERO);
+                        tokio::time::Instant::now() + wait + DUE_SLACK
+                    });
                 }
-                Err(e) => tracing::error!(error = %e, "pass failed; nothing was applied"),
+                Err(e) => tracing::error!(error = %e, %trigger, "pass failed; nothing was applied"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = leading.wait_for(|l| !*l) => {}
+            let next_interval = tokio::time::Instant::now() + interval;
+            trigger = tokio::select! {
+                _ = tokio::time::sleep_until(next_interval) => Trigger::Interval,
+                _ = sleep_until_some(due) => Trigger::Due,
+                _ = settled_change(changes.as_mut()) => Trigger::Change,
+                _ = leading.wait_for(|l| !*l) => continue,
                 _ = &mut shutdown => break,
-            }
+            };
         }
         if let Some(campaign) = campaign {
             campaign.abort();
@@ -303,6 +413,34 @@ impl Controller {
         self.stop_starting_actions(true);
         if tokio::time::timeout(SHUTDOWN_GRACE, pass).await.is_err() {
             tracing::warn!("in-flight work did not finish in time");
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no such time.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for a change of the watched state, then until the burst it belongs to is over (no
+/// change for [`DEBOUNCE_QUIET`], or [`DEBOUNCE_MAX`] after its first change): one pass for
+/// a burst, not one per object. Never returns without watches.
+async fn settled_change(changes: Option<&mut watch::Receiver<u64>>) {
+    let Some(changes) = changes else {
+        return std::future::pending().await;
+    };
+    if changes.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = (tokio::time::Instant::now() + DEBOUNCE_QUIET).min(deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(quiet) => return,
+            changed = changes.changed() => if changed.is_err() { return },
         }
     }
 }

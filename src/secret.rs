@@ -132,16 +132,26 @@ const INI_FIELDS: [&str; 3] = [
     "aws_session_token",
 ];
 
-/// What the planner needs from a readable Secret (no credential material).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretContent {
-    pub role_arn: String,
-    pub expire: Timestamp,
-    pub generation: i64,
+pub use crate::model::SecretContent;
+
+/// Data keys that hold no credential material: kept in the lean form of a Secret.
+pub const PLAIN_KEYS: [&str; 3] = [KEY_ROLE_ARN, KEY_EXPIRE, KEY_GENERATION];
+
+/// Reads a managed Secret back. `Err` names the first unusable key, never its value. A lean
+/// Secret ([`lean`]) answers with the verdict it was read to when it arrived.
+pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
+    if let Some(checked) = &s.checked {
+        return checked.content.clone();
+    }
+    read(s)
 }
 
-/// Reads a managed Secret back. `Err` names the first unusable key, never its value.
-pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
+/// The lean form of a managed Secret: its data read once, then no credential value kept.
+pub fn lean(s: ObservedSecret) -> ObservedSecret {
+    s.lean(read, &PLAIN_KEYS, "kube-aws-iam-controller/")
+}
+
+fn read(s: &ObservedSecret) -> Result<SecretContent, String> {
     check_keys(s)?;
     let text = |key: &str| -> Result<&str, String> {
         std::str::from_utf8(&s.data[key])
@@ -472,6 +482,58 @@ mod tests {
         )));
         assert!(!v.contains("ASIAEXAMPLE") && !v.contains("SeCrEt") && !v.contains("ToKeN"));
         assert!(v.contains("role-arn: arn:aws:iam::123456789012:role/app"));
+    }
+
+    #[test]
+    fn the_lean_form_keeps_the_verdict_and_no_credential() {
+        let d = encode(&creds(), "arn:aws:iam::123456789012:role/app", 7);
+        let mut full = observed(d.clone());
+        full.annotations = BTreeMap::from([
+            (
+                ISSUED_AT_ANNOTATION.to_string(),
+                "2026-11-26T22:00:00Z".to_string(),
+            ),
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                "{}".to_string(),
+            ),
+        ]);
+        let slim = lean(full.clone());
+        assert_eq!(decode(&slim), decode(&full));
+        assert_eq!(role_arn_of(&slim), role_arn_of(&full));
+        let kept: Vec<&str> = slim.data.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["awsiamrole-generation", "expire", "role-arn"]);
+        assert_eq!(slim.annotations.len(), 1);
+        assert!(slim.annotations.contains_key(ISSUED_AT_ANNOTATION));
+        let dbg = format!("{slim:?}");
+        assert!(!dbg.contains("ASIAEXAMPLE") && !dbg.contains("SeCrEt") && !dbg.contains("ToKeN"));
+        assert_eq!(lean(slim.clone()), slim, "lean twice is lean once");
+
+        // A credential edited by hand: same verdict, another digest, so the state changes.
+        let mut edited = d.clone();
+        let json = String::from_utf8(d[KEY_JSON].clone()).unwrap();
+        edited.insert(
+            KEY_JSON.into(),
+            json.replace("ToKeN==", "other").into_bytes(),
+        );
+        let ini = String::from_utf8(d[KEY_CREDENTIALS].clone()).unwrap();
+        edited.insert(
+            KEY_CREDENTIALS.into(),
+            ini.replace("ToKeN==", "other").into_bytes(),
+        );
+        let tampered = lean(observed(edited));
+        assert!(decode(&tampered).is_ok());
+        assert_ne!(tampered, lean(observed(d.clone())));
+        // A broken one keeps its error.
+        let mut broken = d.clone();
+        broken.insert(KEY_JSON.into(), b"{}".to_vec());
+        let err = decode(&lean(observed(broken))).unwrap_err();
+        assert!(err.contains(KEY_JSON), "{err}");
+        let mut undecodable = observed(d);
+        undecodable.undecodable_keys.insert("x".into());
+        let slim = lean(undecodable.clone());
+        assert!(slim.undecodable_keys.is_empty());
+        assert_eq!(decode(&slim), decode(&undecodable));
     }
 
     #[test]

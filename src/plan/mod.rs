@@ -234,11 +234,13 @@ pub enum Op<'a> {
         secret: &'a ObservedSecret,
         reason: RefreshReason,
     },
-    /// The Secret is current (valid until `expire`); only the status says otherwise.
+    /// The Secret is current (valid until `expire`, due for a refresh at `due`); only the
+    /// status says otherwise.
     UpdateStatus {
         role: &'a ObservedRole,
         secret: &'a ObservedSecret,
         expire: Timestamp,
+        due: Timestamp,
         status: AWSIAMRoleStatus,
     },
     /// Delete a managed Secret. `revoked` holds its AWSIAMRole and that role's new status when
@@ -247,11 +249,13 @@ pub enum Op<'a> {
         secret: &'a ObservedSecret,
         revoked: Option<(&'a ObservedRole, AWSIAMRoleStatus)>,
     },
-    /// Nothing to do: the Secret is valid until `expire` and the status says so.
+    /// Nothing to do: the Secret is valid until `expire` and the status says so; its refresh
+    /// is due at `due`.
     Skip {
         role: &'a ObservedRole,
         secret: &'a ObservedSecret,
         expire: Timestamp,
+        due: Timestamp,
     },
     /// Not served. `status` is the one to write when the current one does not say why yet;
     /// a Secret already in place is left alone.
@@ -405,6 +409,25 @@ impl Plan<'_> {
     /// True when applying the plan would change nothing.
     pub fn is_converged(&self) -> bool {
         self.actions.iter().all(Action::changes_nothing)
+    }
+
+    /// The earliest moment after `now` at which planning the same state would give another
+    /// plan: a Secret's refresh falls due, or a role backing off may be tried again. `None`
+    /// when nothing is waiting for the clock. The loop of `run` sets a timer for it.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.actions
+            .iter()
+            .filter_map(|a| match &a.op {
+                Op::Skip { due, .. } | Op::UpdateStatus { due, .. } => Some(*due),
+                Op::Blocked {
+                    role,
+                    reason: BlockReason::BackingOff,
+                    ..
+                } => role.status.as_ref()?.retry_after.as_deref()?.parse().ok(),
+                _ => None,
+            })
+            .filter(|due| *due > self.now)
+            .min()
     }
 }
 
@@ -792,12 +815,12 @@ impl<'a> RolePlanner<'a, '_> {
     ) -> Action<'a> {
         let (role, now) = (self.role, self.now);
         let expire = format_time(content.expire);
+        let due = Timestamp::from_second(content.expire.as_second() - remaining.margin)
+            .unwrap_or(content.expire);
         let granted = shortened(remaining.lifetime, target.request.duration);
         let desired = ready_status(role, &content.role_arn, content.expire, granted, now);
         let stale = stale_fields(role.status.as_ref(), &desired);
         if stale.is_empty() {
-            let due = jiff::Timestamp::from_second(content.expire.as_second() - remaining.margin)
-                .unwrap_or(content.expire);
             let message = format!(
                 "credentials valid until {expire}, refresh due at {}",
                 format_time(due)
@@ -806,6 +829,7 @@ impl<'a> RolePlanner<'a, '_> {
                 role,
                 secret,
                 expire: content.expire,
+                due,
             };
             return self.action(target, message, op);
         }
@@ -817,6 +841,7 @@ impl<'a> RolePlanner<'a, '_> {
             role,
             secret,
             expire: content.expire,
+            due,
             status: desired,
         };
         self.action(target, message, op)

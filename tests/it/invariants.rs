@@ -14,7 +14,7 @@ use kube_aws_iam_controller::plan::{
     ActionKind, PlanConfig, count_failure, not_ready_status, plan, ready_status,
 };
 use kube_aws_iam_controller::policy::{ALLOWED_ROLES_ANNOTATION, Policy};
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::secret::{self, Credentials, SECRET_KEYS};
 use kube_aws_iam_controller::session::SessionOptions;
 use proptest::prelude::*;
 
@@ -404,6 +404,50 @@ proptest! {
                 );
             }
         }
+    }
+
+    /// `run` keeps Secrets in their lean form (no credential values): it must plan exactly
+    /// as the full objects do, in every rendering but the diff (which shows the data).
+    #[test]
+    fn the_lean_state_plans_as_the_full_one(s in scenario()) {
+        let (observed, config) = build(&s);
+        let mut slim = observed.clone();
+        slim.secrets = slim.secrets.into_iter().map(secret::lean).collect();
+        for s in &slim.secrets {
+            prop_assert!(SECRET_KEYS.iter().all(|k| !s.data.contains_key(*k)));
+        }
+        let full = plan(&observed, now(), &config);
+        let lean = plan(&slim, now(), &config);
+        prop_assert_eq!(render(&full, OutputFormat::Json, true), render(&lean, OutputFormat::Json, true));
+        prop_assert_eq!(render(&full, OutputFormat::Text, true), render(&lean, OutputFormat::Text, true));
+        prop_assert_eq!(full.next_due(), lean.next_due());
+    }
+
+    /// The loop sleeps until `next_due`: nothing may fall due before it, and something must
+    /// at it (else the timer would fire for nothing, or too late).
+    #[test]
+    fn nothing_falls_due_before_next_due(s in scenario()) {
+        let (observed, config) = build(&s);
+        let first = plan(&observed, now(), &config);
+        let applied = simulate::apply(&observed, &first);
+        let settled = plan(&applied, now(), &config);
+        let kinds = |p: &kube_aws_iam_controller::plan::Plan<'_>| -> Vec<(String, ActionKind)> {
+            p.actions.iter().map(|a| (format!("{}/{}", a.namespace, a.name), a.kind())).collect()
+        };
+        let Some(due) = settled.next_due() else {
+            // Nothing waits for the clock: a day later the plan is the same.
+            let later = plan(&applied, now() + SignedDuration::from_hours(1), &config);
+            prop_assert!(later.actions.iter().all(|a| a.kind() != ActionKind::Refresh && a.kind() != ActionKind::Create));
+            return Ok(());
+        };
+        prop_assert!(due > now());
+        let just_before = due - SignedDuration::from_secs(1);
+        if just_before > now() {
+            let before = plan(&applied, just_before, &config);
+            prop_assert_eq!(kinds(&settled), kinds(&before), "changed before {}", due);
+        }
+        let at = plan(&applied, due + SignedDuration::from_millis(50), &config);
+        prop_assert_ne!(kinds(&settled), kinds(&at), "nothing fell due at {}", due);
     }
 
     #[test]
