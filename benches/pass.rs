@@ -29,29 +29,21 @@ use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
 use aws_sdk_sts::primitives::DateTime;
 use aws_sdk_sts::types::Credentials as StsCredentials;
 use aws_smithy_mocks::{MockResponse, Rule, RuleMode, mock, mock_client};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
-use kube_aws_iam_controller::model::ObservedRole;
+use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::observe::{self, ObserveOptions, PAGE_SIZE};
 use kube_aws_iam_controller::pass::{Controller, ControllerConfig};
-use kube_aws_iam_controller::plan::{ActionKind, ready_status};
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::plan::ActionKind;
 use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
 use serde::de::DeserializeOwned;
 
 use test_apiserver::ApiServer;
 
-const BASE: &str = "arn:aws:iam::123456789012:role/";
-
-fn env_num(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::{BASE, env_num, mib, new_role, proc_status, served};
 
 fn main() {
     match std::env::var("PASS_BENCH_PHASE").as_deref() {
@@ -112,25 +104,7 @@ async fn steady(n: usize) -> Result<(), String> {
     println!("\nsteady state: {n} AWSIAMRoles + {n} managed Secrets (best of 3)");
     let seed = Instant::now();
     let now = Timestamp::now();
-    let mut roles = Vec::with_capacity(n);
-    let mut secrets = Vec::with_capacity(n);
-    for i in 0..n {
-        let mut role = new_role(i);
-        let observed = ObservedRole::from_value(&serde_json::to_value(&role).unwrap(), "")
-            .expect("role decodes");
-        let arn = format!("{BASE}{}", role.spec.role_reference);
-        let creds = Credentials {
-            access_key_id: "ASIABENCH".into(),
-            secret_access_key: "bench-secret".into(),
-            session_token: "bench-token".into(),
-            expiration: now + SignedDuration::from_hours(1),
-        };
-        let mut secret = secret::build(&observed, &arn, &creds, now);
-        secret.metadata.uid = Some(format!("secret-uid-{i}"));
-        role.status = Some(ready_status(&observed, &arn, creds.expiration, None, now));
-        roles.push(role);
-        secrets.push(secret);
-    }
+    let (roles, secrets) = served(n, now);
     let server = ApiServer::builder()
         .objects(roles)
         .objects(secrets)
@@ -303,21 +277,6 @@ async fn cold(n: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn new_role(i: usize) -> AWSIAMRole {
-    let mut role = AWSIAMRole::new(
-        &format!("role-{i}"),
-        AWSIAMRoleSpec {
-            role_reference: format!("app-{}", i % 1000),
-            role_session_duration: None,
-        },
-    );
-    role.metadata.namespace = Some(format!("ns-{}", i % 100));
-    role.metadata.uid = Some(format!("uid-{i}"));
-    role.metadata.generation = Some(1);
-    role.metadata.labels = Some(BTreeMap::from([("app".into(), format!("app-{i}"))]));
-    role
-}
-
 /// A client like the controller's: its requests are recorded by the server.
 fn controller_client(server: &ApiServer) -> Client {
     let url = server.url().parse().expect("loopback URL");
@@ -397,21 +356,7 @@ fn tally(server: &ApiServer) -> String {
     }
 }
 
-/// A `/proc/self/status` figure in bytes (`VmRSS`, `VmHWM`); 0 when unreadable.
-fn proc_status(key: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Resets `VmHWM` to the current RSS (Linux ≥ 4.0), so the next reading is the peak from now.
 fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }

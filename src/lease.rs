@@ -235,6 +235,24 @@ impl LeaderElector {
         }
     }
 
+    /// One round trip, bounded: an API server that accepts connections and never answers must
+    /// not keep a leader from stepping down before its renew deadline (half of it, so a
+    /// retry still fits).
+    async fn bounded_attempt(&self) -> Result<Attempt, LeaseError> {
+        let deadline = self.config.renew_deadline / 2;
+        match tokio::time::timeout(deadline, self.try_acquire_or_renew()).await {
+            Ok(attempt) => attempt,
+            Err(_) => Err(LeaseError::Api {
+                namespace: self.config.namespace.clone(),
+                name: self.config.name.clone(),
+                message: format!(
+                    "the API server did not answer within {}",
+                    humantime::format_duration(deadline)
+                ),
+            }),
+        }
+    }
+
     /// Gives the Lease up (only if we still hold it), so a successor need not wait for expiry.
     pub async fn release(&self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
@@ -264,7 +282,7 @@ impl LeaderElector {
         let start = Instant::now();
         let mut logged = false;
         loop {
-            let attempt = self.try_acquire_or_renew().await;
+            let attempt = self.bounded_attempt().await;
             match attempt {
                 Ok(Attempt::Leading) => return Ok(()),
                 Ok(Attempt::Following { holder }) => {
@@ -298,7 +316,7 @@ impl LeaderElector {
         // Called right after acquiring (by `once`), the Lease was renewed just now.
         let mut last_renew = leading.borrow().then(Instant::now);
         loop {
-            let attempt = self.try_acquire_or_renew().await;
+            let attempt = self.bounded_attempt().await;
             let was = *leading.borrow();
             let now_leading = match (&attempt, was) {
                 (Ok(Attempt::Leading), _) => {

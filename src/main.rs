@@ -21,19 +21,24 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(async {
-                    match command {
-                        Some(Command::Plan(args)) => commands::plan(&cli.options, args).await,
-                        Some(Command::Once) => commands::once(&cli.options).await,
-                        Some(Command::Bootstrap(args)) => {
-                            kube_aws_iam_controller::bootstrap::run(&cli.options, args).await
+                Ok(runtime) => {
+                    let result = runtime.block_on(async {
+                        match command {
+                            Some(Command::Plan(args)) => commands::plan(&cli.options, args).await,
+                            Some(Command::Once) => commands::once(&cli.options).await,
+                            Some(Command::Bootstrap(args)) => {
+                                kube_aws_iam_controller::bootstrap::run(&cli.options, args).await
+                            }
+                            Some(Command::Webhook(args)) => {
+                                delivery::webhook::run(&cli.options, args).await
+                            }
+                            _ => commands::run(&cli.options).await,
                         }
-                        Some(Command::Webhook(args)) => {
-                            delivery::webhook::run(&cli.options, args).await
-                        }
-                        _ => commands::run(&cli.options).await,
-                    }
-                }),
+                    });
+                    // Tasks still waiting on a hung API server must not hold the exit.
+                    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                    result
+                }
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
                     return ExitCode::from(2);

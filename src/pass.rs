@@ -28,7 +28,12 @@ use crate::sts::CredentialSource;
 use crate::{Error, Result};
 
 /// How long in-flight work may take after SIGTERM/SIGINT before the process exits anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// With [`RELEASE_DEADLINE`] and a debounce, the process exits within 10 s of the signal
+/// whatever the API server does (Kubernetes' grace period is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
+/// Releasing the leader Lease on the way out is best effort: a hung API server cannot hold
+/// the process longer than this (the Lease then expires on its own).
+const RELEASE_DEADLINE: Duration = Duration::from_secs(2);
 /// A change starts a pass once the watches have been quiet this long ...
 const DEBOUNCE_QUIET: Duration = Duration::from_millis(150);
 /// ... or this long after the first change of a burst, whichever comes first.
@@ -281,7 +286,7 @@ impl Controller {
             }
         };
         renew.abort();
-        elector.release().await;
+        release(elector).await;
         let outcome = outcome?;
         Ok((u8::from(outcome.report.unresolved()), outcome.rendered))
     }
@@ -394,7 +399,7 @@ impl Controller {
             campaign.abort();
         }
         if let Some(elector) = &self.elector {
-            elector.release().await;
+            release(elector).await;
         }
         server.abort();
         tracing::info!("stopped");
@@ -466,10 +471,26 @@ async fn stand_by(
                 if *leading.borrow() {
                     return true;
                 }
-                health.standby_ok();
+                // The moment of that round trip, not now: a contact made while still leading,
+                // before an outage, must not make a standby look healthy during it.
+                let at = *contact.borrow_and_update();
+                health.standby_ok(at);
             }
             _ = &mut shutdown => return false,
         }
+    }
+}
+
+/// Gives the Lease up, waiting at most [`RELEASE_DEADLINE`].
+async fn release(elector: &LeaderElector) {
+    if tokio::time::timeout(RELEASE_DEADLINE, elector.release())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "could not release the leader lease within {}s; it expires on its own",
+            RELEASE_DEADLINE.as_secs()
+        );
     }
 }
 

@@ -60,16 +60,21 @@ impl Health {
         }
     }
 
-    /// A standby replica reached the API (its Lease round trip succeeded): it is alive and
-    /// ready to take over, though it runs no passes.
-    pub fn standby_ok(&self) {
-        self.pass_succeeded();
+    /// A standby replica reached the API at `at` (its Lease round trip succeeded): it is
+    /// alive and ready to take over, though it runs no passes. An older contact never moves
+    /// the clock back, so health does not flap when a leader steps down during an outage.
+    pub fn standby_ok(&self, at: Instant) {
+        self.succeeded_at(at);
     }
 
     /// A pass observed the cluster and applied its plan (some actions may have failed).
     pub fn pass_succeeded(&self) {
+        self.succeeded_at(Instant::now());
+    }
+
+    fn succeeded_at(&self, at: Instant) {
         if let Ok(mut last) = self.last_success.lock() {
-            *last = Some(Instant::now());
+            *last = Some(last.map_or(at, |l| l.max(at)));
         }
     }
 
@@ -123,6 +128,8 @@ pub async fn start(
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let health = health.clone();
@@ -206,5 +213,19 @@ mod tests {
         assert!(h.is_live() && h.is_ready());
         assert!(h.is_live_at(Instant::now() + Duration::from_secs(30)));
         assert!(!h.is_live_at(Instant::now() + Duration::from_secs(32)));
+    }
+
+    #[test]
+    fn an_old_contact_does_not_revive_health() {
+        let h = Health::new(Duration::from_secs(1), Arc::new(Metrics::new()));
+        let start = Instant::now();
+        h.pass_succeeded();
+        // A contact from before the last success (made while leading) moves nothing.
+        h.standby_ok(start - Duration::from_secs(60));
+        assert!(!h.is_live_at(Instant::now() + Duration::from_secs(5)));
+        assert!(h.is_live_at(Instant::now() + Duration::from_secs(3)));
+        // A newer one does.
+        h.standby_ok(Instant::now() + Duration::from_secs(3));
+        assert!(h.is_live_at(Instant::now() + Duration::from_secs(5)));
     }
 }
