@@ -860,13 +860,42 @@ async fn record_every_mode() -> Usage {
     usage.collect(&env.api, "once");
     drop(env);
 
-    // 2. The loop: ready, a Secret deleted behind its back is re-created (a second
-    //    CreateCredentials Event for the same role, which the recorder patches), SIGTERM.
-    let env = Env::with_role("ship-rbac-run", role("team-a", "looped", "app-looped")).await;
-    let (mut run, port) = env.run_loop("1s");
-    let mut child = run.stderr(Stdio::null()).spawn().unwrap();
+    // 2. The loop with namespace restrictions (it watches AWSIAMRoles, managed Secrets and
+    //    Namespaces): ready; an orphaned Secret is deleted after a GET confirms its AWSIAMRole
+    //    is gone; a Secret deleted behind its back is re-created (a second CreateCredentials
+    //    Event for the same role, which the recorder patches); SIGTERM.
+    let orphan = role("team-a", "orphaned", "app-orphaned");
+    let env = Env::start(
+        "ship-rbac-run",
+        ApiServer::builder()
+            .object(namespace("team-a", Some(r#"["app-*"]"#)))
+            .object(role("team-a", "looped", "app-looped"))
+            .object(marked_managed_secret(
+                SEEDED,
+                &orphan,
+                "",
+                Timestamp::now(),
+                3600,
+            )),
+    )
+    .await;
+    let port = crate::support::harness::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = env
+        .command(&argv(&format!(
+            "run --interval 1s --namespace-restrictions --health-addr {addr}"
+        )))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_ready(port).await;
     let secrets = Api::<Secret>::namespaced(env.client(), "team-a");
+    let orphan_gone = eventually(Duration::from_secs(15), || async {
+        secrets.get_opt("orphaned").await.ok().flatten().is_none()
+    })
+    .await;
+    assert!(orphan_gone, "the loop deleted the orphaned Secret");
     let first = secrets.get("looped").await.unwrap().metadata.uid;
     secrets
         .delete("looped", &DeleteParams::default())
