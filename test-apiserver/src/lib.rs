@@ -20,13 +20,63 @@
 //!   or merge patch changes only `status` (and reads `metadata.resourceVersion` as precondition);
 //! - `generateName`, Secret `stringData` folded into `data`, Secret key validation, body/URL
 //!   name, namespace and kind mismatches (400), and server-set metadata stripped on create;
-//! - `dryRun` is refused with 400 (the fake would perform the write).
+//! - `dryRun` is refused with 400 (the fake would perform the write);
+//! - watches, which the fake has not at all (see below).
 //!
-//! Tests observe and steer it through [`ApiServer::requests`], the write counters and fault
-//! injection. Requests made through [`ApiServer::client`] (seeding and inspecting state) are
-//! neither recorded nor delayed nor failed.
+//! # Watches
+//!
+//! `GET <collection>?watch=true` (or `watch=1`), cluster-wide or in a namespace, for every
+//! resource the fake stores (Namespaces with their real apiVersion, kind and paths), answers
+//! like a real API server: `200`, `Content-Type: application/json`, a chunked stream of
+//! newline-delimited `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":{…}}`.
+//!
+//! - `resourceVersion=N`: every change newer than N, in resourceVersion order, then the live
+//!   changes. Absent or `"0"`: synthetic ADDED events for the current objects first (sorted by
+//!   namespace and name), then the live changes. `sendInitialEvents=true` (with
+//!   `resourceVersionMatch=NotOlderThan` and `allowWatchBookmarks=true`) also sends the
+//!   current objects, then a BOOKMARK annotated `k8s.io/initial-events-end: "true"`.
+//! - A resourceVersion older than the retained history (the last 10,000 changes by default,
+//!   [`ApiServerBuilder::watch_history`]; [`ApiServer::compact`] drops it all) answers `200`
+//!   with one ERROR event, a `Status` with `code: 410` and `reason: Expired`, and closes, as
+//!   after an etcd compaction: kube-runtime's watcher then lists again.
+//! - `labelSelector` (parsed as lists parse it) and `fieldSelector` (`field=value`,
+//!   `field==value`, `field!=value` on any field path, e.g. `metadata.name`,
+//!   `metadata.namespace`): an object modified into the selection is sent as ADDED, out of it
+//!   as DELETED, as the real server does.
+//! - `timeoutSeconds` ends the stream cleanly after that long (default 30 minutes).
+//! - `allowWatchBookmarks=true`: a BOOKMARK (only `apiVersion`, `kind` and
+//!   `metadata.resourceVersion`) once the replay is sent, then every
+//!   [`ApiServerBuilder::bookmark_interval`] (1 s by default; about a minute on real servers).
+//!
+//! Every change is an event: creates, updates, patches, status writes, deletes and
+//! deletecollections through the server (by anyone, [`ApiServer::client`] included), and the
+//! deletions the fake makes in cascade (deleting an owner deletes the objects whose
+//! ownerReferences name its uid). Each event carries the object as a GET returns it; a
+//! DELETED event carries the object's last state with a new resourceVersion, drawn from the
+//! fake's counter like every other one. Seeded objects exist before any watch: a watch from
+//! a list's resourceVersion does not see them again, one from `"0"` lists them.
+//!
+//! Writes are serialised (`write_lock`) and each change is recorded under that lock right
+//! after the fake performed it; a list reads the fake under the same lock and reports the
+//! newest recorded resourceVersion, so a list followed by a watch from its resourceVersion
+//! neither misses nor repeats a change. Live events reach each open watch through its own
+//! channel (a write costs O(watches of its resource), never a list of the fake).
+//!
+//! Faults: [`ApiServer::break_watches`] drops every open stream mid-body (as a broken
+//! connection), [`ApiServer::fail_watches`] answers new watches of a resource with 500, and
+//! [`ApiServer::watch_count`] / [`ApiServer::wait_for_watches`] tell how many are open.
+//!
+//! Tests observe and steer it through [`ApiServer::requests`] (a watch is recorded with verb
+//! `watch` and status 200 when its stream starts), the write counters, the traffic counter
+//! ([`ApiServer::bytes_sent`]) and fault injection. Requests made through
+//! [`ApiServer::client`] (seeding and inspecting state) are neither recorded nor delayed nor
+//! failed nor counted as traffic.
 
 use std::borrow::Cow;
+mod watch;
+#[cfg(test)]
+mod watch_tests;
+
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -39,6 +89,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -51,7 +102,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
-/// Header that marks requests of [`ApiServer::client`]: not recorded, delayed or failed.
 /// Header that marks requests of [`ApiServer::client`]: not recorded, delayed or failed.
 const TEST_CLIENT_HEADER: &str = "x-apiserver-test-client";
 /// Where Namespaces live inside the fake (its parser mistakes `/api/v1/namespaces/X` for a
@@ -71,7 +121,9 @@ const RESOURCE_VERBS: &[&str] = &[
 ];
 const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
-type Body = Full<Bytes>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A response body: whole, or a watch's stream.
+type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 // ---------------------------------------------------------------------------------------------
 // Public API
@@ -132,6 +184,8 @@ impl RecordedRequest {
 #[derive(Default)]
 pub struct ApiServerBuilder {
     objects: Vec<Value>,
+    bookmark_interval: Option<Duration>,
+    watch_history: Option<usize>,
 }
 
 impl ApiServerBuilder {
@@ -151,17 +205,39 @@ impl ApiServerBuilder {
         self
     }
 
+    /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK (default 1 s).
+    pub fn bookmark_interval(mut self, interval: Duration) -> Self {
+        self.bookmark_interval = Some(interval);
+        self
+    }
+
+    /// How many changes are kept for watches resuming from an older resourceVersion (default
+    /// 10,000); a watch from before the oldest kept answers 410 Expired.
+    pub fn watch_history(mut self, events: usize) -> Self {
+        self.watch_history = Some(events);
+        self
+    }
+
     /// Build the fake with the seeded objects (stored as given, `status` included, like
-    /// objects that existed before the test) and serve it on a free loopback port.
+    /// objects that existed before the test, except `metadata.resourceVersion`, which the
+    /// server assigns) and serve it on a free loopback port.
     pub async fn start(self) -> ApiServer {
-        let (namespaces, objects): (Vec<Value>, Vec<Value>) = self
+        let (namespaces, mut objects): (Vec<Value>, Vec<Value>) = self
             .objects
             .into_iter()
             .partition(|o| o["apiVersion"] == "v1" && o["kind"] == "Namespace");
+        // ResourceVersions come from the fake's one counter, so that watches can order changes.
+        for obj in &mut objects {
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("resourceVersion");
+            }
+        }
+        objects.push(watch::counter_object());
         let fake = kube_fake_client::ClientBuilder::new()
             .with_resource::<AWSIAMRole>()
             .with_status_subresource::<AWSIAMRole>()
             .with_resource::<NamespaceAlias>()
+            .with_resource::<ResourceVersionCounter>()
             .with_runtime_objects(objects)
             .build()
             .await
@@ -178,8 +254,36 @@ impl ApiServerBuilder {
             faults: Mutex::new(Faults::default()),
             snapshots: Mutex::new(Snapshots::default()),
             write_lock: tokio::sync::Mutex::new(()),
-            max_rv: AtomicU64::new(0),
+            hub: Mutex::new(watch::Hub::new(
+                self.watch_history.unwrap_or(watch::DEFAULT_HISTORY),
+            )),
+            breaks: tokio::sync::watch::Sender::new(0),
+            watches_changed: Notify::new(),
+            bookmark_interval: self
+                .bookmark_interval
+                .unwrap_or(watch::DEFAULT_BOOKMARK_INTERVAL)
+                .max(Duration::from_millis(1)),
+            bytes_sent: AtomicU64::new(0),
         });
+        {
+            // The seeded objects are the state before history begins.
+            let _serialised = state.write_lock.lock().await;
+            let head = watch::next_rv(&state).await;
+            for served in served_resources() {
+                let info = RecordedRequest {
+                    group: served.group.clone(),
+                    version: served.version.clone(),
+                    resource: served.doc["name"].as_str().unwrap_or("").to_string(),
+                    ..RecordedRequest::default()
+                };
+                if let Err(response) = watch::load_locked(&state, &info).await {
+                    panic!("mirroring {}: {}", info.resource, response.status());
+                }
+            }
+            let mut hub = lock(&state.hub);
+            hub.head_rv = hub.head_rv.max(head);
+            hub.compact();
+        }
         let task = tokio::spawn(serve(listener, Arc::clone(&state)));
 
         let url = format!("http://{}", state.addr);
@@ -371,6 +475,65 @@ preferences: {{}}
         lock(&self.state.faults).delay = delay;
     }
 
+    /// While on, new watch requests for `resource` answer 500 (open watches go on).
+    pub fn fail_watches(&self, resource: &str, on: bool) {
+        self.set_fault("watch", resource, on.then_some((500, false)));
+    }
+
+    /// Drops the whole watch history, as an etcd compaction: a watch from an older
+    /// resourceVersion than the current one answers 410 Expired (open watches go on).
+    pub fn compact(&self) {
+        lock(&self.state.hub).compact();
+    }
+
+    /// Ends every open watch stream at once, mid-body, as a dropped connection: the client
+    /// reads an error (kube's watcher then watches again from its last resourceVersion).
+    pub fn break_watches(&self) {
+        self.state.breaks.send_modify(|n| *n += 1);
+    }
+
+    /// Watch streams open now.
+    pub fn watch_count(&self) -> usize {
+        lock(&self.state.hub).watch_count()
+    }
+
+    /// Waits until `pred` holds for the number of open watch streams (re-checked whenever one
+    /// opens or ends), at most `timeout`. Returns whether it held.
+    pub async fn wait_for_watches(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(usize) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.watches_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if pred(self.watch_count()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return pred(self.watch_count());
+            }
+        }
+    }
+
+    /// The resourceVersion of the newest change (what a list now reports).
+    pub fn resource_version(&self) -> u64 {
+        lock(&self.state.hub).head_rv
+    }
+
+    /// Response body bytes sent so far to clients other than [`Self::client`] (watch streams
+    /// counted as they are sent), since the start or [`Self::reset_traffic`].
+    pub fn bytes_sent(&self) -> u64 {
+        self.state.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Restarts [`Self::bytes_sent`] from zero.
+    pub fn reset_traffic(&self) {
+        self.state.bytes_sent.store(0, Ordering::Relaxed);
+    }
+
     /// Stops accepting and closes every connection; returns once the listener is closed.
     pub async fn shutdown(mut self) {
         if let Some(task) = self.task.take() {
@@ -399,10 +562,18 @@ struct State {
     recorded: Notify,
     faults: Mutex<Faults>,
     snapshots: Mutex<Snapshots>,
-    /// Serialises writes, so that a precondition check and its write are atomic.
+    /// Serialises writes, so that a precondition check and its write are atomic, and so that
+    /// each change is recorded for watches before the next one; lists read under it too.
     write_lock: tokio::sync::Mutex<()>,
-    /// Highest resourceVersion seen; a list's resourceVersion is never older than this.
-    max_rv: AtomicU64,
+    /// The mirror of the stored objects, the watch history and the open watches.
+    hub: Mutex<watch::Hub>,
+    /// Bumped by [`ApiServer::break_watches`].
+    breaks: tokio::sync::watch::Sender<u64>,
+    /// Notified when a watch opens or ends.
+    watches_changed: Notify,
+    bookmark_interval: Duration,
+    /// Response body bytes sent to clients other than the test client.
+    bytes_sent: AtomicU64,
 }
 
 #[derive(Default)]
@@ -443,17 +614,12 @@ impl State {
         self.recorded.notify_waiters();
     }
 
-    fn see_rv(&self, obj: &Value) {
-        if let Some(rv) = rv_of(obj) {
-            self.max_rv.fetch_max(rv, Ordering::SeqCst);
-        }
-    }
-
     /// A fault configured for this request, if any.
     fn injected_fault(&self, info: &RecordedRequest, body: &Bytes) -> Option<Response<Body>> {
         let mut faults = lock(&self.faults);
         let kind = match info.verb.as_str() {
             "list" => "list",
+            "watch" => "watch",
             _ if info.is_write() => "write",
             _ => return None,
         };
@@ -541,6 +707,22 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         Ok(body) => route(&state, &parts, &info, body.to_bytes(), from_test).await,
         Err(e) => status_response(400, &format!("reading the request body: {e}"), None),
     };
+    let response = if from_test {
+        response
+    } else {
+        let counted = Arc::clone(&state);
+        response.map(move |body| {
+            body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    counted
+                        .bytes_sent
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                frame
+            })
+            .boxed_unsync()
+        })
+    };
     if !from_test {
         let delay = lock(&state.faults).delay;
         if !delay.is_zero() {
@@ -555,7 +737,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 async fn route(
-    state: &State,
+    state: &Arc<State>,
     parts: &http::request::Parts,
     info: &RecordedRequest,
     body: Bytes,
@@ -580,11 +762,7 @@ async fn route(
     let query = parse_query(parts.uri.query().unwrap_or(""));
     match info.verb.as_str() {
         "list" => list(state, info, &query, from_test).await,
-        "watch" => status_response(
-            405,
-            "watch is not supported by the test API server (kube-fake-client has no watch)",
-            None,
-        ),
+        "watch" => watch::watch(state, info, &query).await,
         "get" => {
             let fwd = forward(state, Method::GET, info, &query, None, Bytes::new()).await;
             fwd.into_response(info)
@@ -655,13 +833,7 @@ async fn forward(
             match response.into_body().collect().await {
                 Ok(body) => {
                     let body = body.to_bytes();
-                    let fwd = Forwarded { status, body };
-                    if status.is_success()
-                        && let Some(v) = fwd.json()
-                    {
-                        state.see_rv(&v);
-                    }
-                    fwd
+                    Forwarded { status, body }
                 }
                 Err(e) => Forwarded::status(500, &format!("reading the fake's response: {e}")),
             }
@@ -745,13 +917,26 @@ async fn list(
         return continue_list(state, token, &identity, limit, from_test);
     }
 
-    // The fake must not cut the list; selectors pass through, re-encoded so it reads them.
+    // The fake reads `field=value` only; field selectors are applied here, as watches do.
+    let field_selector = match watch::FieldSelector::parse(fields) {
+        Ok(selector) => selector,
+        Err(e) => return status_response(400, &e, None),
+    };
+    // The fake must not cut the list; label selectors pass through, re-encoded so it reads
+    // them.
     let forwarded: Vec<(String, String)> = query
         .iter()
-        .filter(|(k, _)| k != "limit" && k != "continue")
+        .filter(|(k, _)| !matches!(k.as_str(), "limit" | "continue" | "fieldSelector"))
         .cloned()
         .collect();
-    let fwd = forward(state, Method::GET, info, &forwarded, None, Bytes::new()).await;
+    // Read under the write lock: every change the fake shows has been recorded for watches,
+    // and none after `head` has, so a watch from the list's resourceVersion misses nothing.
+    let (fwd, head) = {
+        let _serialised = state.write_lock.lock().await;
+        let _ = watch::load_locked(state, info).await;
+        let fwd = forward(state, Method::GET, info, &forwarded, None, Bytes::new()).await;
+        (fwd, lock(&state.hub).head_rv)
+    };
     if !fwd.status.is_success() {
         return fwd.into_response(info);
     }
@@ -765,9 +950,12 @@ async fn list(
         Some(Value::Array(items)) => items,
         _ => Vec::new(),
     };
+    if !field_selector.is_empty() {
+        items.retain(|item| field_selector.matches_value(item));
+    }
     items.sort_by_cached_key(sort_key);
     let item_rv = items.iter().filter_map(rv_of).max().unwrap_or(0);
-    let rv = item_rv.max(state.max_rv.load(Ordering::SeqCst)).max(1);
+    let rv = item_rv.max(head).max(1);
     let snapshot = Snapshot {
         identity,
         kind: list["kind"].take(),
@@ -916,6 +1104,9 @@ async fn write(
     }
     let mut content_type = parts.headers.get(http::header::CONTENT_TYPE).cloned();
     let _serialised = state.write_lock.lock().await;
+    // Mirrored before the change, so that its event knows the former state. A resource that
+    // cannot be listed is not watchable either; the write goes on.
+    let _ = watch::load_locked(state, info).await;
     let prepared = match info.verb.as_str() {
         "create" => prepare_create(info, body_json.as_mut()),
         "update" => prepare_update(state, info, body_json.as_mut()).await,
@@ -948,9 +1139,9 @@ async fn write(
         None => body,
     };
     let method = parts.method.clone();
-    forward(state, method, info, query, content_type.as_ref(), body)
-        .await
-        .into_response(info)
+    let fwd = forward(state, method, info, query, content_type.as_ref(), body).await;
+    watch::record_write(state, info, &fwd).await;
+    fwd.into_response(info)
 }
 
 /// A create body as the API server would store it: server-set fields dropped, a name generated
@@ -1492,7 +1683,11 @@ fn bytes_response(status: StatusCode, body: Bytes) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
+        .body(
+            Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .expect("response builds")
 }
 
@@ -1559,6 +1754,36 @@ fn encode_query(pairs: &[(String, String)]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Types registered with the fake
 // ---------------------------------------------------------------------------------------------
+
+/// Registers the hidden resource whose one object is updated to draw a resourceVersion (the
+/// fake gives deletions none).
+struct ResourceVersionCounter {
+    metadata: ObjectMeta,
+}
+
+impl Resource for ResourceVersionCounter {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        watch::RV_COUNTER_KIND.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        watch::RV_COUNTER_GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        watch::RV_COUNTER_PLURAL.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// Registers the Namespace alias resource with the fake's registry.
 struct NamespaceAlias {

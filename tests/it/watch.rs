@@ -358,7 +358,7 @@ async fn no_pass_on_an_unsynced_state() {
 async fn idle_passes_make_no_api_read() {
     let env = Env::with_role("watch-idle", role("team-a", "first", "app-first")).await;
     let (mut run, port) = env.run_loop("1s");
-    let mut child = run.stderr(Stdio::null()).spawn().unwrap();
+    let mut child = run.stderr(Stdio::piped()).spawn().unwrap();
     wait_ready(port).await;
     let served = eventually(Duration::from_secs(5), || async {
         env.moto.calls("AssumeRole") == 1
@@ -387,6 +387,24 @@ async fn idle_passes_make_no_api_read() {
         terminate(&mut child, Duration::from_secs(15)).await,
         Some(0)
     );
+    // The summary line of each pass says what started it.
+    let mut log = String::new();
+    use tokio::io::AsyncReadExt as _;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
+    let summaries: Vec<&str> = log.lines().filter(|l| l.contains("pass done")).collect();
+    for trigger in ["start", "interval"] {
+        let named = format!("trigger=\"{trigger}\"");
+        assert!(
+            summaries.iter().any(|l| l.contains(&named)),
+            "no summary line with {named}: {summaries:#?}"
+        );
+    }
 }
 
 /// `--watch=false` behaves as before: a list of each kind every pass, no watch at all, and a
