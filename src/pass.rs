@@ -178,7 +178,7 @@ impl Controller {
     /// One pass over listed objects. `Err` when the cluster could not be observed (nothing
     /// was applied).
     pub async fn pass(&self) -> Result<PassOutcome> {
-        self.pass_from(None).await
+        self.pass_from(None, None).await
     }
 
     /// What a pass plans from: the watched state when there is one, else fresh lists.
@@ -216,8 +216,13 @@ impl Controller {
         Ok(observed)
     }
 
-    /// One pass, from the watched state when `store` is given.
-    async fn pass_from(&self, store: Option<&Store>) -> Result<PassOutcome> {
+    /// One pass, from the watched state when `store` is given; `trigger` (in `run`) is named in
+    /// the summary line.
+    async fn pass_from(
+        &self,
+        store: Option<&Store>,
+        trigger: Option<Trigger>,
+    ) -> Result<PassOutcome> {
         let start = Instant::now();
         let observed = match self.observe(store).await {
             Ok(o) => o,
@@ -241,7 +246,10 @@ impl Controller {
             self.metrics.set_own_expiry(expiry);
         }
         match &self.mode {
-            Mode::Apply(_) => tracing::info!("{report}"),
+            Mode::Apply(_) => match trigger {
+                Some(trigger) => tracing::info!(trigger = trigger.as_str(), "{report}"),
+                None => tracing::info!("{report}"),
+            },
             Mode::DryRun(_) => tracing::info!(
                 "dry run, nothing applied: {} took {:.3}s",
                 summary_line(&plan.summary()),
@@ -354,7 +362,7 @@ impl Controller {
                 changes.borrow_and_update();
             }
             self.metrics.record_trigger(trigger);
-            let pass = self.pass_from(store.as_deref());
+            let pass = self.pass_from(store.as_deref(), Some(trigger));
             tokio::pin!(pass);
             let outcome = tokio::select! {
                 outcome = &mut pass => outcome,
@@ -373,7 +381,6 @@ impl Controller {
             let mut due = None;
             match outcome {
                 Ok(outcome) => {
-                    tracing::debug!(%trigger, "pass started by {trigger}");
                     health.pass_succeeded();
                     if let Some(text) = outcome.rendered {
                         print!("{text}");

@@ -92,12 +92,16 @@ fn debug_output_of_plans_and_state_redacts_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_error_paths_and_debug_logs_print_no_credential() {
     let env = Env::start("leaks-live", mixed_state()).await;
-    // The first Secret write fails with 500; everything runs with debug logs, twice, in both
-    // log formats.
+    // The first Secret write fails with 500 (the action tries it again, logging the error);
+    // everything runs with debug logs, twice, in both log formats.
     env.api.fail_nth_write(1, 500);
     let first = env
-        .run_code(&["once", "--debug", "--log-format", "json"], 1)
+        .run_ok(&["once", "--debug", "--log-format", "json"])
         .await;
+    assert!(
+        text(&first.stderr).contains("transient API failure; trying again"),
+        "the refused write was not retried"
+    );
     let second = env
         .run_ok(&["once", "--debug", "--base-role-arn", BASE])
         .await;
