@@ -147,15 +147,21 @@ async fn two_replicas_pass_as_one_and_the_standby_takes_over_with_default_timing
     leader.child.start_kill().unwrap();
     let killed = Instant::now();
     let _ = leader.child.wait().await;
-    let took_over = eventually(Duration::from_secs(30), || standby.leading()).await;
+    // Replaced once it has passed as the new leader (its state is warm: it watched all along).
+    let took_over = eventually(Duration::from_secs(30), || async {
+        standby.leading().await && standby.metric(PASSES_OK).await.unwrap_or(0.0) >= 1.0
+    })
+    .await;
     let failover = killed.elapsed();
     assert!(took_over, "the standby never took over");
     eprintln!(
-        "failover after SIGKILL with the default timings (15s lease, 10s renew deadline, 2s retry): {:.1}s",
+        "failover after SIGKILL with the default timings (15s lease, 10s renew deadline, 2s retry): passed as leader after {:.1}s",
         failover.as_secs_f64()
     );
+    // --lease-duration, plus the retry period in which the standby last saw the Lease change
+    // and one pass (1s).
     assert!(
-        failover <= Duration::from_secs(20),
+        failover <= Duration::from_secs(15 + 2 + 1 + 1),
         "failover took {failover:?}"
     );
     // The new leader works: a deleted Secret comes back.
@@ -172,8 +178,24 @@ async fn two_replicas_pass_as_one_and_the_standby_takes_over_with_default_timing
         "the new leader made the STS call"
     );
 
-    // A graceful stop releases the Lease for the next holder.
+    // A graceful stop releases the Lease: a third replica takes over within a retry period.
+    let third = Replica::start(&env, "c", &[]);
+    wait_ready(third.port).await;
+    assert!(!third.leading().await);
     assert_eq!(standby.terminate().await, Some(0));
+    let stopping = Instant::now();
+    let took_over = eventually(Duration::from_secs(10), || third.leading()).await;
+    let handover = stopping.elapsed();
+    assert!(took_over, "the third replica never took over");
+    eprintln!(
+        "take-over after SIGTERM of the leader: {:.1}s after it exited",
+        handover.as_secs_f64()
+    );
+    assert!(
+        handover <= Duration::from_secs(2 + 1),
+        "take-over after the leader's exit took {handover:?} (retry period 2s)"
+    );
+    assert_eq!(third.terminate().await, Some(0));
     assert_eq!(lease_holder(&client).await, None, "released on SIGTERM");
 }
 
@@ -200,7 +222,13 @@ async fn once_takes_the_same_lease_as_run() {
     let mut args = vec!["once", "--lease-wait", "2s"];
     args.extend(argv(SLOW));
     let started = Instant::now();
+    let assumed = env.moto.calls("AssumeRole");
     let out = env.run_code(&args, 2).await;
+    assert_eq!(
+        env.moto.calls("AssumeRole"),
+        assumed,
+        "a once without the Lease assumed a role"
+    );
     let stderr = text(&out.stderr);
     let holder = lease_holder(&client).await.unwrap();
     assert_contains(&stderr, &format!("is held by {holder}"));
