@@ -77,7 +77,7 @@ pub async fn observe(client: &Client, options: &ObserveOptions) -> Result<Observ
 
 /// The Secrets (metadata only) holding the names of AWSIAMRoles that have no managed Secret in
 /// `secrets`. A role whose spec is unusable is blocked whatever holds its name: no GET for it.
-pub async fn holders(
+async fn holders(
     client: &Client,
     roles: &[ObservedRole],
     secrets: &[ObservedSecret],
@@ -188,9 +188,10 @@ async fn namespace_annotations(
     }
 }
 
-/// Metadata of Secrets holding names that AWSIAMRoles without a managed Secret need. Only
-/// metadata is read: the controller never reads a foreign Secret's data.
-async fn find_conflicts(
+/// Metadata of the Secrets holding these names (`(namespace, name)`), which AWSIAMRoles without
+/// a managed Secret need. Only metadata is read: the controller never reads a foreign Secret's
+/// data.
+pub async fn find_conflicts(
     client: &Client,
     keys: Vec<(String, String)>,
 ) -> Result<Vec<ObservedSecret>> {

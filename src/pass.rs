@@ -18,9 +18,9 @@ use crate::apply::{Executor, PassReport};
 use crate::lease::LeaderElector;
 use crate::metrics::{Metrics, Trigger};
 use crate::model::Observed;
-use crate::observe::{ObserveOptions, holders, observe};
+use crate::observe::{ObserveOptions, find_conflicts, observe};
 use crate::plan::render::{OutputFormat, render, summary_line};
-use crate::plan::{PlanConfig, plan};
+use crate::plan::{Op, PlanConfig, plan};
 use crate::seed::SeedCredentials;
 use crate::server::{self, Health};
 use crate::store::Store;
@@ -38,8 +38,10 @@ const RELEASE_DEADLINE: Duration = Duration::from_secs(2);
 const DEBOUNCE_QUIET: Duration = Duration::from_millis(150);
 /// ... or this long after the first change of a burst, whichever comes first.
 const DEBOUNCE_MAX: Duration = Duration::from_millis(600);
-/// Slack after a due time, so the plan made then sees it due (times are whole seconds).
-const DUE_SLACK: Duration = Duration::from_millis(50);
+/// How long after the earliest due time its pass starts, so that Secrets falling due within
+/// that second are refreshed by one pass (and the plan made then, in whole seconds, sees them
+/// due); refresh margins are minutes long.
+const DUE_SLACK: Duration = Duration::from_secs(1);
 
 /// How passes run. `commands` builds it from the command line; tests and benchmarks build it
 /// directly.
@@ -189,10 +191,31 @@ impl Controller {
         let mut observed = store
             .observed()
             .map_err(|stale| Error::Stale(stale.to_string()))?;
-        // Names that AWSIAMRoles need and no managed Secret holds: a foreign Secret there is
-        // a conflict (the watch sees only managed Secrets); a managed one the watch has not
-        // delivered yet leaves its role for the next pass.
-        let found = holders(&self.client, &observed.roles, &observed.secrets).await?;
+        // The names of the roles this state would create a Secret for: a foreign Secret there
+        // is a conflict (the watch sees only managed Secrets); a managed one the watch has not
+        // delivered yet leaves its role for the next pass. Only those names are read, so
+        // roles blocked for another reason cost no GET.
+        let held: std::collections::HashSet<(&str, &str)> = observed
+            .secrets
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        let unserved = observed
+            .roles
+            .iter()
+            .any(|r| !held.contains(&(r.namespace.as_str(), r.name.as_str())));
+        drop(held);
+        let creates: Vec<(String, String)> = if unserved {
+            plan(&observed, Timestamp::now(), &self.config)
+                .actions
+                .iter()
+                .filter(|a| matches!(a.op, Op::Create(_)))
+                .map(|a| (a.namespace.to_string(), a.name.to_string()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let found = find_conflicts(&self.client, creates).await?;
         let unseen: std::collections::BTreeSet<(String, String)> = found
             .iter()
             .filter(|s| crate::model::is_managed(&s.labels))
