@@ -276,7 +276,7 @@ pub struct Store {
     inner: Mutex<Inner>,
     /// Bumped on every change a pass would see; the loop waits on it.
     version: watch::Sender<u64>,
-    /// When the state last turned stale (for logs), `None` while it is fresh.
+    /// Since when the state is stale (for logs), `None` while it is fresh.
     stale_since: Mutex<Option<Instant>>,
 }
 
@@ -290,7 +290,8 @@ impl Store {
         Arc::new(Store {
             inner: Mutex::new(inner),
             version: watch::channel(0).0,
-            stale_since: Mutex::new(None),
+            // Stale until every kind has been listed once.
+            stale_since: Mutex::new(Some(Instant::now())),
         })
     }
 
@@ -346,20 +347,8 @@ impl Store {
                 "left out of this pass until the watch shows the controller's own writes"
             );
         }
-        let roles = inner
-            .roles
-            .objects
-            .iter()
-            .filter(|(k, _)| !lagging.contains(*k))
-            .map(|(_, r)| r.clone())
-            .collect();
-        let secrets = inner
-            .secrets
-            .objects
-            .iter()
-            .filter(|(k, _)| !lagging.contains(*k))
-            .map(|(_, s)| s.clone())
-            .collect();
+        let roles = kept(&inner.roles.objects, &lagging);
+        let secrets = kept(&inner.secrets.objects, &lagging);
         let namespaces = inner
             .namespaces
             .as_ref()
@@ -410,7 +399,7 @@ impl Store {
                 let for_ = since.take().map(|s| s.elapsed()).unwrap_or_default();
                 tracing::info!(
                     stale_for_seconds = for_.as_secs_f64(),
-                    "watched state is complete again"
+                    "watched state is complete: every kind listed, watches running"
                 );
                 true
             }
@@ -471,6 +460,15 @@ impl Store {
         }
         tasks
     }
+}
+
+/// Clones of the objects whose keys are not `left_out`.
+fn kept<T: Clone>(objects: &HashMap<ObjectKey, T>, left_out: &HashSet<ObjectKey>) -> Vec<T> {
+    objects
+        .iter()
+        .filter(|(k, _)| !left_out.contains(*k))
+        .map(|(_, o)| o.clone())
+        .collect()
 }
 
 /// Keys and lean forms of the three kinds. `None` drops an object that cannot be identified
