@@ -6,6 +6,7 @@
 //! other role is served.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use k8s_openapi::ByteString;
@@ -134,11 +135,14 @@ impl std::fmt::Debug for ObservedSecret {
 /// Everything one pass plans from. Built with [`Observed::new`], which decides ownership
 /// before any diffing: only Secrets carrying both controller labels are kept as Secrets; an
 /// unmanaged Secret is remembered by name only, and only if an AWSIAMRole wants that name.
+///
+/// Objects are shared (`Arc`), so a pass of `run` plans over the watched state without copying
+/// it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
-    pub roles: Vec<ObservedRole>,
+    pub roles: Vec<Arc<ObservedRole>>,
     /// Managed Secrets only.
-    pub secrets: Vec<ObservedSecret>,
+    pub secrets: Vec<Arc<ObservedSecret>>,
     /// Names held by unmanaged Secrets that an AWSIAMRole would need.
     pub conflicts: BTreeSet<ObjectKey>,
     /// Namespace annotations, observed when namespace restrictions are on.
@@ -148,11 +152,16 @@ pub struct Observed {
 impl Observed {
     /// Partitions `secrets` into managed ones and name conflicts; unmanaged Secrets no role
     /// asks for are dropped here and never seen by the planner.
-    pub fn new(
-        roles: Vec<ObservedRole>,
-        secrets: Vec<ObservedSecret>,
+    pub fn new<R, S>(
+        roles: Vec<R>,
+        secrets: Vec<S>,
         namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    ) -> Self {
+    ) -> Self
+    where
+        R: Into<Arc<ObservedRole>>,
+        S: Into<Arc<ObservedSecret>>,
+    {
+        let roles: Vec<Arc<ObservedRole>> = roles.into_iter().map(Into::into).collect();
         let wanted: BTreeSet<(&str, &str)> = roles
             .iter()
             .map(|r| (r.namespace.as_str(), r.name.as_str()))
@@ -160,10 +169,11 @@ impl Observed {
         let mut conflicts = BTreeSet::new();
         let mut managed = Vec::new();
         for s in secrets {
+            let s: Arc<ObservedSecret> = s.into();
             if is_managed(&s.labels) {
                 managed.push(s);
             } else if wanted.contains(&(s.namespace.as_str(), s.name.as_str())) {
-                conflicts.insert((s.namespace, s.name));
+                conflicts.insert((s.namespace.clone(), s.name.clone()));
             }
         }
         Observed {

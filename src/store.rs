@@ -148,6 +148,12 @@ impl Versioned for ObservedSecret {
     }
 }
 
+impl<T: Versioned> Versioned for Arc<T> {
+    fn resource_version(&self) -> Option<&str> {
+        (**self).resource_version()
+    }
+}
+
 impl Versioned for BTreeMap<String, String> {
     fn resource_version(&self) -> Option<&str> {
         None
@@ -252,8 +258,8 @@ impl<T: PartialEq + Versioned> Kind<T> {
 
 #[derive(Default)]
 struct Inner {
-    roles: Kind<ObservedRole>,
-    secrets: Kind<ObservedSecret>,
+    roles: Kind<Arc<ObservedRole>>,
+    secrets: Kind<Arc<ObservedSecret>>,
     /// Only with namespace restrictions.
     namespaces: Option<Kind<BTreeMap<String, String>>>,
 }
@@ -473,17 +479,17 @@ fn kept<T: Clone>(objects: &HashMap<ObjectKey, T>, left_out: &HashSet<ObjectKey>
 
 /// Keys and lean forms of the three kinds. `None` drops an object that cannot be identified
 /// (a real API server never sends one).
-fn lean_role(object: DynamicObject) -> Option<(ObjectKey, ObservedRole)> {
+fn lean_role(object: DynamicObject) -> Option<(ObjectKey, Arc<ObservedRole>)> {
     let value = serde_json::to_value(object).ok()?;
     let role = ObservedRole::from_value(&value, "")
         .inspect_err(
             |e| tracing::warn!(error = %e, "ignoring an AWSIAMRole that cannot be identified"),
         )
         .ok()?;
-    Some(((role.namespace.clone(), role.name.clone()), role))
+    Some(((role.namespace.clone(), role.name.clone()), Arc::new(role)))
 }
 
-fn lean_secret(object: DynamicObject) -> Option<(ObjectKey, ObservedSecret)> {
+fn lean_secret(object: DynamicObject) -> Option<(ObjectKey, Arc<ObservedSecret>)> {
     let value = serde_json::to_value(object).ok()?;
     let secret = ObservedSecret::from_value(&value, "")
         .inspect_err(
@@ -491,7 +497,10 @@ fn lean_secret(object: DynamicObject) -> Option<(ObjectKey, ObservedSecret)> {
         )
         .ok()
         .map(crate::secret::lean)?;
-    Some(((secret.namespace.clone(), secret.name.clone()), secret))
+    Some((
+        (secret.namespace.clone(), secret.name.clone()),
+        Arc::new(secret),
+    ))
 }
 
 fn lean_namespace(object: DynamicObject) -> Option<(ObjectKey, BTreeMap<String, String>)> {
@@ -612,7 +621,7 @@ mod tests {
         }
     }
 
-    fn secret(name: &str, rv: &str) -> (ObjectKey, ObservedSecret) {
+    fn secret(name: &str, rv: &str) -> (ObjectKey, Arc<ObservedSecret>) {
         let s = ObservedSecret {
             namespace: "ns".into(),
             name: name.into(),
@@ -623,17 +632,17 @@ mod tests {
             ]),
             ..ObservedSecret::default()
         };
-        (key(name), s)
+        (key(name), Arc::new(s))
     }
 
-    fn role(name: &str, rv: &str) -> (ObjectKey, ObservedRole) {
+    fn role(name: &str, rv: &str) -> (ObjectKey, Arc<ObservedRole>) {
         let r = ObservedRole {
             namespace: "ns".into(),
             name: name.into(),
             resource_version: Some(rv.into()),
             ..ObservedRole::default()
         };
-        (key(name), r)
+        (key(name), Arc::new(r))
     }
 
     fn written(kind: WrittenKind, name: &str, replaced: Option<&str>) -> Written {

@@ -420,7 +420,11 @@ pub fn check_objects(text: &str, now: Timestamp) -> Outcome {
     );
     let observed = &loaded.observed;
     let public = observed_public_text(observed);
-    let words: BTreeSet<String> = observed.secrets.iter().flat_map(secret_words).collect();
+    let words: BTreeSet<String> = observed
+        .secrets
+        .iter()
+        .flat_map(|s| secret_words(s))
+        .collect();
     check_notes(&loaded, text, &words)?;
     for config in configs() {
         let p = plan(observed, now, &config);

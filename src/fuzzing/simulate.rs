@@ -3,8 +3,9 @@
 //! status from the plan (rewritten with the issued expiration for new credentials).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::model::{Observed, ObservedSecret};
+use crate::model::{Observed, ObservedRole, ObservedSecret};
 use crate::plan::{Op, Plan, ready_status};
 use crate::secret::{self, Credentials};
 use jiff::{SignedDuration, Timestamp};
@@ -25,11 +26,11 @@ pub fn fake_credentials(session: &str, now: Timestamp, duration: i64) -> Credent
 /// The state after applying every action of `plan` successfully at `plan.now`.
 pub fn apply(observed: &Observed, plan: &Plan<'_>) -> Observed {
     let now = plan.now;
-    let mut roles = observed.roles.clone();
+    let mut roles: Vec<ObservedRole> = observed.roles.iter().map(|r| (**r).clone()).collect();
     let mut secrets: BTreeMap<(String, String), ObservedSecret> = observed
         .secrets
         .iter()
-        .map(|s| ((s.namespace.clone(), s.name.clone()), s.clone()))
+        .map(|s| ((s.namespace.clone(), s.name.clone()), (**s).clone()))
         .collect();
     for action in &plan.actions {
         let key = (action.namespace.to_string(), action.name.to_string());
@@ -62,8 +63,8 @@ pub fn apply(observed: &Observed, plan: &Plan<'_>) -> Observed {
         }
     }
     Observed {
-        roles,
-        secrets: secrets.into_values().collect(),
+        roles: roles.into_iter().map(Arc::new).collect(),
+        secrets: secrets.into_values().map(Arc::new).collect(),
         conflicts: observed.conflicts.clone(),
         namespaces: observed.namespaces.clone(),
     }

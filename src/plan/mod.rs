@@ -436,7 +436,7 @@ pub fn plan<'a>(observed: &'a Observed, now: Timestamp, config: &PlanConfig) -> 
     let mut secrets: HashMap<(&str, &str), &ObservedSecret> = observed
         .secrets
         .iter()
-        .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
+        .map(|s| ((s.namespace.as_str(), s.name.as_str()), &**s))
         .collect();
     // Each namespace's allowed roles, read once per plan (only with restrictions on).
     let mut rules: HashMap<&str, NamespaceRules> = HashMap::new();
@@ -452,7 +452,7 @@ pub fn plan<'a>(observed: &'a Observed, now: Timestamp, config: &PlanConfig) -> 
         }
     }
     let mut actions = Vec::with_capacity(observed.roles.len() + secrets.len());
-    for role in &observed.roles {
+    for role in observed.roles.iter().map(|r| &**r) {
         let secret = secrets.remove(&(role.namespace.as_str(), role.name.as_str()));
         // Only a role without a managed Secret can collide with an unmanaged one.
         let conflict = secret.is_none()

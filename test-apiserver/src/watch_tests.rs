@@ -183,6 +183,11 @@ async fn watcher_lists_then_follows_creates_updates_status_and_deletes() {
     assert_eq!(listed, ["a", "b"], "{initial:?}");
     assert!(matches!(initial[0], Ok(Event::Init)));
     assert!(server.wait_for_watches(DEADLINE, |n| n == 1).await);
+    // The request is recorded once its answer has started, just after the watch registered.
+    let recorded = server
+        .wait_for_requests(DEADLINE, |r| r.iter().any(|r| r.verb == "watch"))
+        .await;
+    assert!(recorded, "the watch is recorded when it starts");
     let recorded = server.requests();
     let watch = recorded
         .iter()

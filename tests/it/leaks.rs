@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use jiff::Timestamp;
-use kube_aws_iam_controller::model::Observed;
+use kube_aws_iam_controller::model::{Observed, ObservedRole};
 use kube_aws_iam_controller::plan::{PlanConfig, plan};
 use kube_aws_iam_controller::secret::{self, Credentials};
 
@@ -72,7 +72,7 @@ fn debug_output_of_plans_and_state_redacts_credentials() {
     let data = secret::encode(&creds, "arn:aws:iam::123456789012:role/app", 1);
     let mut managed = managed_secret_stub("ns", "orphan");
     managed.data = data;
-    let observed = Observed::new(vec![], vec![managed], BTreeMap::new());
+    let observed = Observed::new(Vec::<ObservedRole>::new(), vec![managed], BTreeMap::new());
     let p = plan(&observed, Timestamp::now(), &PlanConfig::default());
     // What a panic message formatting these values would print.
     let payload = std::panic::catch_unwind(|| panic!("{creds:?} {observed:?} {p:?}"))

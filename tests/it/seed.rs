@@ -348,7 +348,7 @@ async fn the_controllers_own_role_is_refreshed_before_any_other() {
         .iter()
         .map(|r| observed(r, &format!("uid-{}", r.metadata.name.as_deref().unwrap())))
         .collect();
-    let state = Observed::new(observed, Vec::new(), BTreeMap::new());
+    let state = Observed::new(observed, Vec::<ObservedSecret>::new(), BTreeMap::new());
     let config = PlanConfig {
         base_role_arn: Some(BASE.parse().unwrap()),
         ..PlanConfig::default()

@@ -14,7 +14,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube_aws_iam_controller::apply::{Executor, Outcome};
 use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::model::{Observed, ObservedSecret};
+use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
 use kube_aws_iam_controller::plan::{self, ActionKind, PlanConfig};
 use kube_aws_iam_controller::secret;
 
@@ -481,7 +481,7 @@ async fn an_orphan_whose_role_reappeared_is_not_deleted() {
     let held = secret_of(&client, "team-a", "back").await.unwrap();
     // What a lagging watch shows: the Secret, but not the AWSIAMRole.
     let observed = Observed::new(
-        vec![],
+        Vec::<ObservedRole>::new(),
         vec![secret::lean(ObservedSecret::from_secret(&held))],
         BTreeMap::new(),
     );
@@ -512,7 +512,7 @@ async fn an_orphan_whose_role_reappeared_is_not_deleted() {
         .unwrap();
     let held = secret_of(&client, "team-a", "back").await.unwrap();
     let observed = Observed::new(
-        vec![],
+        Vec::<ObservedRole>::new(),
         vec![secret::lean(ObservedSecret::from_secret(&held))],
         BTreeMap::new(),
     );
