@@ -55,6 +55,7 @@ async fn bench() -> Result<(), String> {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let idle = Duration::from_secs(env_num("WATCH_BENCH_IDLE_SECS", 30) as u64);
+    lean_share(sizes.iter().copied().max().unwrap_or(10_000));
     let moto = Moto::start()?;
     println!(
         "watch bench: release binary, loopback API server (kube-fake-client), moto STS; idle window {}s",
@@ -126,6 +127,44 @@ async fn bench() -> Result<(), String> {
         cold(&moto).await?;
     }
     Ok(())
+}
+
+/// What the watched state itself holds per role: `n` served roles and their Secrets decoded and
+/// kept in lean form, as the store keeps them, measured in this process (fresh heap, so
+/// little fragmentation): the floor of what `run` can reach.
+fn lean_share(n: usize) {
+    use kube_aws_iam_controller::model::{ObservedRole, ObservedSecret};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    let (roles, secrets) = served(n, Timestamp::now());
+    let roles: Vec<serde_json::Value> = roles
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+    let secrets: Vec<serde_json::Value> = secrets
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect();
+    let before = common::proc_status("VmRSS");
+    let mut kept_roles = HashMap::new();
+    let mut kept_secrets = HashMap::new();
+    for v in &roles {
+        let r = ObservedRole::from_value(v, "").expect("role");
+        kept_roles.insert((r.namespace.clone(), r.name.clone()), Arc::new(r));
+    }
+    for v in &secrets {
+        let s = kube_aws_iam_controller::secret::lean(
+            ObservedSecret::from_value(v, "").expect("secret"),
+        );
+        kept_secrets.insert((s.namespace.clone(), s.name.clone()), Arc::new(s));
+    }
+    let after = common::proc_status("VmRSS");
+    println!(
+        "lean state in process: {n} roles and Secrets hold {:.1} MiB, {:.2} KiB per role",
+        mib(after.saturating_sub(before)),
+        after.saturating_sub(before) as f64 / 1024.0 / n as f64
+    );
+    drop((kept_roles, kept_secrets));
 }
 
 /// `creates` new AWSIAMRoles, each at a random moment after the last one was served; the

@@ -22,6 +22,8 @@ pub const HERITAGE_LABEL: &str = "heritage";
 pub const HERITAGE_VALUE: &str = "kube-aws-iam-controller";
 pub const TYPE_LABEL: &str = "type";
 pub const TYPE_VALUE: &str = "awsiamrole";
+/// When the credentials in a Secret were issued; gives their lifetime for the refresh policy.
+pub const ISSUED_AT_ANNOTATION: &str = "kube-aws-iam-controller/issued-at";
 /// A Secret is the controller's iff it carries both labels; nothing else is ever touched.
 pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
     labels.get(HERITAGE_LABEL).map(String::as_str) == Some(HERITAGE_VALUE)
@@ -97,6 +99,12 @@ pub struct SecretContent {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Checked {
     pub content: Result<SecretContent, String>,
+    /// The role ARN the `role-arn` key names, when it is one (even in an unreadable Secret).
+    pub role_arn: Option<String>,
+    /// It carried both controller labels (which the lean form then drops).
+    pub managed: bool,
+    /// Its issued-at annotation (the only annotation the planner reads).
+    pub issued_at: Option<String>,
     pub digest: [u8; 16],
 }
 
@@ -105,6 +113,9 @@ impl std::fmt::Debug for Checked {
         let digest: String = self.digest.iter().map(|b| format!("{b:02x}")).collect();
         f.debug_struct("Checked")
             .field("content", &self.content)
+            .field("role_arn", &self.role_arn)
+            .field("managed", &self.managed)
+            .field("issued_at", &self.issued_at)
             .field("digest", &digest)
             .finish()
     }
@@ -170,7 +181,7 @@ impl Observed {
         let mut managed = Vec::new();
         for s in secrets {
             let s: Arc<ObservedSecret> = s.into();
-            if is_managed(&s.labels) {
+            if s.is_managed() {
                 managed.push(s);
             } else if wanted.contains(&(s.namespace.as_str(), s.name.as_str())) {
                 conflicts.insert((s.namespace.clone(), s.name.clone()));
@@ -269,6 +280,22 @@ impl ObservedRole {
 }
 
 impl ObservedSecret {
+    /// Whether the Secret is the controller's (both labels, or a lean form made of one).
+    pub fn is_managed(&self) -> bool {
+        self.checked.as_ref().is_some_and(|c| c.managed) || is_managed(&self.labels)
+    }
+
+    /// The `kube-aws-iam-controller/issued-at` annotation, also from the lean form.
+    pub fn issued_at(&self) -> Option<&str> {
+        match &self.checked {
+            Some(checked) => checked.issued_at.as_deref(),
+            None => self
+                .annotations
+                .get(ISSUED_AT_ANNOTATION)
+                .map(String::as_str),
+        }
+    }
+
     /// Decodes a Secret from untyped JSON, folding `stringData` into `data` as the API server
     /// does. `Err` when it cannot be identified or its metadata is unusable (then it is not
     /// known to be managed and is left alone).
@@ -353,40 +380,6 @@ impl ObservedSecret {
             undecodable_keys: BTreeSet::new(),
             checked: None,
         }
-    }
-
-    /// The form kept between passes: `decode` reads the data once, then every value but the
-    /// non-secret keys in `keep` is dropped, with the annotations other than the controller's
-    /// (`prefix`). The verdict and a digest of the data stand in for what was dropped.
-    pub fn lean(
-        mut self,
-        decode: fn(&ObservedSecret) -> Result<SecretContent, String>,
-        keep: &[&str],
-        prefix: &str,
-    ) -> Self {
-        use sha2::{Digest as _, Sha256};
-        if self.checked.is_some() {
-            return self;
-        }
-        let content = decode(&self);
-        let mut hasher = Sha256::new();
-        for (k, v) in &self.data {
-            hasher.update((k.len() as u64).to_be_bytes());
-            hasher.update(k.as_bytes());
-            hasher.update((v.len() as u64).to_be_bytes());
-            hasher.update(v);
-        }
-        for k in &self.undecodable_keys {
-            hasher.update(b"\0undecodable\0");
-            hasher.update(k.as_bytes());
-        }
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&hasher.finalize()[..16]);
-        self.data.retain(|k, _| keep.contains(&k.as_str()));
-        self.undecodable_keys.clear();
-        self.annotations.retain(|k, _| k.starts_with(prefix));
-        self.checked = Some(Checked { content, digest });
-        self
     }
 }
 

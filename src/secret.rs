@@ -17,8 +17,7 @@ use crate::crd::AWSIAMRole;
 pub use crate::model::{HERITAGE_LABEL, HERITAGE_VALUE, TYPE_LABEL, TYPE_VALUE, is_managed};
 use crate::model::{ObservedRole, ObservedSecret};
 
-/// When the credentials in the Secret were issued; gives their lifetime for the refresh policy.
-pub const ISSUED_AT_ANNOTATION: &str = "kube-aws-iam-controller/issued-at";
+pub use crate::model::ISSUED_AT_ANNOTATION;
 
 pub const KEY_CREDENTIALS: &str = "credentials";
 pub const KEY_PROCESS: &str = "credentials.process";
@@ -134,9 +133,6 @@ const INI_FIELDS: [&str; 3] = [
 
 pub use crate::model::SecretContent;
 
-/// Data keys that hold no credential material: kept in the lean form of a Secret.
-pub const PLAIN_KEYS: [&str; 3] = [KEY_ROLE_ARN, KEY_EXPIRE, KEY_GENERATION];
-
 /// Reads a managed Secret back. `Err` names the first unusable key, never its value. A lean
 /// Secret ([`lean`]) answers with the verdict it was read to when it arrived.
 pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
@@ -146,9 +142,48 @@ pub fn decode(s: &ObservedSecret) -> Result<SecretContent, String> {
     read(s)
 }
 
-/// The lean form of a managed Secret: its data read once, then no credential value kept.
-pub fn lean(s: ObservedSecret) -> ObservedSecret {
-    s.lean(read, &PLAIN_KEYS, "kube-aws-iam-controller/")
+/// The form of a managed Secret kept between passes: its data is read once, and the verdict
+/// (with the role ARN it names, the issued-at annotation, whether it is managed, and a digest of
+/// all of its data) stands in for the data, labels and annotations, which are dropped. No
+/// credential value is kept; the planner reads the verdict ([`decode`], [`role_arn_of`],
+/// [`ObservedSecret::is_managed`], [`ObservedSecret::issued_at`]). An unmanaged Secret keeps
+/// its labels.
+pub fn lean(mut s: ObservedSecret) -> ObservedSecret {
+    use sha2::{Digest as _, Sha256};
+    if s.checked.is_some() {
+        return s;
+    }
+    let content = read(&s);
+    let role_arn = role_arn_of(&s);
+    let mut hasher = Sha256::new();
+    for (k, v) in &s.data {
+        hasher.update((k.len() as u64).to_be_bytes());
+        hasher.update(k.as_bytes());
+        hasher.update((v.len() as u64).to_be_bytes());
+        hasher.update(v);
+    }
+    for k in &s.undecodable_keys {
+        hasher.update(b"\0undecodable\0");
+        hasher.update(k.as_bytes());
+    }
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&hasher.finalize()[..16]);
+    let managed = is_managed(&s.labels);
+    let issued_at = s.annotations.remove(ISSUED_AT_ANNOTATION);
+    s.data = BTreeMap::new();
+    s.undecodable_keys = Default::default();
+    s.annotations = BTreeMap::new();
+    if managed {
+        s.labels = BTreeMap::new();
+    }
+    s.checked = Some(crate::model::Checked {
+        content,
+        role_arn,
+        managed,
+        issued_at,
+        digest,
+    });
+    s
 }
 
 fn read(s: &ObservedSecret) -> Result<SecretContent, String> {
@@ -253,6 +288,9 @@ fn check_profile(ini: &str) -> Result<(), String> {
 /// The `role-arn` key alone, when it holds a role ARN (for reporting orphans that are
 /// otherwise unreadable).
 pub fn role_arn_of(s: &ObservedSecret) -> Option<String> {
+    if let Some(checked) = &s.checked {
+        return checked.role_arn.clone();
+    }
     let text = std::str::from_utf8(s.data.get(KEY_ROLE_ARN)?).ok()?;
     text.trim().parse::<RoleArn>().ok().map(|a| a.to_string())
 }
@@ -498,13 +536,25 @@ mod tests {
                 "{}".to_string(),
             ),
         ]);
+        full.labels = BTreeMap::from([
+            (HERITAGE_LABEL.to_string(), HERITAGE_VALUE.to_string()),
+            (TYPE_LABEL.to_string(), TYPE_VALUE.to_string()),
+            ("app".to_string(), "x".to_string()),
+        ]);
         let slim = lean(full.clone());
         assert_eq!(decode(&slim), decode(&full));
         assert_eq!(role_arn_of(&slim), role_arn_of(&full));
-        let kept: Vec<&str> = slim.data.keys().map(String::as_str).collect();
-        assert_eq!(kept, ["awsiamrole-generation", "expire", "role-arn"]);
-        assert_eq!(slim.annotations.len(), 1);
-        assert!(slim.annotations.contains_key(ISSUED_AT_ANNOTATION));
+        assert!(slim.data.is_empty(), "no data value is kept");
+        assert!(slim.annotations.is_empty() && slim.labels.is_empty());
+        assert_eq!(slim.issued_at(), Some("2026-11-26T22:00:00Z"));
+        assert_eq!(slim.issued_at(), full.issued_at());
+        assert!(slim.is_managed() && full.is_managed());
+        // An unmanaged Secret stays unmanaged, its labels kept.
+        let mut foreign = full.clone();
+        foreign.labels.remove(TYPE_LABEL);
+        let foreign = lean(foreign);
+        assert!(!foreign.is_managed());
+        assert_eq!(foreign.labels.len(), 2);
         let dbg = format!("{slim:?}");
         assert!(!dbg.contains("ASIAEXAMPLE") && !dbg.contains("SeCrEt") && !dbg.contains("ToKeN"));
         assert_eq!(lean(slim.clone()), slim, "lean twice is lean once");

@@ -41,6 +41,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long an own write may stay unseen by the watch before the state is trusted again.
 const EXPECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Objects per page of a watch's list: one page of whole objects (credentials included) is
+/// decoded at a time, so a smaller page keeps the transient peak, and with it the resident
+/// memory a long-running process keeps, small.
+const LIST_PAGE_SIZE: u32 = 100;
 /// Server-side timeout of each watch request (kube-runtime resumes it from the last
 /// resourceVersion when it ends).
 const WATCH_TIMEOUT_SECONDS: u32 = 290;
@@ -431,7 +435,11 @@ impl Store {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &secret_resource),
             None => Api::all_with(client.clone(), &secret_resource),
         };
-        let config = || watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
+        let config = || {
+            watcher::Config::default()
+                .timeout(WATCH_TIMEOUT_SECONDS)
+                .page_size(LIST_PAGE_SIZE)
+        };
         tasks.spawn(feed(
             self.clone(),
             WatchedKind::Roles,

@@ -850,11 +850,7 @@ impl<'a> RolePlanner<'a, '_> {
 
 /// Lifetime of the Secret's credentials from the issued-at annotation, when it is plausible.
 pub fn lifetime(secret: &ObservedSecret, content: &SecretContent) -> Option<i64> {
-    let issued: Timestamp = secret
-        .annotations
-        .get(secret::ISSUED_AT_ANNOTATION)?
-        .parse()
-        .ok()?;
+    let issued: Timestamp = secret.issued_at()?.parse().ok()?;
     let l = content.expire.as_second() - issued.as_second();
     // STS never issues less than 900 s: a shorter span means the annotation is wrong.
     (l >= crate::crd::MIN_SESSION_DURATION).then_some(l)
