@@ -381,17 +381,6 @@ impl Store {
             && inner.namespaces.as_ref().is_none_or(|n| listed(&n.phase))
     }
 
-    /// Objects held: (AWSIAMRoles, managed Secrets).
-    pub fn len(&self) -> (usize, usize) {
-        let inner = self.lock();
-        (inner.roles.objects.len(), inner.secrets.objects.len())
-    }
-
-    /// Whether the store holds no AWSIAMRole and no Secret.
-    pub fn is_empty(&self) -> bool {
-        self.len() == (0, 0)
-    }
-
     fn update(&self, change: impl FnOnce(&mut Inner) -> bool) {
         let (changed, stale) = {
             let mut inner = self.lock();
@@ -725,6 +714,90 @@ mod tests {
             });
         store.observed().unwrap();
         assert!(store.lock().secrets.expected.is_empty());
+    }
+
+    fn dynamic(value: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn objects_are_kept_lean_and_keyed_by_namespace_and_name() {
+        let (k, role) = lean_role(dynamic(serde_json::json!({
+            "apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
+            "metadata": {"name": "app", "namespace": "team", "uid": "u1", "resourceVersion": "7",
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"roleReference": ["not a string"]}
+        })))
+        .unwrap();
+        assert_eq!(k, ("team".to_string(), "app".to_string()));
+        assert_eq!(
+            (role.uid.as_str(), role.resource_version.as_deref()),
+            ("u1", Some("7"))
+        );
+        assert!(
+            role.spec.is_err(),
+            "an undecodable spec is kept as its error"
+        );
+
+        let data = crate::secret::encode(
+            &crate::secret::Credentials {
+                access_key_id: "ASIAKEPT".into(),
+                secret_access_key: "never-kept".into(),
+                session_token: "token-never-kept".into(),
+                expiration: "2026-11-26T23:00:00Z".parse().unwrap(),
+            },
+            "arn:aws:iam::123456789012:role/app",
+            3,
+        );
+        use base64::Engine as _;
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    base64::engine::general_purpose::STANDARD.encode(v).into(),
+                )
+            })
+            .collect();
+        let (k, secret) = lean_secret(dynamic(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "app", "namespace": "team", "resourceVersion": "8",
+                         "labels": {"heritage": "kube-aws-iam-controller", "type": "awsiamrole"}},
+            "data": data
+        })))
+        .unwrap();
+        assert_eq!(k, ("team".to_string(), "app".to_string()));
+        assert!(secret.is_managed() && secret.data.is_empty());
+        assert_eq!(crate::secret::decode(&secret).unwrap().generation, 3);
+        assert!(!format!("{secret:?}").contains("never-kept"));
+
+        let (k, annotations) = lean_namespace(dynamic(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "team", "annotations": {"a": "b"}}
+        })))
+        .unwrap();
+        assert_eq!(k, (String::new(), "team".to_string()));
+        assert_eq!(annotations["a"], "b");
+
+        // Events carry their object in lean form; list markers pass through.
+        let event = lean_event(
+            Event::Apply(dynamic(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}
+            }))),
+            lean_namespace,
+        );
+        assert!(matches!(event, Some(Event::Apply(((_, n), _))) if n == "x"));
+        assert!(matches!(
+            lean_event(Event::Init, lean_namespace),
+            Some(Event::Init)
+        ));
+        assert!(matches!(
+            lean_event(Event::InitDone, lean_namespace),
+            Some(Event::InitDone)
+        ));
+        let nameless =
+            dynamic(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {}}));
+        assert!(lean_event(Event::Delete(nameless), lean_namespace).is_none());
     }
 
     #[test]
