@@ -557,6 +557,20 @@ mod tests {
         assert_eq!(foreign.labels.len(), 2);
         let dbg = format!("{slim:?}");
         assert!(!dbg.contains("ASIAEXAMPLE") && !dbg.contains("SeCrEt") && !dbg.contains("ToKeN"));
+        // Debug still shows what was kept: the verdict, the issued-at time, a hex digest.
+        for shown in [
+            "ObservedSecret",
+            "Checked",
+            "generation: 7",
+            "2026-11-26T22:00:00Z",
+        ] {
+            assert!(dbg.contains(shown), "{shown} missing from {dbg}");
+        }
+        let digest = slim.checked.as_ref().unwrap().digest;
+        assert!(
+            dbg.contains(&format!("{:02x}{:02x}", digest[0], digest[1])),
+            "{dbg}"
+        );
         assert_eq!(lean(slim.clone()), slim, "lean twice is lean once");
 
         // A credential edited by hand: same verdict, another digest, so the state changes.
