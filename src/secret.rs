@@ -544,6 +544,10 @@ mod tests {
         let slim = lean(full.clone());
         assert_eq!(decode(&slim), decode(&full));
         assert_eq!(role_arn_of(&slim), role_arn_of(&full));
+        assert_eq!(
+            role_arn_of(&slim).as_deref(),
+            Some("arn:aws:iam::123456789012:role/app")
+        );
         assert!(slim.data.is_empty(), "no data value is kept");
         assert!(slim.annotations.is_empty() && slim.labels.is_empty());
         assert_eq!(slim.issued_at(), Some("2026-11-26T22:00:00Z"));

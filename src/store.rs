@@ -801,6 +801,26 @@ mod tests {
     }
 
     #[test]
+    fn stale_states_say_which_kind_and_why() {
+        assert_eq!(
+            Stale::NotSynced(WatchedKind::Roles).to_string(),
+            "the first list of awsiamroles has not completed"
+        );
+        let broken = Stale::Broken {
+            kind: WatchedKind::Secrets,
+            error: "connection reset".into(),
+        };
+        assert_eq!(
+            broken.to_string(),
+            "the watch of secrets is broken and not relisted yet: connection reset"
+        );
+        assert_eq!(
+            Stale::Relisting(WatchedKind::Namespaces).to_string(),
+            "namespaces are being listed again"
+        );
+    }
+
+    #[test]
     fn a_broken_watch_is_stale_until_a_complete_list() {
         let mut kind: Kind<u32> = Kind::default();
         kind.apply(Event::Init);
