@@ -702,6 +702,12 @@ mod tests {
         store.update(|inner| inner.secrets.apply(Event::Delete(secret("b", "4"))));
         assert_eq!(names(&store.observed().unwrap()).0, ["a", "b", "c"]);
 
+        // A write whose event arrived before the pass reported it holds nothing back.
+        store.update(|inner| inner.secrets.apply(Event::Apply(secret("c", "9"))));
+        store.expect(&[written(WrittenKind::Secret, "c", Some("5"))]);
+        assert_eq!(names(&store.observed().unwrap()).1, ["a", "c"]);
+        assert!(store.lock().secrets.expected.is_empty());
+
         // An expectation the watch never settles stops holding the object back.
         store.expect(&[written(WrittenKind::Secret, "z", None)]);
         store
