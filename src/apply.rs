@@ -891,11 +891,7 @@ impl Executor {
     /// Superseded when it is gone or another object of its name replaced it: `refused`, what
     /// did not happen, is then nobody's failure. Failed (with `refused`) when it cannot be read.
     async fn confirm_role(&self, role: &ObservedRole, refused: &str) -> Result<(), Refused> {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &role.namespace,
-            &ApiResource::erase::<AWSIAMRole>(&()),
-        );
+        let api: Api<DynamicObject> = self.roles(&role.namespace);
         let describe = |e: &kube::Error| {
             format!(
                 "reading AWSIAMRole {}/{}: {}",
@@ -1000,13 +996,19 @@ impl Executor {
         }
     }
 
-    /// Whether an AWSIAMRole of that name exists now (any uid: a new one re-owns the Secret).
-    async fn role_exists(&self, namespace: &str, name: &str) -> Result<bool, String> {
-        let api: Api<DynamicObject> = Api::namespaced_with(
+    /// AWSIAMRoles of `namespace`, untyped, so a read or a status patch decodes even when the
+    /// stored spec does not.
+    fn roles(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(
             self.client.clone(),
             namespace,
             &ApiResource::erase::<AWSIAMRole>(&()),
-        );
+        )
+    }
+
+    /// Whether an AWSIAMRole of that name exists now (any uid: a new one re-owns the Secret).
+    async fn role_exists(&self, namespace: &str, name: &str) -> Result<bool, String> {
+        let api: Api<DynamicObject> = self.roles(namespace);
         let describe = |e: &kube::Error| {
             format!(
                 "confirming that AWSIAMRole {namespace}/{name} is gone before deleting its Secret: {}",
@@ -1086,11 +1088,7 @@ impl Executor {
     ) -> Result<(), Refused> {
         // Untyped, so the response decodes even when the stored spec does not (the reason the
         // role is blocked may be exactly that).
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &role.namespace,
-            &ApiResource::erase::<AWSIAMRole>(&()),
-        );
+        let api: Api<DynamicObject> = self.roles(&role.namespace);
         let mut patch = json!({
             "status": {
                 "observedGeneration": status.observed_generation,

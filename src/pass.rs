@@ -218,7 +218,7 @@ impl Controller {
         let found = find_conflicts(&self.client, creates).await?;
         let unseen: std::collections::BTreeSet<(String, String)> = found
             .iter()
-            .filter(|s| crate::model::is_managed(&s.labels))
+            .filter(|s| s.is_managed())
             .map(|s| (s.namespace.clone(), s.name.clone()))
             .collect();
         if !unseen.is_empty() {
@@ -230,9 +230,7 @@ impl Controller {
                 .roles
                 .retain(|r| !unseen.contains(&(r.namespace.clone(), r.name.clone())));
         }
-        let unmanaged = found
-            .into_iter()
-            .filter(|s| !crate::model::is_managed(&s.labels));
+        let unmanaged = found.into_iter().filter(|s| !s.is_managed());
         observed
             .conflicts
             .extend(unmanaged.map(|s| (s.namespace, s.name)));
