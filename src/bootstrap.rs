@@ -7,7 +7,6 @@
 //! reference to the role's UID) and the role's Ready status, so the first pass finds it up to
 //! date and no long-lived key ever has to be stored in the cluster.
 
-use clap::Args;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -15,10 +14,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject};
 use serde_json::json;
 
+use crate::CommandOutput;
 use crate::arn::{BaseArn, RoleArn};
-use crate::cli::Options;
-use crate::commands::CommandOutput;
-use crate::crd::{AWSIAMRole, AWSIAMRoleSpec, DEFAULT_SESSION_DURATION};
+use crate::crd::{AWSIAMRole, AWSIAMRoleSpec};
 use crate::model::ObservedRole;
 use crate::plan::{CredentialRequest, ready_status, shortened};
 use crate::secret::{self, format_time};
@@ -30,33 +28,30 @@ use crate::{Error, Result};
 pub const DEFAULT_NAMESPACE: &str = "kube-system";
 pub const DEFAULT_NAME: &str = "kube-aws-iam-controller-iam-role";
 
-#[derive(Debug, Args)]
-pub struct BootstrapArgs {
-    /// The controller's own IAM role (a full role ARN). The global --namespace flag names the
-    /// AWSIAMRole's namespace (default: kube-system).
-    #[arg(long, value_name = "ARN", env = "KUBE_AWS_IAM_CONTROLLER_ROLE_ARN")]
-    pub role_arn: String,
-    /// Name of the AWSIAMRole and its Secret.
-    #[arg(long, default_value = DEFAULT_NAME, env = "KUBE_AWS_IAM_CONTROLLER_NAME")]
+/// What `bootstrap` writes, and with what.
+#[derive(Clone, Debug)]
+pub struct BootstrapConfig {
+    /// The controller's own IAM role.
+    pub role_arn: RoleArn,
+    /// Namespace and name of the AWSIAMRole and its Secret.
+    pub namespace: String,
     pub name: String,
     /// roleSessionDuration of a newly created AWSIAMRole, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_SESSION_DURATION, env = "KUBE_AWS_IAM_CONTROLLER_SESSION_DURATION")]
     pub session_duration: i64,
+    /// Kubernetes API server URL overriding kubeconfig.
+    pub apiserver: Option<String>,
+    pub plan: crate::plan::PlanConfig,
+    /// STS set-up (the operator's own credentials: no seed).
+    pub aws: AwsOptions,
 }
 
 /// Runs `bootstrap`. Exit code 0 when the Secret was written; errors exit 2.
-pub async fn run(options: &Options, args: &BootstrapArgs) -> Result<CommandOutput> {
-    let arn: RoleArn = args
-        .role_arn
-        .parse()
-        .map_err(|e| Error::Config(format!("--role-arn: {e}")))?;
-    let namespace = options.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string();
+pub async fn run(args: &BootstrapConfig) -> Result<CommandOutput> {
+    let arn = args.role_arn.clone();
+    let namespace = args.namespace.clone();
     let name = args.name.clone();
-    if name.is_empty() {
-        return Err(Error::Config("--name must not be empty".into()));
-    }
-    let config = crate::commands::plan_config(options)?;
-    let client = crate::pass::kube_client(options.apiserver.as_deref()).await?;
+    let config = &args.plan;
+    let client = crate::pass::kube_client(args.apiserver.as_deref()).await?;
     let kube_err = |context: String| {
         move |e: kube::Error| Error::Kube {
             context,
@@ -125,12 +120,9 @@ pub async fn run(options: &Options, args: &BootstrapArgs) -> Result<CommandOutpu
 
     // 3. Assume the role once with the operator's credentials.
     let (source, _) = sts::connect(&AwsOptions {
-        region: options.region.clone(),
         base_role_arn: Some(base),
-        assume_role: options.assume_role.clone(),
-        rate: Some(options.sts_rate),
-        burst: Some(options.sts_burst),
         seed: None,
+        ..args.aws.clone()
     })
     .await?;
     let session_name = crate::arn::session_name(&namespace, &name);

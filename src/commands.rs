@@ -1,82 +1,66 @@
-//! The subcommands as library functions returning what to print, so tests run them without a
-//! process and `main` stays a dispatcher.
+//! The controller's subcommands as library functions taking their configs (built by the
+//! command line) and returning what to print, so tests run them without a process.
 
 use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use crate::arn::BaseArn;
-use crate::cli::{Options, PlanArgs};
 use crate::lease::LeaseConfig;
-use crate::observe::ObserveOptions;
 use crate::pass::{Controller, ControllerConfig, Rendering, kube_client};
 use crate::plan::PlanConfig;
 use crate::plan::render::render;
-use crate::policy::Policy;
-use crate::session::SessionOptions;
 use crate::sts::{self, AwsOptions};
-use crate::{Error, Result, crd, offline, plan};
+use crate::{CommandOutput, Result, crd, offline, plan};
 
-/// The planner's configuration from the command line.
-pub fn plan_config(options: &Options) -> Result<PlanConfig> {
-    let base_role_arn = options
-        .base_role_arn
-        .as_deref()
-        .map(|s| {
-            s.parse::<BaseArn>()
-                .map_err(|e| Error::Config(format!("--base-role-arn: {e}")))
-        })
-        .transpose()?;
-    let refresh_limit = i64::try_from(options.refresh_limit.as_secs())
-        .map_err(|_| Error::Config("--refresh-limit is too large".into()))?;
-    let session = SessionOptions {
-        tags: options.session_tags,
-        source_identity: options.source_identity,
-        external_id_format: options.external_id_format.clone(),
-        cluster_name: options.cluster_name.clone(),
-    };
-    session.validate().map_err(Error::Config)?;
-    Ok(PlanConfig {
-        base_role_arn,
-        refresh_limit,
-        session,
-        policy: Policy {
-            namespace_restrictions: options.namespace_restrictions,
-            allowed_role_patterns: options.allowed_role_patterns.clone(),
-        },
-    })
+/// Everything a pass against the cluster needs, built by the command line (clap-free).
+#[derive(Clone, Debug)]
+pub struct PassSetup {
+    pub controller: ControllerConfig,
+    /// Kubernetes API server URL overriding kubeconfig / in-cluster configuration.
+    pub apiserver: Option<String>,
+    /// STS set-up; the seed credentials are detected when connecting.
+    pub aws: AwsOptions,
+    /// Leader election, or `None` when it is off.
+    pub lease: Option<LeaseConfig>,
+    /// `--self-role` as (namespace, name), when given.
+    pub self_role: Option<(String, String)>,
+    pub rendering: Rendering,
+    pub dry_run: bool,
 }
 
-/// How passes run, from the command line.
-pub fn controller_config(options: &Options) -> Result<ControllerConfig> {
-    Ok(ControllerConfig {
-        plan: plan_config(options)?,
-        observe: ObserveOptions {
-            namespace: options.namespace().map(str::to_string),
-            namespaces: options.namespace_restrictions,
-            page_size: 0,
-        },
-        concurrency: options.concurrency.get(),
-        own_role: None,
-        watch: options.watch,
-    })
+/// `run`'s loop settings.
+#[derive(Clone, Debug)]
+pub struct LoopSettings {
+    /// Longest time between passes.
+    pub interval: std::time::Duration,
+    /// Address of /healthz, /readyz and /metrics.
+    pub health_addr: String,
+}
+
+/// `plan --from`: offline inputs.
+#[derive(Clone, Debug)]
+pub struct OfflinePlan {
+    pub from: std::path::PathBuf,
+    /// The time to plan for.
+    pub now: Timestamp,
+    /// Only this namespace's objects.
+    pub namespace: Option<String>,
+    pub plan: PlanConfig,
+    pub rendering: Rendering,
 }
 
 /// Connects to Kubernetes and STS (`watch`: `run`'s state is kept by watches), discovering the base role ARN when it is not given. A dry
 /// run makes only that read-only `GetCallerIdentity` call, so it resolves bare role names as
 /// the real pass will; it never assumes a role.
-async fn connect(options: &Options, dry_run: bool, watch: bool) -> Result<Controller> {
-    let mut config = controller_config(options)?;
+async fn connect(setup: &PassSetup, dry_run: bool, watch: bool) -> Result<Controller> {
+    let mut config = setup.controller.clone();
     config.watch = watch && !dry_run;
-    let client = kube_client(options.apiserver.as_deref()).await?;
+    let client = kube_client(setup.apiserver.as_deref()).await?;
     let seed = crate::seed::detect()?.map(Arc::new);
     let aws = AwsOptions {
-        region: options.region.clone(),
         base_role_arn: config.plan.base_role_arn.clone(),
-        assume_role: options.assume_role.clone(),
-        rate: Some(options.sts_rate),
-        burst: Some(options.sts_burst),
         seed: seed.clone(),
+        ..setup.aws.clone()
     };
     if dry_run {
         match sts::discover(&aws).await {
@@ -88,11 +72,7 @@ async fn connect(options: &Options, dry_run: bool, watch: bool) -> Result<Contro
             // pass --base-role-arn, where a real pass would stop here.
             Err(e) => tracing::warn!("dry run without a base role ARN (pass --base-role-arn): {e}"),
         }
-        let rendering = Rendering {
-            format: options.output,
-            verbose: options.verbose,
-        };
-        return Ok(Controller::dry_run(client, config, rendering));
+        return Ok(Controller::dry_run(client, config, setup.rendering));
     }
     if let Some(seed) = &seed {
         tracing::info!(file = %seed.path().display(), "signing with seed credentials (re-read when the file changes)");
@@ -100,71 +80,22 @@ async fn connect(options: &Options, dry_run: bool, watch: bool) -> Result<Contro
     let (source, base) = sts::connect(&aws).await?;
     tracing::info!(base_role_arn = %base, "connected to STS");
     config.plan.base_role_arn = Some(base);
-    config.own_role = self_role(options, seed.is_some())?;
-    let elector = lease_config(options)?
+    config.own_role = match &setup.self_role {
+        Some(role) => Some(role.clone()),
+        // With seed credentials the controller's own role is the one `bootstrap` creates.
+        None if seed.is_some() => Some((
+            crate::bootstrap::DEFAULT_NAMESPACE.into(),
+            crate::bootstrap::DEFAULT_NAME.into(),
+        )),
+        None => None,
+    };
+    let elector = setup
+        .lease
+        .clone()
         .map(|lease| Arc::new(crate::lease::LeaderElector::new(client.clone(), lease)));
     Ok(Controller::new(client, config, Arc::new(source))
         .with_seed(seed)
         .with_leader_election(elector))
-}
-
-/// The leader election settings from the command line, or `None` when it is off.
-pub fn lease_config(options: &Options) -> Result<Option<LeaseConfig>> {
-    if !options.leader_elect {
-        return Ok(None);
-    }
-    let namespace = options
-        .lease_namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .or_else(|| {
-            std::env::var("POD_NAMESPACE")
-                .ok()
-                .filter(|n| !n.is_empty())
-        })
-        .unwrap_or_else(|| crate::lease::DEFAULT_LEASE_NAMESPACE.into());
-    if options.lease_name.is_empty() {
-        return Err(Error::Config("--lease-name must not be empty".into()));
-    }
-    let config = LeaseConfig {
-        namespace,
-        name: options.lease_name.clone(),
-        identity: LeaseConfig::default_identity(),
-        duration: options.lease_duration,
-        renew_deadline: options.lease_renew_deadline,
-        retry_period: options.lease_retry_period,
-        wait: options.lease_wait,
-    };
-    config.validate().map_err(Error::Config)?;
-    Ok(Some(config))
-}
-
-/// `--self-role` as (namespace, name); with seed credentials it defaults to the role
-/// `bootstrap` creates.
-pub fn self_role(options: &Options, seed: bool) -> Result<Option<(String, String)>> {
-    match options.self_role.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(Some((ns.to_string(), name.to_string())))
-            }
-            _ => Err(Error::Config(format!(
-                "--self-role {s:?} is not NAMESPACE/NAME"
-            ))),
-        },
-        None if seed => Ok(Some((
-            crate::bootstrap::DEFAULT_NAMESPACE.into(),
-            crate::bootstrap::DEFAULT_NAME.into(),
-        ))),
-        None => Ok(None),
-    }
-}
-
-/// What a command produced: its standard output, warnings for standard error, its exit code.
-#[derive(Debug, Default)]
-pub struct CommandOutput {
-    pub stdout: String,
-    pub notes: Vec<String>,
-    pub exit_code: u8,
 }
 
 /// `crd`: the CustomResourceDefinition YAML.
@@ -175,40 +106,25 @@ pub fn crd() -> Result<CommandOutput> {
     })
 }
 
-/// `plan`: compute and render the plan, offline (`--from`) or from the cluster (a dry-run
-/// pass: no writes, and no STS call but `GetCallerIdentity` when the base ARN is not given).
-pub async fn plan(options: &Options, args: &PlanArgs) -> Result<CommandOutput> {
-    match &args.from {
-        Some(_) => plan_offline(options, args),
-        None => {
-            let controller = connect(options, true, false).await?;
-            let (_, rendered) = controller.once().await?;
-            Ok(CommandOutput {
-                stdout: rendered.unwrap_or_default(),
-                ..CommandOutput::default()
-            })
-        }
-    }
+/// `plan` against the cluster: a dry-run pass (no writes, and no STS call but
+/// `GetCallerIdentity` when the base ARN is not given).
+pub async fn plan(setup: &PassSetup) -> Result<CommandOutput> {
+    let controller = connect(setup, true, false).await?;
+    let (_, rendered) = controller.once().await?;
+    Ok(CommandOutput {
+        stdout: rendered.unwrap_or_default(),
+        ..CommandOutput::default()
+    })
 }
 
 /// `plan --from PATH`: offline, synchronous, no cluster and no AWS.
-pub fn plan_offline(options: &Options, args: &PlanArgs) -> Result<CommandOutput> {
-    let Some(from) = &args.from else {
-        return Err(Error::Config("plan_offline needs --from PATH".into()));
-    };
-    let config = plan_config(options)?;
-    let now = match &args.now {
-        Some(s) => s
-            .parse::<Timestamp>()
-            .map_err(|e| Error::Config(format!("--now {s:?} is not an RFC 3339 time: {e}")))?,
-        None => Timestamp::now(),
-    };
-    let loaded = offline::load(from)?;
-    let observed = match options.namespace() {
+pub fn plan_offline(args: &OfflinePlan) -> Result<CommandOutput> {
+    let loaded = offline::load(&args.from)?;
+    let observed = match args.namespace.as_deref() {
         Some(ns) => loaded.observed.scoped(ns),
         None => loaded.observed,
     };
-    let plan = plan::plan(&observed, now, &config);
+    let plan = plan::plan(&observed, args.now, &args.plan);
     let mut notes: Vec<String> = loaded.notes.iter().map(ToString::to_string).collect();
     let needs_base = |a: &plan::Action<'_>| {
         matches!(
@@ -226,15 +142,15 @@ pub fn plan_offline(options: &Options, args: &PlanArgs) -> Result<CommandOutput>
         );
     }
     Ok(CommandOutput {
-        stdout: render(&plan, options.output, options.verbose),
+        stdout: render(&plan, args.rendering.format, args.rendering.verbose),
         notes,
         exit_code: 0,
     })
 }
 
 /// `once`: one pass against the cluster (printing the plan with `--dry-run`).
-pub async fn once(options: &Options) -> Result<CommandOutput> {
-    let controller = connect(options, options.dry_run, false).await?;
+pub async fn once(setup: &PassSetup) -> Result<CommandOutput> {
+    let controller = connect(setup, setup.dry_run, false).await?;
     let (exit_code, rendered) = controller.once().await?;
     Ok(CommandOutput {
         stdout: rendered.unwrap_or_default(),
@@ -244,10 +160,10 @@ pub async fn once(options: &Options) -> Result<CommandOutput> {
 }
 
 /// `run` (and the bare binary): the loop, until SIGTERM/SIGINT.
-pub async fn run(options: &Options) -> Result<CommandOutput> {
-    let controller = connect(options, options.dry_run, options.watch).await?;
+pub async fn run(setup: &PassSetup, looping: &LoopSettings) -> Result<CommandOutput> {
+    let controller = connect(setup, setup.dry_run, setup.controller.watch).await?;
     controller
-        .run(options.interval, &options.health_addr)
+        .run(looping.interval, &looping.health_addr)
         .await?;
     Ok(CommandOutput::default())
 }

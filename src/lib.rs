@@ -82,6 +82,9 @@ pub enum Error {
     /// `inject` refused its input (it prints nothing rather than half a bundle).
     #[error("inject: {0}")]
     Inject(String),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(String),
 }
 
 impl Error {
@@ -99,6 +102,7 @@ impl Error {
             Error::Lease(_) => "lease",
             Error::Seed(_) => "seed",
             Error::Stale(_) => "stale",
+            Error::Runtime(_) => "runtime",
         }
     }
 
@@ -110,3 +114,11 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a command produced: its standard output, warnings for standard error, its exit code.
+#[derive(Debug, Default)]
+pub struct CommandOutput {
+    pub stdout: String,
+    pub notes: Vec<String>,
+    pub exit_code: u8,
+}

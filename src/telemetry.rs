@@ -5,7 +5,13 @@ use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
 
 pub fn init(debug: bool, format: LogFormat) {
     // kube-client logs a response body it cannot decode at warn level; such a body may be an

@@ -30,7 +30,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::{CREDENTIALS_PATH, READY_PATH, TOKEN_ENV};
-use crate::commands::CommandOutput;
+use crate::CommandOutput;
 use crate::{Error, Result};
 
 /// The default `--credentials-file`: `credentials.json` in the Secret mounted at

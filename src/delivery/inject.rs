@@ -10,31 +10,25 @@ use std::fmt;
 use std::io::Read as _;
 use std::path::PathBuf;
 
-use clap::Args;
 use serde_json::{Map, Value};
 
+use super::ROLE_LABEL;
 use super::mutate::{self, MutateError, MutateOptions};
-use super::{MutationFlags, ROLE_LABEL};
-use crate::commands::CommandOutput;
+use crate::CommandOutput;
 use crate::{Error, Result};
 
 /// Largest document accepted: the API server refuses requests above 3 MiB, so a larger
 /// document is not a Kubernetes object (and not worth parsing).
 pub const MAX_DOCUMENT_BYTES: usize = 3 * 1024 * 1024;
 
-#[derive(Debug, Args)]
-pub struct InjectArgs {
-    /// YAML files, or directories of *.yaml/*.yml files (sorted, not recursive), to read; `-`
-    /// (the default) reads standard input.
-    #[arg(value_name = "PATH|-")]
+/// What `inject` reads and how it mutates.
+#[derive(Clone, Debug)]
+pub struct InjectConfig {
+    /// Files or directories; empty or `-` reads standard input.
     pub paths: Vec<PathBuf>,
-    /// Label the pod template of every workload (Pod, Deployment, StatefulSet, DaemonSet,
-    /// ReplicaSet, Job, CronJob) with this AWSIAMRole, then inject it. A template already
-    /// labelled keeps its own role.
-    #[arg(long, value_name = "NAME", env = "KUBE_AWS_IAM_CONTROLLER_ROLE")]
+    /// Label every workload's pod template with this AWSIAMRole first.
     pub role: Option<String>,
-    #[command(flatten)]
-    pub mutation: MutationFlags,
+    pub mutation: MutateOptions,
 }
 
 /// Where a document came from, for messages: `deploy.yaml, document 2 (line 14)`.
@@ -90,7 +84,7 @@ pub struct Injected {
     pub notes: Vec<String>,
 }
 
-pub fn run(args: &InjectArgs) -> Result<CommandOutput> {
+pub fn run(args: &InjectConfig) -> Result<CommandOutput> {
     let mut sources: Vec<(String, Vec<u8>)> = Vec::new();
     let stdin = [PathBuf::from("-")];
     let paths = if args.paths.is_empty() {
@@ -118,7 +112,7 @@ pub fn run(args: &InjectArgs) -> Result<CommandOutput> {
             }
         }
     }
-    inject_sources(&sources, &args.mutation.options(), args.role.as_deref())
+    inject_sources(&sources, &args.mutation, args.role.as_deref())
 }
 
 /// Injects every source and joins the results into one YAML stream (a `---` between sources).

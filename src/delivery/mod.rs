@@ -34,7 +34,7 @@ pub const READY_PATH: &str = "/ready";
 pub const TOKEN_ENV: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
 
 /// How a pod's containers get their credentials.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Delivery {
     /// `AWS_SHARED_CREDENTIALS_FILE` pointing at `credentials.process` (`credential_process =
     /// cat …`): needs `cat` (and for some SDKs `sh`) in the image.
@@ -42,44 +42,6 @@ pub enum Delivery {
     Process,
     /// A credentials endpoint sidecar on 127.0.0.1: works in any image, refreshes for every SDK.
     Endpoint,
-}
-
-/// The flags `inject` and `webhook` share: how a pod is mutated.
-#[derive(Clone, Debug, clap::Args)]
-pub struct MutationFlags {
-    /// Delivery for pods without the kube-aws-iam-controller/delivery annotation.
-    #[arg(long, value_enum, default_value_t = Delivery::Process, env = "KUBE_AWS_IAM_CONTROLLER_DEFAULT_DELIVERY")]
-    pub default_delivery: Delivery,
-    /// Image of the credentials endpoint sidecar: this controller's own image.
-    #[arg(
-        long,
-        value_name = "IMAGE",
-        default_value = concat!("registry.example.com/kube-aws-iam-controller:", env!("CARGO_PKG_VERSION")),
-        env = "KUBE_AWS_IAM_CONTROLLER_SIDECAR_IMAGE"
-    )]
-    pub sidecar_image: String,
-    /// Loopback port of the credentials endpoint sidecar (must not clash with the pod's own).
-    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_SIDECAR_PORT, env = "KUBE_AWS_IAM_CONTROLLER_SIDECAR_PORT")]
-    pub sidecar_port: u16,
-    /// Set AWS_REGION, AWS_DEFAULT_REGION and AWS_STS_REGIONAL_ENDPOINTS=regional in the chosen
-    /// containers where they are not set.
-    #[arg(
-        long,
-        value_name = "REGION",
-        env = "KUBE_AWS_IAM_CONTROLLER_POD_REGION"
-    )]
-    pub pod_region: Option<String>,
-}
-
-impl MutationFlags {
-    pub fn options(&self) -> mutate::MutateOptions {
-        mutate::MutateOptions {
-            default_delivery: self.default_delivery,
-            sidecar_image: self.sidecar_image.clone(),
-            sidecar_port: self.sidecar_port,
-            region: self.pod_region.clone(),
-        }
-    }
 }
 
 impl Delivery {

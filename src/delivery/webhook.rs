@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Args;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
@@ -35,45 +34,23 @@ use tokio_rustls::rustls;
 
 use self::admission::{Answer, MAX_BODY_BYTES, Outcome};
 use self::tls::ReloadingCert;
-use super::MutationFlags;
 use super::mutate::MutateOptions;
-use crate::cli::Options;
-use crate::commands::CommandOutput;
-use crate::server::parse_addr;
-use crate::{Error, Result};
+use crate::{CommandOutput, Error, Result};
 
 /// A client that connects but never completes its TLS handshake is dropped after this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Args)]
-pub struct WebhookArgs {
-    /// Address of the TLS listener serving /mutate, /healthz, /readyz and /metrics (`:8443` =
-    /// all interfaces).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value = ":8443",
-        env = "KUBE_AWS_IAM_CONTROLLER_WEBHOOK_ADDR"
-    )]
-    pub webhook_addr: String,
-    /// PEM certificate chain to serve (server certificate first); re-read when the file changes.
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "KUBE_AWS_IAM_CONTROLLER_TLS_CERT_FILE"
-    )]
+/// What `webhook` serves, and where.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    pub addr: SocketAddr,
+    /// PEM certificate chain, re-read when the file changes.
     pub tls_cert_file: PathBuf,
-    /// PEM private key of the certificate; re-read when the file changes.
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "KUBE_AWS_IAM_CONTROLLER_TLS_KEY_FILE"
-    )]
+    /// PEM private key, re-read when the file changes.
     pub tls_key_file: PathBuf,
-    #[command(flatten)]
-    pub mutation: MutationFlags,
+    pub mutation: MutateOptions,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,9 +133,8 @@ struct Shared {
     stopping: AtomicBool,
 }
 
-pub async fn run(_options: &Options, args: &WebhookArgs) -> Result<CommandOutput> {
-    let addr =
-        parse_addr(&args.webhook_addr).map_err(|e| Error::Config(format!("--webhook-addr {e}")))?;
+pub async fn run(args: &WebhookConfig) -> Result<CommandOutput> {
+    let addr = args.addr;
     let metrics = Arc::new(WebhookMetrics::new());
     let acceptor = acceptor(args, metrics.clone())?;
     let listener = TcpListener::bind(addr)
@@ -166,7 +142,7 @@ pub async fn run(_options: &Options, args: &WebhookArgs) -> Result<CommandOutput
         .map_err(|e| Error::Config(format!("--webhook-addr {addr}: cannot listen: {e}")))?;
     let bound = listener.local_addr().unwrap_or(addr);
     let shared = Arc::new(Shared {
-        options: args.mutation.options(),
+        options: args.mutation.clone(),
         metrics,
         stopping: AtomicBool::new(false),
     });
@@ -181,7 +157,7 @@ pub async fn run(_options: &Options, args: &WebhookArgs) -> Result<CommandOutput
 }
 
 /// TLS 1.2/1.3 with the aws-lc-rs provider, HTTP/1.1, the reloading certificate.
-fn acceptor(args: &WebhookArgs, metrics: Arc<WebhookMetrics>) -> Result<TlsAcceptor> {
+fn acceptor(args: &WebhookConfig, metrics: Arc<WebhookMetrics>) -> Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let certs = ReloadingCert::new(
         args.tls_cert_file.clone(),

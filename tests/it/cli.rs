@@ -52,10 +52,11 @@ fn binary_prints_what_the_library_plans() {
     argv.extend(["--output", "json"]);
     let out = bin(&argv);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let (options, args) = case.parse(&["--output", "json"]);
     assert_eq!(
         stdout(&out),
-        commands::plan_offline(&options, &args).unwrap().stdout
+        commands::plan_offline(&case.offline(&["--output", "json"]))
+            .unwrap()
+            .stdout
     );
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let actions = json["actions"].as_array().unwrap();
@@ -263,9 +264,13 @@ fn bad_flag_values_exit_2_and_fractional_rates_work() {
         ("--sts-rate", "NaN"),
         ("--sts-rate", "0.001"),
     ];
+    // `--interval` is `run`'s (and the bare binary's) alone; a bad value stops it before it
+    // connects to anything.
+    let run = ["run"];
     for (flag, value) in bad {
         let arg = format!("{flag}={value}");
-        let out = bin(&[&plan[..], &[&arg]].concat());
+        let command = if flag == "--interval" { &run[..] } else { &plan[..] };
+        let out = bin(&[command, &[&arg]].concat());
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
         assert!(err.contains(flag), "{flag} {value}: {err}");
@@ -273,15 +278,18 @@ fn bad_flag_values_exit_2_and_fractional_rates_work() {
     }
     // The environment variables are checked the same way.
     let out = Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
-        .args(plan)
+        .args(run)
         .current_dir(repo_root())
         .env("KUBE_AWS_IAM_CONTROLLER_INTERVAL", "0s")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     // Good values, at the bounds and fractional, are accepted.
+    for argv in [["x", "run", "--interval=1s"], ["x", "--interval=1s", "--watch=false"]] {
+        let parsed = <kube_aws_iam_controller::cli::Cli as clap::Parser>::try_parse_from(argv);
+        assert!(parsed.is_ok(), "{argv:?}: {parsed:?}");
+    }
     for (flag, value) in [
-        ("--interval", "1s"),
         ("--refresh-limit", "1m"),
         ("--namespace", "team-a"),
         ("--namespace", ""),

@@ -14,8 +14,9 @@ use std::process::{Command, Output, Stdio};
 
 use clap::Parser as _;
 use kube_aws_iam_controller::cli::{Cli, Command as Sub};
+use kube_aws_iam_controller::cli::{InjectArgs, config};
 use kube_aws_iam_controller::delivery::ROLE_LABEL;
-use kube_aws_iam_controller::delivery::inject::{self, InjectArgs};
+use kube_aws_iam_controller::delivery::inject;
 use kube_aws_iam_controller::delivery::mutate::{self, MutateOptions};
 use serde_json::Value;
 
@@ -49,7 +50,7 @@ struct Run {
 }
 
 fn run(args: &InjectArgs) -> Run {
-    match inject::run(args) {
+    match inject::run(&config::inject(args.clone())) {
         Ok(out) => Run {
             code: out.exit_code,
             stdout: out.stdout,
@@ -102,7 +103,7 @@ fn check_case(name: &str) {
     let again = inject::inject_text(
         "output",
         &out.stdout,
-        &args.mutation.options(),
+        &config::mutation(&args.mutation),
         args.role.as_deref(),
     )
     .unwrap_or_else(|e| panic!("{name}: the output does not inject: {e:?}"));

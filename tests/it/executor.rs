@@ -15,7 +15,7 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use kube_aws_iam_controller::apply::{Outcome, Stage};
 use kube_aws_iam_controller::cli::Cli;
-use kube_aws_iam_controller::commands;
+
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::pass::Controller;
 use kube_aws_iam_controller::sts::StsCredentialSource;
@@ -417,7 +417,11 @@ async fn session_tags_source_identity_and_external_id_are_sent() {
         "{cluster}/{namespace}",
     ])
     .unwrap();
-    let config = commands::controller_config(&cli.options).unwrap();
+    let Some(kube_aws_iam_controller::cli::Command::Once(once)) = cli.command else {
+        panic!("not once")
+    };
+    let config =
+        kube_aws_iam_controller::cli::config::controller_config(&once.pass, false).unwrap();
     let ctl = Controller::new(client, config, Arc::new(source));
     let report = ctl.pass().await.unwrap().report;
     assert_eq!(report.failed(), 0, "{report}");

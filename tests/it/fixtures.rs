@@ -34,8 +34,7 @@ fn fixtures_render_as_snapshotted() {
     each_case(|case| {
         let name = &case.name;
         for format in ["text", "diff", "json"] {
-            let (options, args) = case.parse(&["--output", format]);
-            let out = commands::plan_offline(&options, &args)
+            let out = commands::plan_offline(&case.offline(&["--output", format]))
                 .unwrap_or_else(|e| panic!("{name}: plan failed: {e}"));
             assert_eq!(out.exit_code, 0, "{name}");
             for leak in [FIXTURE_CANARY, simulate::CANARY, "ASIAQUICKSTART"] {

@@ -1042,29 +1042,40 @@ fn help(args: &[&str]) -> String {
 }
 
 fn flags_markdown() -> String {
-    let main = help(&["--help"]);
-    let plan = help(&["plan", "--help"]);
-    format!(
+    let mut out = format!(
         "# Command-line reference\n\
          \n\
          <!-- Generated from the binary's --help; do not edit. tests/it/ship.rs fails when this \
          file differs from it. Regenerate with: {REGENERATE_FLAGS} -->\n\
          \n\
          Every flag can also be given as the environment variable shown with it (flag values \
-         win). Durations are humantime (`10s`, `15m`, `1h 30m`). The flags are global: they may \
-         come before or after the subcommand. `run`, `once` and `crd` take no flags of their own; \
-         `plan` adds `--from` and `--now`.\n\
-         \n\
-         ## `kube-aws-iam-controller --help`\n\
-         \n\
-         ```text\n\
-         {main}```\n\
-         \n\
-         ## `kube-aws-iam-controller plan --help`\n\
-         \n\
-         ```text\n\
-         {plan}```\n"
-    )
+         win). Durations are humantime (`10s`, `15m`, `1h 30m`). Each subcommand takes only its \
+         own flags, after its name; without a subcommand the binary runs `run` with `run`'s \
+         flags, as the original controller did.\n"
+    );
+    for command in [
+        &[][..],
+        &["run"],
+        &["once"],
+        &["plan"],
+        &["crd"],
+        &["bootstrap"],
+        &["inject"],
+        &["webhook"],
+        &["credentials-server"],
+    ] {
+        let shown = ["kube-aws-iam-controller"]
+            .iter()
+            .chain(command)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let help = help(&[command, &["--help"]].concat());
+        out.push_str(&format!(
+            "\n## `{shown} --help`\n\n```text\n{help}```\n"
+        ));
+    }
+    out
 }
 
 #[test]

@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser as _;
 use jiff::Timestamp;
-use kube_aws_iam_controller::cli::{Cli, Command, Options, PlanArgs};
+use kube_aws_iam_controller::cli::{Cli, Command, PlanArgs, config};
+use kube_aws_iam_controller::commands::OfflinePlan;
 use kube_aws_iam_controller::model::{Observed, ObservedSecret};
+use kube_aws_iam_controller::offline;
 use kube_aws_iam_controller::plan::PlanConfig;
 use kube_aws_iam_controller::secret;
-use kube_aws_iam_controller::{commands, offline};
 
 /// Base ARN the fixtures are planned with unless their `args` name another.
 pub const DEFAULT_BASE_ARN: &str = "arn:aws:iam::123456789012:role/";
@@ -110,14 +111,14 @@ impl Case {
         }
     }
 
-    /// The CLI options and plan arguments of this case, with `extra` flags appended.
-    pub fn parse(&self, extra: &[&str]) -> (Options, PlanArgs) {
+    /// The plan arguments of this case, with `extra` flags appended.
+    pub fn parse(&self, extra: &[&str]) -> PlanArgs {
         let argv = std::iter::once("kube-aws-iam-controller".to_string())
             .chain(self.argv.iter().cloned())
             .chain(extra.iter().map(|s| s.to_string()));
         let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{}: {e}", self.name));
         match cli.command {
-            Some(Command::Plan(args)) => (cli.options, args),
+            Some(Command::Plan(args)) => *args,
             other => panic!("not a plan command: {other:?}"),
         }
     }
@@ -126,17 +127,24 @@ impl Case {
 impl Case {
     /// The observed state and planner configuration of this case, loaded as `plan` loads them.
     pub fn state(&self) -> (Observed, PlanConfig) {
-        let (options, args) = self.parse(&[]);
-        let from = args.from.expect("fixture cases plan --from");
-        let loaded = offline::load(&from).unwrap_or_else(|e| panic!("{}: {e}", self.name));
-        let observed = match options.namespace() {
+        let args = self.parse(&[]);
+        let from = args.from.as_ref().expect("fixture cases plan --from");
+        let loaded = offline::load(from).unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        let observed = match args.cluster.namespace() {
             Some(ns) => loaded.observed.scoped(ns),
             None => loaded.observed,
         };
         (
             observed,
-            commands::plan_config(&options).expect("fixture args are valid"),
+            config::plan_config(&args.planner).expect("fixture args are valid"),
         )
+    }
+
+    /// What `plan` of this case runs, with `extra` flags appended.
+    pub fn offline(&self, extra: &[&str]) -> OfflinePlan {
+        config::offline_plan(&self.parse(extra))
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+            .expect("fixture cases plan --from")
     }
 }
 
