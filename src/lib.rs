@@ -26,6 +26,7 @@ pub mod plan;
 pub mod policy;
 pub mod secret;
 pub mod seed;
+pub mod serve;
 pub mod server;
 pub mod session;
 pub mod store;

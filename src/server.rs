@@ -3,7 +3,6 @@
 //! The server is started before the first pass and runs beside the loop (the original started
 //! its health server with a blocking call before its loop, so liveness could only fail).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -13,11 +12,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+use crate::serve::httpd;
 use crate::{Error, Result};
 
 /// Liveness and readiness, fed by the loop.
@@ -99,109 +96,61 @@ impl Health {
     }
 }
 
-/// `:8080` → `0.0.0.0:8080`; otherwise a socket address.
-pub fn parse_addr(s: &str) -> std::result::Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_string()
-    };
-    full.parse()
-        .map_err(|_| format!("{s:?} is not an address like :8080 or 127.0.0.1:8080"))
-}
+pub use crate::serve::httpd::parse_addr;
 
 /// Binds the listener (so a busy port fails start-up) and serves until the task is dropped.
 pub async fn start(
     addr: SocketAddr,
     health: Arc<Health>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Server {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| Error::Server {
+    let (listener, local) = httpd::bind(addr).await.map_err(|source| Error::Server {
         addr: addr.to_string(),
         source,
     })?;
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                // Out of descriptors and the like: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let health = health.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| respond(req, health.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let handler = move |req: Request<Incoming>| respond(req, health.clone());
+    let task = tokio::spawn(httpd::serve(
+        listener,
+        httpd::Plain,
+        httpd::Limits::default(),
+        handler,
+        std::future::pending(),
+    ));
     Ok((local, task))
 }
 
-async fn respond(
-    req: Request<Incoming>,
-    health: Arc<Health>,
-) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(req: Request<Incoming>, health: Arc<Health>) -> Response<Full<Bytes>> {
     let own_problem = match req.uri().path() {
         "/healthz" | "/metrics" => health.own_credentials_problem(),
         _ => None,
     };
-    let (status, content_type, body) = match req.uri().path() {
-        "/healthz" if own_problem.is_some() => (
+    match req.uri().path() {
+        "/healthz" if own_problem.is_some() => httpd::reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            format!("{}\n", own_problem.unwrap_or_default()),
+            format!("{}\n", own_problem.unwrap_or_default()).into(),
         ),
-        "/healthz" if health.is_live() => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/healthz" => (
+        "/healthz" if health.is_live() => httpd::text(StatusCode::OK, "ok\n"),
+        "/healthz" => httpd::text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "no successful pass within 3 intervals\n".to_string(),
+            "no successful pass within 3 intervals\n",
         ),
-        "/readyz" if health.is_ready() => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" => (
+        "/readyz" if health.is_ready() => httpd::text(StatusCode::OK, "ok\n"),
+        "/readyz" => httpd::text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "no pass has succeeded yet\n".to_string(),
+            "no pass has succeeded yet\n",
         ),
-        "/metrics" => (
+        "/metrics" => httpd::reply(
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            health.metrics.encode(),
+            httpd::METRICS_CONTENT_TYPE,
+            health.metrics.encode().into(),
         ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_string(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        _ => httpd::text(StatusCode::NOT_FOUND, "not found\n"),
     }
-    Ok(response)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_go_style_addresses() {
-        assert_eq!(parse_addr(":8080").unwrap().to_string(), "0.0.0.0:8080");
-        assert_eq!(
-            parse_addr("127.0.0.1:9").unwrap().to_string(),
-            "127.0.0.1:9"
-        );
-        assert!(parse_addr("8080").is_err());
-    }
 
     #[test]
     fn liveness_needs_recent_success() {

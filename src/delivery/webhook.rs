@@ -8,7 +8,6 @@
 pub mod admission;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,22 +18,19 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 use self::admission::{Answer, MAX_BODY_BYTES, Outcome};
 use self::tls::ReloadingCert;
 use super::mutate::MutateOptions;
+use crate::serve::httpd::{self, reply};
 use crate::{CommandOutput, Error, Result};
 
 /// A client that connects but never completes its TLS handshake is dropped after this.
@@ -151,7 +147,20 @@ pub async fn run(args: &WebhookConfig) -> Result<CommandOutput> {
         default_delivery = args.mutation.default_delivery.as_str(),
         "serving the admission webhook at /mutate, with /healthz, /readyz and /metrics, over TLS"
     );
-    serve(listener, acceptor, shared, crate::pass::shutdown_signal()).await;
+    let stopping = shared.clone();
+    let shutdown = async move {
+        crate::pass::shutdown_signal().await;
+        tracing::info!("shutting down: answering in-flight requests");
+        // Load balancers stop sending before the listener closes.
+        stopping.stopping.store(true, Ordering::SeqCst);
+    };
+    let limits = httpd::Limits {
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        drain: SHUTDOWN_GRACE,
+        ..httpd::Limits::default()
+    };
+    let handler = move |req: Request<Incoming>| respond(req, shared.clone());
+    httpd::serve(listener, acceptor, limits, handler, shutdown).await;
     tracing::info!("stopped");
     Ok(CommandOutput::default())
 }
@@ -175,90 +184,9 @@ fn acceptor(args: &WebhookConfig, metrics: Arc<WebhookMetrics>) -> Result<TlsAcc
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Accepts connections until `shutdown` resolves, then lets open connections finish their
-/// in-flight request (bounded by [`SHUTDOWN_GRACE`]).
-async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                connections.spawn(connection(tcp, peer, acceptor.clone(), shared.clone(), stop_rx.clone()));
-            }
-            _ = &mut shutdown => break,
-        }
-        while connections.try_join_next().is_some() {}
-    }
-    tracing::info!("shutting down: answering in-flight requests");
-    shared.stopping.store(true, Ordering::SeqCst);
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("connections still open after the shutdown grace period");
-    }
-}
-
-async fn connection(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let service = service_fn(move |req| respond(req, shared.clone()));
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        }
-        _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
-
-async fn respond(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let response = match (path, req.method()) {
+    match (path, req.method()) {
         ("/mutate", &Method::POST) => {
             let started = Instant::now();
             let answer = mutate(req, &shared.options).await;
@@ -281,12 +209,11 @@ async fn respond(
         ("/readyz", _) => text(StatusCode::OK, "ok\n"),
         ("/metrics", _) => reply(
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            httpd::METRICS_CONTENT_TYPE,
             shared.metrics.encode().into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    };
-    Ok(response)
+    }
 }
 
 /// Reads the body (at most [`MAX_BODY_BYTES`]) and answers it.
@@ -345,16 +272,6 @@ fn log(answer: &Answer) {
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     reply(status, "text/plain; charset=utf-8", body.into())
-}
-
-fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    r
 }
 
 #[cfg(test)]

@@ -1,0 +1,2 @@
+//! Serving: the one HTTP serving helper every server of the controller uses ([`httpd`]).
+pub mod httpd;
