@@ -23,7 +23,13 @@ pub fn shorten(s: &str) -> String {
 /// A decoder's message with the input values it quotes removed and its length bounded: the
 /// values are untrusted (and could be anything pasted into the wrong field).
 pub fn without_values(message: &str) -> String {
-    let mut out = String::new();
+    shorten(&drop_quoted(message))
+}
+
+/// `message` with every quoted part (`"…"` or `` `…` ``) replaced by an ellipsis, the quotes
+/// kept: decoders quote the offending value, which may be a secret.
+pub fn drop_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
     let mut quote: Option<char> = None;
     for c in message.chars() {
         match quote {
@@ -40,7 +46,12 @@ pub fn without_values(message: &str) -> String {
             None => out.push(c),
         }
     }
-    shorten(&out)
+    if let Some(q) = quote {
+        // An unterminated quote still hides everything after it.
+        out.push('…');
+        out.push(q);
+    }
+    out
 }
 
 /// JSON type name for error messages.

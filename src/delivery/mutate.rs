@@ -376,31 +376,10 @@ fn decodes<T: serde::de::DeserializeOwned>(v: &Value) -> Option<String> {
 pub(super) fn malformed(field: &str, message: &str) -> MutateError {
     MutateError::Malformed {
         field: field.to_string(),
-        message: redact_quoted(message),
+        // Decoder messages quote the offending value (`invalid type: string "…"`); a pod's
+        // values may be secrets.
+        message: crate::text::drop_quoted(message),
     }
-}
-
-/// Decoder messages quote the offending value (`invalid type: string "…"`); a pod's values may
-/// be secrets, so the quoted parts are dropped.
-fn redact_quoted(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut inside = false;
-    for ch in message.chars() {
-        if ch == '"' {
-            if inside {
-                out.push_str("…\"");
-            } else {
-                out.push('"');
-            }
-            inside = !inside;
-        } else if !inside {
-            out.push(ch);
-        }
-    }
-    if inside {
-        out.push_str("…\"");
-    }
-    out
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, MutateError> {
@@ -1265,9 +1244,13 @@ mod tests {
 
     #[test]
     fn redaction_drops_every_quoted_part() {
-        assert_eq!(redact_quoted("a \"b\" c \"d\" e"), "a \"…\" c \"…\" e");
-        assert_eq!(redact_quoted("open \"secret"), "open \"…\"");
-        assert_eq!(redact_quoted("none"), "none");
+        let redacted = |m: &str| match malformed("f", m) {
+            MutateError::Malformed { message, .. } => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(redacted("a \"b\" c \"d\" e"), "a \"…\" c \"…\" e");
+        assert_eq!(redacted("open \"secret"), "open \"…\"");
+        assert_eq!(redacted("none"), "none");
         assert_eq!(truncated("short"), "short");
         assert_eq!(truncated(&"é".repeat(64)), "é".repeat(64));
         assert_eq!(truncated(&"é".repeat(65)), format!("{}…", "é".repeat(64)));
