@@ -250,6 +250,22 @@ mod tests {
         out
     }
 
+    /// A server on a free loopback port; send on the returned channel to shut it down.
+    async fn start(
+        max_connections: usize,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Plain, limits(max_connections), ok, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop, server)
+    }
+
     fn limits(max_connections: usize) -> Limits {
         Limits {
             max_connections,
@@ -261,11 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_never_sends_headers_is_dropped() {
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Plain, limits(4), ok, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, server) = start(4).await;
         let mut silent = TcpStream::connect(addr).await.unwrap();
         silent.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let mut buf = Vec::new();
@@ -281,12 +293,8 @@ mod tests {
 
     #[tokio::test]
     async fn connections_beyond_the_limit_wait_for_a_free_slot() {
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr, stop, server) = start(1).await;
         let mut held = Vec::new();
-        let server = tokio::spawn(serve(listener, Plain, limits(1), ok, async {
-            let _ = stopped.await;
-        }));
         // One idle keep-alive connection holds the only slot.
         let mut first = TcpStream::connect(addr).await.unwrap();
         first
@@ -315,11 +323,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_stops_accepting_and_returns() {
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Plain, limits(4), ok, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, server) = start(4).await;
         // An idle keep-alive connection does not hold the shutdown for the drain period.
         let mut idle = TcpStream::connect(addr).await.unwrap();
         idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")

@@ -269,7 +269,11 @@ fn bad_flag_values_exit_2_and_fractional_rates_work() {
     let run = ["run"];
     for (flag, value) in bad {
         let arg = format!("{flag}={value}");
-        let command = if flag == "--interval" { &run[..] } else { &plan[..] };
+        let command = if flag == "--interval" {
+            &run[..]
+        } else {
+            &plan[..]
+        };
         let out = bin(&[command, &[&arg]].concat());
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
@@ -285,7 +289,10 @@ fn bad_flag_values_exit_2_and_fractional_rates_work() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     // Good values, at the bounds and fractional, are accepted.
-    for argv in [["x", "run", "--interval=1s"], ["x", "--interval=1s", "--watch=false"]] {
+    for argv in [
+        ["x", "run", "--interval=1s"],
+        ["x", "--interval=1s", "--watch=false"],
+    ] {
         let parsed = <kube_aws_iam_controller::cli::Cli as clap::Parser>::try_parse_from(argv);
         assert!(parsed.is_ok(), "{argv:?}: {parsed:?}");
     }

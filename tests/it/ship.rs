@@ -1071,9 +1071,7 @@ fn flags_markdown() -> String {
             .collect::<Vec<_>>()
             .join(" ");
         let help = help(&[command, &["--help"]].concat());
-        out.push_str(&format!(
-            "\n## `{shown} --help`\n\n```text\n{help}```\n"
-        ));
+        out.push_str(&format!("\n## `{shown} --help`\n\n```text\n{help}```\n"));
     }
     out
 }
