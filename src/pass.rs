@@ -354,7 +354,7 @@ impl Controller {
                 humantime::format_duration(interval)
             );
         }
-        let shutdown = shutdown_signal();
+        let shutdown = crate::serve::shutdown_signal();
         tokio::pin!(shutdown);
         let mut trigger = Trigger::Start;
         'passes: loop {
@@ -519,28 +519,5 @@ async fn release(elector: &LeaderElector) {
             "could not release the leader lease within {}s; it expires on its own",
             RELEASE_DEADLINE.as_secs()
         );
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub(crate) async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

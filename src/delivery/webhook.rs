@@ -149,7 +149,7 @@ pub async fn run(args: &WebhookConfig) -> Result<CommandOutput> {
     );
     let stopping = shared.clone();
     let shutdown = async move {
-        crate::pass::shutdown_signal().await;
+        crate::serve::shutdown_signal().await;
         tracing::info!("shutting down: answering in-flight requests");
         // Load balancers stop sending before the listener closes.
         stopping.stopping.store(true, Ordering::SeqCst);
