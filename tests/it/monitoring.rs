@@ -607,6 +607,41 @@ fn anchors(markdown: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Anchored links of the monitoring doc and the runbooks land on a heading of their page.
+#[test]
+fn anchored_links_of_the_monitoring_docs_resolve() {
+    let mut broken = Vec::new();
+    for page in [MONITORING_DOC, RUNBOOKS] {
+        let body = read(page);
+        let mut rest = body.as_str();
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let Some(end) = rest.find(')') else { break };
+            let target = &rest[..end];
+            rest = &rest[end..];
+            let Some((file, section)) = target.split_once('#') else {
+                continue;
+            };
+            if target.contains("://") {
+                continue;
+            }
+            let linked = if file.is_empty() {
+                page.to_string()
+            } else {
+                format!("docs/{file}")
+            };
+            if !anchors(&read(&linked)).contains(section) {
+                broken.push(format!("{page}: {target}"));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "links to missing headings:\n{}",
+        broken.join("\n")
+    );
+}
+
 #[test]
 fn every_alert_has_a_severity_a_description_and_a_runbook_that_exists() {
     let runbooks = anchors(&read(RUNBOOKS));
