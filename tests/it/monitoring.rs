@@ -97,6 +97,8 @@ struct Rule {
     group: String,
     alert: String,
     expr: String,
+    /// `for:` as written (absent: fires at once).
+    for_: Option<String>,
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
 }
@@ -132,6 +134,7 @@ fn rules() -> Vec<Rule> {
                     .as_str()
                     .unwrap_or_else(|| panic!("{alert}: expr is a string"))
                     .to_string(),
+                for_: rule["for"].as_str().map(str::to_string),
                 labels: string_map(&rule["labels"]),
                 annotations: string_map(&rule["annotations"]),
             });
@@ -654,6 +657,20 @@ fn every_alert_has_a_severity_a_description_and_a_runbook_that_exists() {
             a.starts_with("KubeAwsIamController"),
             "{a}: alert names start with KubeAwsIamController"
         );
+        if let Some(f) = &rule.for_ {
+            let (n, unit) = f.split_at(f.len() - 1);
+            assert!(
+                n.parse::<u32>().is_ok() && matches!(unit, "s" | "m" | "h"),
+                "{a}: `for: {f}` is no Prometheus duration"
+            );
+        }
+        for (key, text) in &rule.annotations {
+            assert_eq!(
+                text.matches("{{").count(),
+                text.matches("}}").count(),
+                "{a}: unbalanced template in {key}: {text}"
+            );
+        }
         let severity = rule.labels.get("severity").map(String::as_str);
         assert!(
             matches!(severity, Some("critical" | "warning" | "info")),
