@@ -885,7 +885,12 @@ fn the_component_renders_monitors_rules_and_the_dashboard() {
     let endpoint = monitor_matches(&docs, "kube-aws-iam-controller", "kube-aws-iam-controller");
     assert_eq!(endpoint["port"], "http");
     let controller = named(&docs, "Deployment", "kube-aws-iam-controller");
-    let ports = &controller["spec"]["template"]["spec"]["containers"][0]["ports"];
+    let container = &controller["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        !container["args"].to_string().contains("--health-addr"),
+        "the Deployment keeps the default --health-addr"
+    );
+    let ports = &container["ports"];
     assert_eq!(ports[0]["name"], "http");
     assert_eq!(
         ports[0]["containerPort"], 8080,
