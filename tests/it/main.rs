@@ -16,6 +16,7 @@ mod hostile;
 mod invariants;
 mod leader;
 mod leaks;
+mod monitoring;
 mod moto_smoke;
 mod redaction;
 mod sdk_matrix;
