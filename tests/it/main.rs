@@ -17,6 +17,7 @@ mod invariants;
 mod leader;
 mod leaks;
 mod moto_smoke;
+mod printer_columns;
 mod redaction;
 mod sdk_matrix;
 mod seed;
