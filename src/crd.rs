@@ -1,5 +1,9 @@
 //! The `AWSIAMRole` custom resource, identical to the original controller's CRD plus
-//! `status.conditions`.
+//! `status.conditions`, and printer columns that show the `Ready` condition (so `kubectl get
+//! awsiamroles` tells which roles are not served and why) besides the role ARN and expiration.
+//!
+//! `Expires` is a `string` column on purpose: the API server renders `date` cells as the time
+//! elapsed since the value, and an expiration lies in the future (it would read `<invalid>`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -32,8 +36,11 @@ pub const MAX_SESSION_DURATION: i64 = 43200;
     status = "AWSIAMRoleStatus",
     derive = "Default",
     doc = "Asks the controller for credentials of an AWS IAM role, written to a Secret of the same name.",
-    printcolumn = r#"{"name":"RoleARN","type":"string","description":"Full RoleARN","jsonPath":".status.roleARN"}"#,
-    printcolumn = r#"{"name":"Expiration","type":"string","description":"Expiration time of the current credentials provisioned for the role","jsonPath":".status.expiration"}"#
+    printcolumn = r#"{"name":"Ready","type":"string","description":"Whether the Secret holds valid credentials for the current spec (the Ready condition's status)","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","description":"Why the role is or is not served (the Ready condition's reason)","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Role ARN","type":"string","description":"Full RoleARN","jsonPath":".status.roleARN"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","description":"Expiration time of the current credentials provisioned for the role","jsonPath":".status.expiration"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AWSIAMRoleSpec {

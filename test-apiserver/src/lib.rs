@@ -21,6 +21,16 @@
 //! - `generateName`, Secret `stringData` folded into `data`, Secret key validation, body/URL
 //!   name, namespace and kind mismatches (400), and server-set metadata stripped on create;
 //! - `dryRun` is refused with 400 (the fake would perform the write);
+//! - Tables for `kubectl get` (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`, on get
+//!   and list; `includeObject`, `noHeaders`): a custom resource is printed by the
+//!   `additionalPrinterColumns` of its CustomResourceDefinition as stored
+//!   (`apiextensions.k8s.io/v1` CRDs can be created and are served), or, while none is stored,
+//!   of the AWSIAMRole CRD this server is built with; Secrets and Namespaces by the real
+//!   server's printers, anything else by the generic `Name`, `Created At` (Events too, which a
+//!   real server prints with their own columns). Watches are never Tables;
+//! - core/v1 Events (`get`, `list`, what `kubectl describe` reads with `involvedObject.*` field
+//!   selectors) as a read-only view of the events.k8s.io/v1 Events the controller writes, as
+//!   the real server stores one object for both APIs; core/v1 writes and watches answer 405;
 //! - watches, which the fake has not at all (see below).
 //!
 //! # Watches
@@ -73,6 +83,7 @@
 //! failed nor counted as traffic.
 
 use std::borrow::Cow;
+mod table;
 mod watch;
 #[cfg(test)]
 mod watch_tests;
@@ -760,15 +771,151 @@ async fn route(
         return fault;
     }
     let query = parse_query(parts.uri.query().unwrap_or(""));
-    match info.verb.as_str() {
+    if info.is_core_event() && !matches!(info.verb.as_str(), "get" | "list") {
+        return status_response(
+            405,
+            "the test API server serves core/v1 Events for reading only: they are stored as \
+             events.k8s.io/v1 Events, which take writes and watches",
+            info.details(),
+        );
+    }
+    let table = match info.verb.as_str() {
+        "get" | "list" => match table::requested(parts.headers.get(http::header::ACCEPT), &query) {
+            Ok(table) => table,
+            Err(message) => return status_response(400, &message, None),
+        },
+        _ => None,
+    };
+    let response = match info.verb.as_str() {
         "list" => list(state, info, &query, from_test).await,
         "watch" => watch::watch(state, info, &query).await,
         "get" => {
-            let fwd = forward(state, Method::GET, info, &query, None, Bytes::new()).await;
+            let mut fwd = forward(
+                state,
+                Method::GET,
+                &info.storage(),
+                &query,
+                None,
+                Bytes::new(),
+            )
+            .await;
+            if info.is_core_event()
+                && fwd.status.is_success()
+                && let Some(event) = fwd.json()
+            {
+                fwd.body = Bytes::from(core_event(event).to_string());
+            }
             fwd.into_response(info)
         }
         _ => write(state, parts, info, &query, body).await,
+    };
+    match table {
+        Some(request) if response.status() == StatusCode::OK => {
+            as_table(state, info, request, response).await
+        }
+        _ => response,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tables and core/v1 Events
+// ---------------------------------------------------------------------------------------------
+
+/// A successful get or list answered as the Table the client asked for instead.
+async fn as_table(
+    state: &State,
+    info: &RecordedRequest,
+    request: table::TableRequest,
+    response: Response<Body>,
+) -> Response<Body> {
+    let body = match response.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return status_response(500, &format!("reading the answer: {e}"), None),
+    };
+    let Ok(mut answer) = serde_json::from_slice::<Value>(&body) else {
+        return status_response(500, "the answer to print is not JSON", None);
+    };
+    let printer = match printer_for(state, info).await {
+        Ok(printer) => printer,
+        Err(message) => return status_response(500, &message, None),
+    };
+    let (items, metadata) = match answer.get_mut("items").map(Value::take) {
+        Some(Value::Array(items)) => (items, answer["metadata"].take()),
+        _ => {
+            let rv = answer["metadata"]["resourceVersion"].clone();
+            (vec![answer], json!({"resourceVersion": rv}))
+        }
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    json_response(
+        StatusCode::OK,
+        &printer.table(request, &items, metadata, now),
+    )
+}
+
+/// How a resource's rows are printed: a custom resource by the columns of its stored
+/// CustomResourceDefinition (`<plural>.<group>`), or, while none is stored, of the AWSIAMRole
+/// CRD this server is built with; other resources by their built-in printer.
+async fn printer_for(state: &State, info: &RecordedRequest) -> Result<table::Printer, String> {
+    if !info.group.is_empty() {
+        let crd_request = RecordedRequest {
+            verb: "get".into(),
+            group: "apiextensions.k8s.io".into(),
+            version: "v1".into(),
+            resource: "customresourcedefinitions".into(),
+            name: Some(format!("{}.{}", info.resource, info.group)),
+            ..RecordedRequest::default()
+        };
+        let fwd = forward(state, Method::GET, &crd_request, &[], None, Bytes::new()).await;
+        let stored = if fwd.status.is_success() {
+            fwd.json()
+        } else {
+            None
+        };
+        let builtin = || {
+            let crd = AWSIAMRole::crd();
+            (crd.spec.group == info.group && crd.spec.names.plural == info.resource)
+                .then(|| serde_json::to_value(crd).ok())
+                .flatten()
+        };
+        if let Some(crd) = stored.or_else(builtin) {
+            return table::Printer::for_crd(&crd, &info.version);
+        }
+    }
+    Ok(table::Printer::builtin(&info.group, &info.resource))
+}
+
+/// An events.k8s.io/v1 Event as core/v1 shows it (the real server stores one object and
+/// converts it for either API; the field names differ).
+fn core_event(event: Value) -> Value {
+    let Value::Object(mut from) = event else {
+        return event;
+    };
+    let mut event = serde_json::Map::new();
+    event.insert("apiVersion".into(), json!("v1"));
+    event.insert("kind".into(), json!("Event"));
+    for (from_key, to_key) in [
+        ("metadata", "metadata"),
+        ("regarding", "involvedObject"),
+        ("related", "related"),
+        ("reason", "reason"),
+        ("note", "message"),
+        ("type", "type"),
+        ("action", "action"),
+        ("eventTime", "eventTime"),
+        ("series", "series"),
+        ("reportingController", "reportingComponent"),
+        ("reportingInstance", "reportingInstance"),
+        ("deprecatedSource", "source"),
+        ("deprecatedFirstTimestamp", "firstTimestamp"),
+        ("deprecatedLastTimestamp", "lastTimestamp"),
+        ("deprecatedCount", "count"),
+    ] {
+        if let Some(value) = from.remove(from_key).filter(|v| !v.is_null()) {
+            event.insert(to_key.into(), value);
+        }
+    }
+    Value::Object(event)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -931,10 +1078,11 @@ async fn list(
         .collect();
     // Read under the write lock: every change the fake shows has been recorded for watches,
     // and none after `head` has, so a watch from the list's resourceVersion misses nothing.
+    let source = info.storage();
     let (fwd, head) = {
         let _serialised = state.write_lock.lock().await;
-        let _ = watch::load_locked(state, info).await;
-        let fwd = forward(state, Method::GET, info, &forwarded, None, Bytes::new()).await;
+        let _ = watch::load_locked(state, &source).await;
+        let fwd = forward(state, Method::GET, &source, &forwarded, None, Bytes::new()).await;
         (fwd, lock(&state.hub).head_rv)
     };
     if !fwd.status.is_success() {
@@ -950,6 +1098,11 @@ async fn list(
         Some(Value::Array(items)) => items,
         _ => Vec::new(),
     };
+    if info.is_core_event() {
+        list["apiVersion"] = json!("v1");
+        list["kind"] = json!("EventList");
+        items = items.into_iter().map(core_event).collect();
+    }
     if !field_selector.is_empty() {
         items.retain(|item| field_selector.matches_value(item));
     }
@@ -1469,6 +1622,24 @@ impl RecordedRequest {
         self.group.is_empty() && self.resource == "namespaces" && self.namespace.is_none()
     }
 
+    /// core/v1 Events, served from the events.k8s.io/v1 store.
+    fn is_core_event(&self) -> bool {
+        self.group.is_empty() && self.resource == "events"
+    }
+
+    /// The request whose objects this one reads: itself, or for core/v1 Events the same
+    /// collection or object in events.k8s.io/v1.
+    fn storage(&self) -> RecordedRequest {
+        if !self.is_core_event() {
+            return self.clone();
+        }
+        RecordedRequest {
+            group: "events.k8s.io".into(),
+            version: "v1".into(),
+            ..self.clone()
+        }
+    }
+
     fn canonical_path(&self) -> String {
         let mut path = if self.group.is_empty() {
             format!("/api/{}", self.version)
@@ -1572,6 +1743,14 @@ fn served_resources() -> &'static [ServedResource] {
                        "kind": "Event", "shortNames": ["ev"]}),
             ),
             served(
+                "apiextensions.k8s.io/v1",
+                true,
+                json!({"name": "customresourcedefinitions",
+                       "singularName": "customresourcedefinition", "namespaced": false,
+                       "kind": "CustomResourceDefinition", "shortNames": ["crd", "crds"],
+                       "categories": ["api-extensions"]}),
+            ),
+            served(
                 &AWSIAMRole::api_version(&()),
                 true,
                 json!({
@@ -1663,6 +1842,13 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "verbs": STATUS_VERBS,
             }));
         }
+    }
+    if (group, version) == ("", "v1") {
+        // core/v1 Events: a read-only view of the events.k8s.io/v1 store.
+        list.push(
+            json!({"name": "events", "singularName": "event", "namespaced": true,
+                         "kind": "Event", "shortNames": ["ev"], "verbs": ["get", "list"]}),
+        );
     }
     if list.is_empty() {
         return None;
@@ -1817,6 +2003,161 @@ impl Resource for NamespaceAlias {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GET `path` through the test client with `accept`, as JSON (panics unless 2xx).
+    async fn get_json(server: &ApiServer, path: &str, accept: &str) -> Value {
+        let request = Request::get(path)
+            .header(http::header::ACCEPT, accept)
+            .body(Vec::new())
+            .unwrap();
+        let text = server.client().request_text(request).await.unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+
+    fn column_names(table: &Value) -> Vec<&str> {
+        table["columnDefinitions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no columns: {table}"))
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect()
+    }
+
+    fn role_json(name: &str) -> Value {
+        json!({"apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
+               "metadata": {"name": name, "namespace": "ns"},
+               "spec": {"roleReference": "app"}})
+    }
+
+    #[tokio::test]
+    async fn tables_follow_the_stored_crd() {
+        let server = ApiServer::builder()
+            .json(role_json("a"))
+            .json(role_json("b"))
+            .start()
+            .await;
+        let roles = "/apis/zalando.org/v1/namespaces/ns/awsiamroles";
+        // Before any CRD is stored: the one the server is built with.
+        let table = get_json(&server, roles, TABLE).await;
+        assert_eq!(table["kind"], "Table");
+        assert_eq!(
+            column_names(&table),
+            ["Name", "Ready", "Reason", "Role ARN", "Expires", "Age"]
+        );
+        let rows = table["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["cells"][0], "a");
+        assert_eq!(rows[0]["cells"][1], Value::Null);
+
+        // A stored CRD with other columns decides.
+        let mut crd = serde_json::to_value(AWSIAMRole::crd()).unwrap();
+        crd["spec"]["versions"][0]["additionalPrinterColumns"] = json!([
+            {"name": "Reference", "type": "string", "jsonPath": ".spec.roleReference"}
+        ]);
+        let api: kube::Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            kube::Api::all(server.client());
+        api.create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(crd).unwrap(),
+        )
+        .await
+        .unwrap();
+        let table = get_json(&server, &format!("{roles}?limit=1"), TABLE).await;
+        assert_eq!(column_names(&table), ["Name", "Reference"]);
+        assert_eq!(table["rows"][0]["cells"], json!(["a", "app"]));
+        let token = table["metadata"]["continue"]
+            .as_str()
+            .expect("a paged Table");
+        let next = format!("{roles}?limit=1&continue={token}");
+        let table = get_json(&server, &next, TABLE).await;
+        assert_eq!(table["rows"][0]["cells"], json!(["b", "app"]));
+        // One object is a one-row Table; plain JSON is still the object.
+        let table = get_json(&server, &format!("{roles}/b"), TABLE).await;
+        assert_eq!(table["rows"].as_array().unwrap().len(), 1);
+        assert!(table["metadata"]["resourceVersion"].is_string());
+        let plain = get_json(&server, &format!("{roles}/b"), "application/json").await;
+        assert_eq!(plain["kind"], "AWSIAMRole");
+        // Built-in resources get their printers.
+        let table = get_json(&server, "/api/v1/namespaces/ns/secrets", TABLE).await;
+        assert_eq!(column_names(&table), ["Name", "Type", "Data", "Age"]);
+        let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+        let table = get_json(&server, crds, TABLE).await;
+        assert_eq!(column_names(&table), ["Name", "Created At"]);
+        assert_eq!(table["rows"][0]["cells"][0], "awsiamroles.zalando.org");
+    }
+
+    #[tokio::test]
+    async fn core_events_are_a_view_of_events_k8s_io() {
+        let event = |name: &str, regarding: &str| {
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                   "metadata": {"name": name, "namespace": "ns"},
+                   "eventTime": "2026-01-01T10:00:00.000000Z",
+                   "regarding": {"apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
+                                 "name": regarding, "namespace": "ns", "uid": "u-1"},
+                   "reason": "InvalidSpec", "note": "spec.roleReference is missing",
+                   "type": "Warning", "action": "Validate",
+                   "reportingController": "kube-aws-iam-controller",
+                   "reportingInstance": "pod-1"})
+        };
+        let server = ApiServer::builder()
+            .json(event("a.1", "a"))
+            .json(event("b.1", "b"))
+            .start()
+            .await;
+        let selector = "involvedObject.name=a,involvedObject.namespace=ns,\
+                        involvedObject.kind=AWSIAMRole,involvedObject.uid=u-1";
+        let path = format!(
+            "/api/v1/namespaces/ns/events?limit=500&fieldSelector={}",
+            selector.replace('=', "%3D").replace(',', "%2C")
+        );
+        let list = get_json(&server, &path, "application/json").await;
+        assert_eq!(
+            (&list["kind"], &list["apiVersion"]),
+            (&json!("EventList"), &json!("v1"))
+        );
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{list}");
+        let e = &items[0];
+        assert_eq!(
+            (&e["kind"], &e["apiVersion"]),
+            (&json!("Event"), &json!("v1"))
+        );
+        assert_eq!(e["involvedObject"]["name"], "a");
+        assert_eq!(e["message"], "spec.roleReference is missing");
+        assert_eq!(e["reportingComponent"], "kube-aws-iam-controller");
+        assert_eq!(e["eventTime"], "2026-01-01T10:00:00.000000Z");
+        assert!(e.get("regarding").is_none() && e.get("note").is_none());
+        let one = get_json(
+            &server,
+            "/api/v1/namespaces/ns/events/b.1",
+            "application/json",
+        )
+        .await;
+        assert_eq!(one["involvedObject"]["name"], "b");
+        // Discovery names the view, read-only; writes to it are refused.
+        let core = get_json(&server, "/api/v1", "application/json").await;
+        let events = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "events")
+            .expect("core/v1 events in discovery");
+        assert_eq!(events["verbs"], json!(["get", "list"]));
+        let request = Request::post("/api/v1/namespaces/ns/events")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(
+                serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Event",
+                                             "metadata": {"name": "c"}}))
+                .unwrap(),
+            )
+            .unwrap();
+        match server.client().request_text(request).await {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 405),
+            other => panic!("a core/v1 Event write was not refused: {other:?}"),
+        }
+    }
 
     #[test]
     fn query_round_trip_reads_plus_as_space() {

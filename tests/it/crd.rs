@@ -40,17 +40,30 @@ fn crd_matches_the_original_contract() {
         ("v1", true, true)
     );
     assert!(v1.subresources.as_ref().unwrap().status.is_some());
-    let columns: Vec<(&str, &str)> = v1
+    // Only the printer columns differ from the original CRD. `Expires` is a string: the API
+    // server prints a `date` cell as the time since it, which for an expiration is in the future.
+    let columns: Vec<(&str, &str, &str)> = v1
         .additional_printer_columns
         .iter()
         .flatten()
-        .map(|c| (c.name.as_str(), c.json_path.as_str()))
+        .map(|c| (c.name.as_str(), c.type_.as_str(), c.json_path.as_str()))
         .collect();
     assert_eq!(
         columns,
         [
-            ("RoleARN", ".status.roleARN"),
-            ("Expiration", ".status.expiration")
+            (
+                "Ready",
+                "string",
+                r#".status.conditions[?(@.type=="Ready")].status"#
+            ),
+            (
+                "Reason",
+                "string",
+                r#".status.conditions[?(@.type=="Ready")].reason"#
+            ),
+            ("Role ARN", "string", ".status.roleARN"),
+            ("Expires", "string", ".status.expiration"),
+            ("Age", "date", ".metadata.creationTimestamp"),
         ]
     );
     let schema = serde_json::to_value(v1.schema.as_ref().unwrap()).unwrap();

@@ -18,6 +18,7 @@ mod leader;
 mod leaks;
 mod monitoring;
 mod moto_smoke;
+mod printer_columns;
 mod redaction;
 mod sdk_matrix;
 mod seed;
