@@ -59,9 +59,11 @@ check: lint test
 crd:
 	$(CARGO) run --quiet -- crd > deploy/crd.yaml
 
-# Regenerate docs/flags.md from --help (a test fails when it drifts).
-docs:
+# Regenerate docs/flags.md from --help and the metric table of docs/operations.md from the
+# binary's /metrics (tests fail when they drift; the metric table needs the venv's moto).
+docs: venv
 	UPDATE_DOCS=1 $(CARGO) test --locked --test it ship::flags_doc
+	UPDATE_DOCS=1 $(CARGO) test --locked --test it metrics_doc::
 
 # Regenerate examples/delivery/*.injected.yaml from their inputs (a test fails when they drift).
 examples:

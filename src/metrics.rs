@@ -1,16 +1,23 @@
-//! Prometheus metrics (text format on `/metrics`). Updated from each pass's report, never from
-//! the planner.
+//! Prometheus metrics (OpenMetrics text on `/metrics`). Updated from each pass's plan and
+//! report, never from the planner. `docs/operations.md` lists every metric in a table that a
+//! test regenerates from a scrape of the running binary.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+
+use jiff::Timestamp;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
-use crate::apply::PassReport;
+use crate::apply::{Outcome, PassReport, Stage};
+use crate::plan::{ActionKind, Plan, Reason};
+use crate::secret;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
@@ -21,6 +28,11 @@ struct ActionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +77,174 @@ impl std::fmt::Display for Trigger {
     }
 }
 
+/// Where an AWSIAMRole stands after a pass: the `state` of `roles`. Every AWSIAMRole of the plan
+/// is in exactly one; an orphaned Secret (its AWSIAMRole gone) is in none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoleState {
+    /// Its credentials are served and its action succeeded (or there was nothing to do), so
+    /// its status counts no failed attempt.
+    Ready,
+    /// The plan will not serve it until someone changes something: an invalid spec, a role the
+    /// namespace may not use (its Secret is deleted), an unmanaged Secret holding the name.
+    Blocked,
+    /// Earlier attempts to issue its credentials failed; no STS call before its `retryAfter`.
+    /// Whatever Secret it has stays in place meanwhile.
+    BackingOff,
+    /// Its action failed in this pass (AssumeRole, the Secret write or the status write).
+    Failing,
+    /// Its action was not carried out: a dry run, a shutdown or a lost leader Lease stopped
+    /// it before it started, or the AWSIAMRole was deleted or re-created while it ran. The
+    /// next pass plans it again.
+    Pending,
+}
+
+impl RoleState {
+    pub const ALL: [RoleState; 5] = [
+        RoleState::Ready,
+        RoleState::Blocked,
+        RoleState::BackingOff,
+        RoleState::Failing,
+        RoleState::Pending,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleState::Ready => "ready",
+            RoleState::Blocked => "blocked",
+            RoleState::BackingOff => "backing_off",
+            RoleState::Failing => "failing",
+            RoleState::Pending => "pending",
+        }
+    }
+
+    /// The state of the AWSIAMRole an action of `kind` and `reason` is for, once the action
+    /// ended with `outcome`; `None` for the delete of an orphaned Secret, which has no
+    /// AWSIAMRole. A blocked role stays blocked whatever its status write did: what it needs is
+    /// a user's change, not a retry.
+    pub fn of(kind: ActionKind, reason: Reason, outcome: &Outcome) -> Option<RoleState> {
+        match (kind, reason) {
+            (ActionKind::Delete, Reason::NotPermitted) => Some(RoleState::Blocked),
+            (ActionKind::Delete, _) => None,
+            (ActionKind::Blocked, Reason::BackingOff) => Some(RoleState::BackingOff),
+            (ActionKind::Blocked, _) => Some(RoleState::Blocked),
+            (
+                ActionKind::Create
+                | ActionKind::Refresh
+                | ActionKind::UpdateStatus
+                | ActionKind::Skip,
+                _,
+            ) => Some(match outcome {
+                Outcome::Done => RoleState::Ready,
+                Outcome::Failed { .. } => RoleState::Failing,
+                Outcome::NotStarted | Outcome::Superseded => RoleState::Pending,
+            }),
+        }
+    }
+}
+
+/// The AWSIAMRoles of a pass by state, and how long the credentials last that could not be
+/// renewed: what `roles` and `failing_roles_earliest_expiry_seconds` export.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleCensus {
+    pub states: BTreeMap<RoleState, usize>,
+    /// The earliest expiry of the credentials still in the Secrets of roles whose credentials
+    /// could not be renewed: backing off, or failing at AssumeRole or at the Secret write. A
+    /// role failing only at its status write got its new credentials and does not count.
+    pub failing_expiry: Option<Timestamp>,
+}
+
+impl RoleCensus {
+    /// Counts the roles of `plan` by the outcomes `report` gives their actions. An action the
+    /// report does not name was not carried out (a dry run reports none), unless it needed
+    /// nothing to be done.
+    pub fn of(plan: &Plan<'_>, report: &PassReport) -> RoleCensus {
+        let outcomes: HashMap<(&str, &str), &Outcome> = report
+            .actions
+            .iter()
+            .map(|a| ((a.namespace.as_str(), a.name.as_str()), &a.outcome))
+            .collect();
+        let mut census = RoleCensus::default();
+        for action in &plan.actions {
+            let outcome = match outcomes.get(&(action.namespace, action.name)) {
+                Some(outcome) => outcome,
+                None if action.changes_nothing() => &Outcome::Done,
+                None => &Outcome::NotStarted,
+            };
+            let Some(state) = RoleState::of(action.kind(), action.reason(), outcome) else {
+                continue;
+            };
+            *census.states.entry(state).or_insert(0) += 1;
+            let not_renewed = match (state, outcome) {
+                (RoleState::BackingOff, _) => true,
+                (RoleState::Failing, Outcome::Failed { stage, .. }) => *stage != Stage::Status,
+                _ => false,
+            };
+            // The Secret as observed: what is still in place when no new one was written.
+            let held = action
+                .secret()
+                .filter(|_| not_renewed)
+                .and_then(|s| secret::decode(s).ok());
+            if let Some(content) = held {
+                census.failing_expiry = Some(
+                    census
+                        .failing_expiry
+                        .map_or(content.expire, |e| e.min(content.expire)),
+                );
+            }
+        }
+        census
+    }
+
+    pub fn count(&self, state: RoleState) -> usize {
+        self.states.get(&state).copied().unwrap_or(0)
+    }
+}
+
+/// Expiries kept as times, so that the "seconds until" gauges count down between passes (and
+/// keep counting while passes fail) instead of freezing at the last pass's value.
+#[derive(Default)]
+struct Expiries {
+    /// Among the served AWSIAMRoles' Secrets.
+    earliest: Option<Timestamp>,
+    /// See [`RoleCensus::failing_expiry`].
+    failing: Option<Timestamp>,
+}
+
+/// Seconds from `now` until `expiry`; +Inf without an expiry, so that an alert such as
+/// `x < 1800` never fires when there is nothing to expire.
+fn seconds_until(expiry: Option<Timestamp>, now: Timestamp) -> f64 {
+    match expiry {
+        Some(expiry) => (expiry.as_millisecond() - now.as_millisecond()) as f64 / 1000.0,
+        None => f64::INFINITY,
+    }
+}
+
+/// prometheus-client writes infinite values as `inf`, which Prometheus reads (Go's
+/// `ParseFloat` and OpenMetrics accept any case), but `+Inf` is the spelling the Prometheus
+/// text format documents and every consumer knows: sample values are rewritten to it.
+fn canonical_infinities(text: String) -> String {
+    if !text.contains(" inf\n") && !text.contains(" -inf\n") {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in text.lines() {
+        match (line.strip_suffix(" inf"), line.strip_suffix(" -inf")) {
+            _ if line.starts_with('#') => out.push_str(line),
+            (Some(sample), _) => {
+                out.push_str(sample);
+                out.push_str(" +Inf");
+            }
+            (_, Some(sample)) => {
+                out.push_str(sample);
+                out.push_str(" -Inf");
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 pub struct Metrics {
     registry: Registry,
     pass_duration: Histogram,
@@ -73,7 +253,10 @@ pub struct Metrics {
     actions: Family<ActionLabels, Counter>,
     sts_calls: Family<ResultLabel, Counter>,
     managed_roles: Gauge,
+    roles: Family<StateLabel, Gauge>,
     earliest_expiry: Gauge<f64, AtomicU64>,
+    failing_expiry: Gauge<f64, AtomicU64>,
+    expiries: Mutex<Expiries>,
     last_success: Gauge<f64, AtomicU64>,
     own_expiry: Gauge<f64, AtomicU64>,
     leader: Gauge,
@@ -85,6 +268,9 @@ impl Default for Metrics {
     }
 }
 
+/// Results of actions (`Outcome::metric_label`), all exported from the start.
+const ACTION_RESULTS: [&str; 4] = ["ok", "failed", "not_started", "superseded"];
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kube_aws_iam_controller");
@@ -94,61 +280,81 @@ impl Metrics {
         let actions = Family::<ActionLabels, Counter>::default();
         let sts_calls = Family::<ResultLabel, Counter>::default();
         let managed_roles = Gauge::default();
+        let roles = Family::<StateLabel, Gauge>::default();
         let earliest_expiry = Gauge::<f64, AtomicU64>::default();
+        let failing_expiry = Gauge::<f64, AtomicU64>::default();
         let last_success = Gauge::<f64, AtomicU64>::default();
         let own_expiry = Gauge::<f64, AtomicU64>::default();
         let leader = Gauge::default();
-        registry.register(
-            "pass_duration_seconds",
-            "Duration of reconciliation passes",
+        // Names without the unit: `register_with_unit` appends `_seconds` and writes the
+        // OpenMetrics `# UNIT` line.
+        registry.register_with_unit(
+            "pass_duration",
+            "Duration of reconciliation passes (observation, plan and actions), in seconds",
+            Unit::Seconds,
             pass_duration.clone(),
         );
         registry.register(
             "passes",
-            "Reconciliation passes by result (ok, failed: observation failed)",
+            "Reconciliation passes by result: ok, or failed when the cluster could not be observed",
             passes.clone(),
         );
         registry.register(
             "pass_triggers",
-            "Passes of run by what started them (start, change, due, interval)",
+            "Passes of run by what started them: start, change, due, interval",
             triggers.clone(),
         );
         registry.register(
             "actions",
-            "Plan actions by kind and result",
+            "Plan actions by kind (create, refresh, update-status, delete, skip, blocked) and result (ok, failed, not_started, superseded)",
             actions.clone(),
         );
         registry.register(
             "sts_calls",
-            "STS AssumeRole calls by result (ok, throttled, denied, error)",
+            "STS AssumeRole calls by result: ok, throttled, denied, error",
             sts_calls.clone(),
         );
         registry.register(
             "managed_roles",
-            "AWSIAMRoles served with a readable Secret",
+            "AWSIAMRoles served with a readable Secret after the last pass",
             managed_roles.clone(),
         );
         registry.register(
-            "earliest_expiry_seconds",
-            "Seconds until the earliest credential expiry among managed Secrets",
+            "roles",
+            "AWSIAMRoles by state after the last pass: ready, blocked (a user must change something), backing_off (waiting for retryAfter after failures), failing (its action failed in the last pass), pending (its action was not carried out); all 0 on a standby replica",
+            roles.clone(),
+        );
+        registry.register_with_unit(
+            "earliest_expiry",
+            "Seconds until the earliest credential expiry among the Secrets of served AWSIAMRoles; +Inf when there is none",
+            Unit::Seconds,
             earliest_expiry.clone(),
         );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the end of the last pass that observed the cluster",
+        registry.register_with_unit(
+            "failing_roles_earliest_expiry",
+            "Seconds until the earliest credential expiry among AWSIAMRoles whose credentials could not be renewed (failing or backing_off, with credentials still in their Secret); +Inf when there is none",
+            Unit::Seconds,
+            failing_expiry.clone(),
+        );
+        registry.register_with_unit(
+            "last_success_timestamp",
+            "Unix time, in seconds, at the end of the last pass that observed the cluster",
+            Unit::Seconds,
             last_success.clone(),
         );
-        registry.register(
-            "own_credentials_expiry_timestamp_seconds",
-            "Unix time at which the controller's own seed credentials expire (0 without seed credentials)",
+        registry.register_with_unit(
+            "own_credentials_expiry_timestamp",
+            "Unix time, in seconds, at which the controller's own seed credentials expire; 0 without seed credentials",
+            Unit::Seconds,
             own_expiry.clone(),
         );
         registry.register(
             "leader",
-            "1 while this process holds the leader Lease (or runs without leader election)",
+            "1 while this process holds the leader Lease (or runs without leader election), else 0",
             leader.clone(),
         );
-        // Zero samples from the start, so a standby replica shows that it never passed.
+        // Every series from the start, so a standby replica shows that it never passed and a
+        // rate or an alert over any label value has a series to read.
         for result in ["ok", "failed"] {
             passes.get_or_create(&ResultLabel { result }).inc_by(0);
         }
@@ -159,10 +365,20 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
+        for kind in ActionKind::ALL {
+            for result in ACTION_RESULTS {
+                actions
+                    .get_or_create(&ActionLabels {
+                        action: kind.as_str(),
+                        result,
+                    })
+                    .inc_by(0);
+            }
+        }
         for result in ["ok", "throttled", "denied", "error"] {
             sts_calls.get_or_create(&ResultLabel { result }).inc_by(0);
         }
-        Metrics {
+        let metrics = Metrics {
             registry,
             pass_duration,
             passes,
@@ -170,11 +386,16 @@ impl Metrics {
             actions,
             sts_calls,
             managed_roles,
+            roles,
             earliest_expiry,
+            failing_expiry,
+            expiries: Mutex::new(Expiries::default()),
             last_success,
             own_expiry,
             leader,
-        }
+        };
+        metrics.set_roles(&RoleCensus::default());
+        metrics
     }
 
     /// The expiry of the credentials the controller itself signs with (seed credentials).
@@ -191,12 +412,34 @@ impl Metrics {
             .inc();
     }
 
+    /// A replica that stands by reports no roles: only the leader's numbers are current, and a
+    /// former leader's would never change again (nor resolve the alerts they raised).
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+        if !leading {
+            self.set_roles(&RoleCensus::default());
+            self.expiries().earliest = None;
+        }
     }
 
-    /// Records a pass that observed the cluster (its actions may still have failed).
-    pub fn record_pass(&self, report: &PassReport, now: jiff::Timestamp) {
+    fn expiries(&self) -> std::sync::MutexGuard<'_, Expiries> {
+        self.expiries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_roles(&self, census: &RoleCensus) {
+        for state in RoleState::ALL {
+            self.roles
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .set(census.count(state) as i64);
+        }
+        self.expiries().failing = census.failing_expiry;
+    }
+
+    /// Records a pass that observed the cluster (its actions may still have failed): `report`
+    /// of applying `plan` (empty in a dry run).
+    pub fn record_pass(&self, plan: &Plan<'_>, report: &PassReport, now: jiff::Timestamp) {
         self.pass_duration.observe(report.duration.as_secs_f64());
         self.passes
             .get_or_create(&ResultLabel { result: "ok" })
@@ -215,10 +458,8 @@ impl Metrics {
                 .inc_by(*n as u64);
         }
         self.managed_roles.set(report.managed_roles as i64);
-        if let Some(expiry) = report.earliest_expiry {
-            self.earliest_expiry
-                .set((expiry.as_second() - now.as_second()) as f64);
-        }
+        self.set_roles(&RoleCensus::of(plan, report));
+        self.expiries().earliest = report.earliest_expiry;
         self.last_success.set(now.as_millisecond() as f64 / 1000.0);
     }
 
@@ -230,11 +471,368 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition, the expiry gauges counted down to now.
     pub fn encode(&self) -> String {
+        self.encode_at(Timestamp::now())
+    }
+
+    fn encode_at(&self, now: Timestamp) -> String {
+        {
+            let expiries = self.expiries();
+            self.earliest_expiry
+                .set(seconds_until(expiries.earliest, now));
+            self.failing_expiry
+                .set(seconds_until(expiries.failing, now));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        canonical_infinities(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::apply::ActionReport;
+    use crate::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus};
+    use crate::model::{Observed, ObservedRole, ObservedSecret};
+    use crate::plan::{PlanConfig, plan};
+
+    const BASE: &str = "arn:aws:iam::123456789012:role/";
+
+    fn now() -> Timestamp {
+        "2026-11-26T12:00:00Z".parse().unwrap()
+    }
+
+    fn role(name: &str) -> ObservedRole {
+        ObservedRole {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            generation: 1,
+            spec: Ok(AWSIAMRoleSpec {
+                role_reference: format!("app-{name}"),
+                role_session_duration: None,
+            }),
+            ..ObservedRole::default()
+        }
+    }
+
+    /// A Secret for `role` holding one-hour credentials that expire `left` seconds from now.
+    fn secret_for(role: &ObservedRole, left: i64) -> ObservedSecret {
+        let expiration = Timestamp::from_second(now().as_second() + left).unwrap();
+        let issued = Timestamp::from_second(expiration.as_second() - 3600).unwrap();
+        let creds = secret::Credentials {
+            access_key_id: "ASIA".into(),
+            secret_access_key: "s".into(),
+            session_token: "t".into(),
+            expiration,
+        };
+        let arn = format!("{BASE}app-{}", role.name);
+        ObservedSecret::from_secret(&secret::build(role, &arn, &creds, issued))
+    }
+
+    fn report(outcomes: &[(&str, Outcome)], plan: &Plan<'_>) -> PassReport {
+        let mut report = PassReport::default();
+        for a in &plan.actions {
+            let outcome = outcomes
+                .iter()
+                .find(|(name, _)| *name == a.name)
+                .map_or(Outcome::Done, |(_, o)| o.clone());
+            report.actions.push(ActionReport {
+                namespace: a.namespace.into(),
+                name: a.name.into(),
+                kind: a.kind(),
+                reason: a.reason(),
+                outcome,
+            });
+        }
+        report
+    }
+
+    fn failed(stage: Stage) -> Outcome {
+        Outcome::Failed {
+            stage,
+            message: "m".into(),
+        }
+    }
+
+    /// Every kind of action the planner makes for a role, in one observed state: which state
+    /// each role ends in, and whose credentials count as not renewed.
+    struct Cluster {
+        observed: Observed,
+        config: PlanConfig,
+    }
+
+    impl Cluster {
+        fn new() -> Cluster {
+            let new = role("new");
+            let stopped = role("stopped");
+            let denied = role("denied");
+            let unwritable = role("unwritable");
+            let status_refused = role("status-refused");
+            let served = role("served");
+            let mut waiting = role("waiting");
+            waiting.status = Some(AWSIAMRoleStatus {
+                observed_generation: Some(1),
+                failed_attempts: Some(2),
+                retry_after: Some("2026-11-26T12:01:00Z".into()),
+                ..AWSIAMRoleStatus::default()
+            });
+            let mut invalid = role("invalid");
+            invalid.spec = Err("spec.roleSessionDuration: below 900".into());
+            let secrets = vec![
+                // Due (within the margin); each is what stays in place if renewal fails.
+                secret_for(&denied, 600),
+                secret_for(&unwritable, 500),
+                secret_for(&waiting, 400),
+                // Renewed, only its status write failed: it must not count.
+                secret_for(&status_refused, 100),
+                // Fine; its status is missing, so it gets an UpdateStatus.
+                secret_for(&served, 3000),
+                // No AWSIAMRole: an orphan's delete, in no state.
+                secret_for(&role("orphan"), 3000),
+            ];
+            let roles = vec![
+                new,
+                stopped,
+                denied,
+                unwritable,
+                status_refused,
+                served,
+                waiting,
+                invalid,
+            ];
+            let config = PlanConfig {
+                base_role_arn: Some(BASE.parse().unwrap()),
+                ..PlanConfig::default()
+            };
+            let observed = Observed {
+                roles: roles.into_iter().map(Arc::new).collect(),
+                secrets: secrets.into_iter().map(Arc::new).collect(),
+                ..Observed::default()
+            };
+            Cluster { observed, config }
+        }
+    }
+
+    #[test]
+    fn every_role_is_in_exactly_one_state() {
+        let cluster = Cluster::new();
+        let plan = plan(&cluster.observed, now(), &cluster.config);
+        let kinds: Vec<(&str, ActionKind, Reason)> = plan
+            .actions
+            .iter()
+            .map(|a| (a.name, a.kind(), a.reason()))
+            .collect();
+        let expected_kinds = [
+            ("denied", ActionKind::Refresh, Reason::Expiring),
+            ("invalid", ActionKind::Blocked, Reason::InvalidSpec),
+            ("new", ActionKind::Create, Reason::Missing),
+            ("orphan", ActionKind::Delete, Reason::OwnerGone),
+            ("served", ActionKind::UpdateStatus, Reason::StatusStale),
+            ("status-refused", ActionKind::Refresh, Reason::Expiring),
+            ("stopped", ActionKind::Create, Reason::Missing),
+            ("unwritable", ActionKind::Refresh, Reason::Expiring),
+            ("waiting", ActionKind::Blocked, Reason::BackingOff),
+        ];
+        assert_eq!(kinds, expected_kinds, "the state the census is tested on");
+        let report = report(
+            &[
+                ("stopped", Outcome::NotStarted),
+                ("denied", failed(Stage::Sts)),
+                ("unwritable", failed(Stage::Secret)),
+                ("status-refused", failed(Stage::Status)),
+            ],
+            &plan,
+        );
+        let census = RoleCensus::of(&plan, &report);
+        let counts: Vec<(RoleState, usize)> = census.states.clone().into_iter().collect();
+        assert_eq!(
+            counts,
+            [
+                (RoleState::Ready, 2),      // new, served
+                (RoleState::Blocked, 1),    // invalid
+                (RoleState::BackingOff, 1), // waiting
+                (RoleState::Failing, 3),    // denied, unwritable, status-refused
+                (RoleState::Pending, 1),    // stopped
+            ]
+        );
+        assert_eq!(
+            census.states.values().sum::<usize>(),
+            cluster.observed.roles.len(),
+            "one state per AWSIAMRole, none for the orphan"
+        );
+        // `waiting` (400 s) is the earliest not renewed; `status-refused` (100 s) was renewed.
+        assert_eq!(
+            census.failing_expiry,
+            Some(Timestamp::from_second(now().as_second() + 400).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_dry_run_leaves_what_needs_an_action_pending() {
+        let cluster = Cluster::new();
+        let plan = plan(&cluster.observed, now(), &cluster.config);
+        let census = RoleCensus::of(&plan, &PassReport::default());
+        let counts: Vec<(RoleState, usize)> = census.states.into_iter().collect();
+        assert_eq!(
+            counts,
+            [
+                (RoleState::Blocked, 1),
+                (RoleState::BackingOff, 1),
+                (RoleState::Pending, 6),
+            ]
+        );
+        assert_eq!(
+            census.failing_expiry,
+            Some(Timestamp::from_second(now().as_second() + 400).unwrap())
+        );
+    }
+
+    #[test]
+    fn states_by_action_and_outcome() {
+        use ActionKind::*;
+        let done = Outcome::Done;
+        let sts = failed(Stage::Sts);
+        let status = failed(Stage::Status);
+        let cases = [
+            (Create, Reason::Missing, &done, Some(RoleState::Ready)),
+            (Create, Reason::Missing, &sts, Some(RoleState::Failing)),
+            (Refresh, Reason::Expiring, &status, Some(RoleState::Failing)),
+            (
+                UpdateStatus,
+                Reason::StatusStale,
+                &status,
+                Some(RoleState::Failing),
+            ),
+            (Skip, Reason::UpToDate, &done, Some(RoleState::Ready)),
+            (
+                Refresh,
+                Reason::SpecChanged,
+                &Outcome::NotStarted,
+                Some(RoleState::Pending),
+            ),
+            (
+                Create,
+                Reason::Missing,
+                &Outcome::Superseded,
+                Some(RoleState::Pending),
+            ),
+            (
+                Blocked,
+                Reason::BackingOff,
+                &done,
+                Some(RoleState::BackingOff),
+            ),
+            (
+                Blocked,
+                Reason::InvalidSpec,
+                &done,
+                Some(RoleState::Blocked),
+            ),
+            (
+                Blocked,
+                Reason::SecretConflict,
+                &status,
+                Some(RoleState::Blocked),
+            ),
+            (
+                Blocked,
+                Reason::NotPermitted,
+                &done,
+                Some(RoleState::Blocked),
+            ),
+            (
+                Blocked,
+                Reason::NeedsBaseRoleArn,
+                &done,
+                Some(RoleState::Blocked),
+            ),
+            (
+                Delete,
+                Reason::NotPermitted,
+                &done,
+                Some(RoleState::Blocked),
+            ),
+            (
+                Delete,
+                Reason::NotPermitted,
+                &status,
+                Some(RoleState::Blocked),
+            ),
+            (Delete, Reason::OwnerGone, &done, None),
+            (Delete, Reason::OwnerGone, &Outcome::Superseded, None),
+        ];
+        for (kind, reason, outcome, expected) in cases {
+            assert_eq!(
+                RoleState::of(kind, reason, outcome),
+                expected,
+                "{kind} {reason} {outcome:?}"
+            );
+        }
+    }
+
+    fn sample<'t>(text: &'t str, series: &str) -> &'t str {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    const ROLES: &str = "kube_aws_iam_controller_roles";
+    const FAILING_EXPIRY: &str = "kube_aws_iam_controller_failing_roles_earliest_expiry_seconds";
+    const EARLIEST: &str = "kube_aws_iam_controller_earliest_expiry_seconds";
+
+    #[test]
+    fn every_state_is_exported_and_no_expiry_is_plus_inf() {
+        let text = Metrics::new().encode_at(now());
+        for state in RoleState::ALL {
+            let series = format!("{ROLES}{{state=\"{}\"}}", state.as_str());
+            assert_eq!(sample(&text, &series), "0");
+        }
+        assert_eq!(sample(&text, FAILING_EXPIRY), "+Inf");
+        assert_eq!(sample(&text, EARLIEST), "+Inf");
+        assert!(!text.contains(" inf\n"), "{text}");
+        assert!(
+            text.contains(&format!("# UNIT {FAILING_EXPIRY} seconds\n")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn expiries_count_down_between_passes_and_a_standby_reports_nothing() {
+        let cluster = Cluster::new();
+        let plan = plan(&cluster.observed, now(), &cluster.config);
+        let report = report(&[("denied", failed(Stage::Sts))], &plan);
+        let metrics = Metrics::new();
+        metrics.record_pass(&plan, &report, now());
+        let text = metrics.encode_at(now());
+        assert_eq!(sample(&text, &format!("{ROLES}{{state=\"failing\"}}")), "1");
+        assert_eq!(sample(&text, &format!("{ROLES}{{state=\"ready\"}}")), "5");
+        assert_eq!(sample(&text, FAILING_EXPIRY), "400.0");
+        // Ten seconds later, without a pass.
+        let later = Timestamp::from_second(now().as_second() + 10).unwrap();
+        assert_eq!(sample(&metrics.encode_at(later), FAILING_EXPIRY), "390.0");
+
+        metrics.set_leader(false);
+        let text = metrics.encode_at(later);
+        for state in RoleState::ALL {
+            let series = format!("{ROLES}{{state=\"{}\"}}", state.as_str());
+            assert_eq!(sample(&text, &series), "0", "{series} on a standby");
+        }
+        assert_eq!(sample(&text, FAILING_EXPIRY), "+Inf");
+        assert_eq!(sample(&text, EARLIEST), "+Inf");
+    }
+
+    #[test]
+    fn only_sample_values_are_respelled() {
+        let text = "# HELP x_seconds ends in inf\nx_seconds inf\ny -inf\nz{a=\"inf\"} 1\n# EOF\n";
+        assert_eq!(
+            canonical_infinities(text.into()),
+            "# HELP x_seconds ends in inf\nx_seconds +Inf\ny -Inf\nz{a=\"inf\"} 1\n# EOF\n"
+        );
     }
 }

@@ -262,7 +262,8 @@ impl Controller {
             ),
         };
         report.duration = start.elapsed();
-        self.metrics.record_pass(&report, Timestamp::now());
+        // The roles' states come from the plan and what became of its actions.
+        self.metrics.record_pass(&plan, &report, Timestamp::now());
         if let Some(expiry) = self.seed.as_ref().and_then(|s| s.expiration().ok()) {
             self.metrics.set_own_expiry(expiry);
         }

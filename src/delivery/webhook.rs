@@ -79,9 +79,11 @@ impl WebhookMetrics {
             "AdmissionReview requests by result (mutated, unchanged, denied, invalid)",
             requests.clone(),
         );
-        registry.register(
-            "admission_duration_seconds",
-            "Time from a /mutate request's headers to its answer, body read included",
+        // `register_with_unit` appends `_seconds` and writes the OpenMetrics `# UNIT` line.
+        registry.register_with_unit(
+            "admission_duration",
+            "Time from a /mutate request's headers to its answer, body read included, in seconds",
+            prometheus_client::registry::Unit::Seconds,
             duration.clone(),
         );
         registry.register(
