@@ -13,20 +13,16 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Unit;
 
 use crate::apply::{Outcome, PassReport, Stage};
 use crate::plan::{ActionKind, Plan, Reason};
 use crate::secret;
+use crate::serve::metrics::{MetricsRegistry, ResultLabel};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     action: &'static str,
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
     result: &'static str,
 }
 
@@ -219,34 +215,8 @@ fn seconds_until(expiry: Option<Timestamp>, now: Timestamp) -> f64 {
     }
 }
 
-/// prometheus-client writes infinite values as `inf`, which Prometheus reads (Go's
-/// `ParseFloat` and OpenMetrics accept any case), but `+Inf` is the spelling the Prometheus
-/// text format documents and every consumer knows: sample values are rewritten to it.
-fn canonical_infinities(text: String) -> String {
-    if !text.contains(" inf\n") && !text.contains(" -inf\n") {
-        return text;
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for line in text.lines() {
-        match (line.strip_suffix(" inf"), line.strip_suffix(" -inf")) {
-            _ if line.starts_with('#') => out.push_str(line),
-            (Some(sample), _) => {
-                out.push_str(sample);
-                out.push_str(" +Inf");
-            }
-            (_, Some(sample)) => {
-                out.push_str(sample);
-                out.push_str(" -Inf");
-            }
-            _ => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
-}
-
 pub struct Metrics {
-    registry: Registry,
+    registry: MetricsRegistry,
     pass_duration: Histogram,
     passes: Family<ResultLabel, Counter>,
     triggers: Family<TriggerLabel, Counter>,
@@ -273,7 +243,7 @@ const ACTION_RESULTS: [&str; 4] = ["ok", "failed", "not_started", "superseded"];
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("kube_aws_iam_controller");
+        let mut registry = MetricsRegistry::new("kube_aws_iam_controller");
         let pass_duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
         let passes = Family::<ResultLabel, Counter>::default();
         let triggers = Family::<TriggerLabel, Counter>::default();
@@ -484,10 +454,7 @@ impl Metrics {
             self.failing_expiry
                 .set(seconds_until(expiries.failing, now));
         }
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        canonical_infinities(out)
+        self.registry.encode()
     }
 }
 
@@ -825,14 +792,5 @@ mod tests {
         }
         assert_eq!(sample(&text, FAILING_EXPIRY), "+Inf");
         assert_eq!(sample(&text, EARLIEST), "+Inf");
-    }
-
-    #[test]
-    fn only_sample_values_are_respelled() {
-        let text = "# HELP x_seconds ends in inf\nx_seconds inf\ny -inf\nz{a=\"inf\"} 1\n# EOF\n";
-        assert_eq!(
-            canonical_infinities(text.into()),
-            "# HELP x_seconds ends in inf\nx_seconds +Inf\ny -Inf\nz{a=\"inf\"} 1\n# EOF\n"
-        );
     }
 }

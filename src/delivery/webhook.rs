@@ -14,15 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::serve::metrics::{MetricsRegistry, ResultLabel};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
@@ -49,14 +48,9 @@ pub struct WebhookConfig {
     pub mutation: MutateOptions,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
-}
-
 /// The webhook's metrics, in its own registry (it shares no state with the controller loop).
 pub struct WebhookMetrics {
-    registry: Registry,
+    registry: MetricsRegistry,
     requests: Family<ResultLabel, Counter>,
     duration: Histogram,
     reloads: Family<ResultLabel, Counter>,
@@ -70,7 +64,7 @@ impl Default for WebhookMetrics {
 
 impl WebhookMetrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("kube_aws_iam_controller_webhook");
+        let mut registry = MetricsRegistry::new("kube_aws_iam_controller_webhook");
         let requests = Family::<ResultLabel, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let reloads = Family::<ResultLabel, Counter>::default();
@@ -117,10 +111,7 @@ impl WebhookMetrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.registry.encode()
     }
 }
 

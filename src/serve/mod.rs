@@ -1,5 +1,7 @@
-//! Serving: the one HTTP serving helper every server of the controller uses ([`httpd`]).
+//! Serving: the one HTTP serving helper every server of the controller uses ([`httpd`]), the
+//! one metrics registry type ([`metrics`]), and the shutdown signal.
 pub mod httpd;
+pub mod metrics;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
