@@ -26,8 +26,9 @@ use super::{
 pub const VOLUME_NAME: &str = "aws-iam-credentials";
 /// Name of the credentials endpoint sidecar (first init container).
 pub const SIDECAR_NAME: &str = "aws-credentials-server";
-/// Where the controller's binary lives in its image (the image's ENTRYPOINT).
-pub const SIDECAR_BINARY: &str = "/usr/local/bin/kube-aws-iam-controller";
+/// Where the sidecar's own small binary lives in the controller's image (beside the
+/// controller, which is the image's ENTRYPOINT): the sidecar names it as its command.
+pub const SIDECAR_BINARY: &str = "/usr/local/bin/credentials-server";
 /// The `credential_process` profile file of the Secret, for the `process` delivery.
 pub const PROCESS_FILE: &str = "/meta/aws-iam/credentials.process";
 /// The JSON credentials document of the Secret, which the sidecar serves.
@@ -632,8 +633,8 @@ pub fn sidecar(options: &MutateOptions) -> Container {
     Container {
         name: SIDECAR_NAME.into(),
         image: Some(options.sidecar_image.clone()),
+        command: Some(strings(&[SIDECAR_BINARY])),
         args: Some(strings(&[
-            "credentials-server",
             "--listen",
             &listen,
             "--credentials-file",
@@ -646,7 +647,6 @@ pub fn sidecar(options: &MutateOptions) -> Container {
             exec: Some(ExecAction {
                 command: Some(strings(&[
                     SIDECAR_BINARY,
-                    "credentials-server",
                     "--listen",
                     &listen,
                     "--probe",
@@ -852,22 +852,24 @@ mod tests {
                 "{c}"
             );
         }
-        // The whole sidecar: no ports, no command (the image's entrypoint is the binary).
+        // The whole sidecar: no ports; its command is the small binary, not the image's
+        // entrypoint (the controller).
         assert_eq!(
             spec["initContainers"][0],
             json!({
                 "name": SIDECAR_NAME,
                 "image": "example.com/kaic:1",
                 "restartPolicy": "Always",
+                "command": ["/usr/local/bin/credentials-server"],
                 "args": [
-                    "credentials-server", "--listen", "127.0.0.1:9911",
+                    "--listen", "127.0.0.1:9911",
                     "--credentials-file", "/meta/aws-iam/credentials.json"
                 ],
                 "env": [token],
                 "volumeMounts": [expected_mount()],
                 "startupProbe": {
                     "exec": {"command": [
-                        SIDECAR_BINARY, "credentials-server", "--listen", "127.0.0.1:9911", "--probe"
+                        "/usr/local/bin/credentials-server", "--listen", "127.0.0.1:9911", "--probe"
                     ]},
                     "periodSeconds": 1,
                     "timeoutSeconds": 2,
