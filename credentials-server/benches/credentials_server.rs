@@ -1,5 +1,5 @@
 //! What the credentials endpoint sidecar costs a pod, measured on the compiled release binary
-//! against a kubelet-style Secret volume:
+//! (as the image ships it) against a kubelet-style Secret volume:
 //!
 //! - resident memory, every page counted (VmRSS and its peak VmHWM from /proc, split into
 //!   anonymous and file-backed pages; PSS from smaps_rollup for reference): after start-up,
@@ -223,7 +223,7 @@ fn measure(subject: &Subject) -> Figures {
     let size_kib = std::fs::metadata(&subject.program)
         .map(|m| m.len() / 1024)
         .unwrap_or_default();
-    println!("\n{} ({size_kib} KiB on disk, release)", subject.name);
+    println!("\n{} ({size_kib} KiB on disk)", subject.name);
     let keep_alive_p99 = summary("keep-alive connection", &mut keep_alive);
     let fresh_p99 = summary("fresh connection per request", &mut fresh);
     let concurrent_p99 = summary(

@@ -912,9 +912,9 @@ mod tests {
         let uri = env_value(app, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
         assert_eq!(uri, Some("http://127.0.0.1:12345/credentials"));
         let sidecar = &out["spec"]["initContainers"][0];
-        assert_eq!(sidecar["args"][2], "127.0.0.1:12345");
+        assert_eq!(sidecar["args"][1], "127.0.0.1:12345");
         let probe = &sidecar["startupProbe"]["exec"]["command"];
-        assert_eq!(probe[3], "127.0.0.1:12345");
+        assert_eq!(probe[2], "127.0.0.1:12345");
     }
 
     #[test]
