@@ -126,7 +126,10 @@ mod tests {
             probe: false,
         };
         let e = main(&args).unwrap_err();
-        assert!(matches!(&e, Error::Config(m) if m.contains("not a loopback address")), "{e}");
+        assert!(
+            matches!(&e, Error::Config(m) if m.contains("not a loopback address")),
+            "{e}"
+        );
         assert_eq!(e.exit_code(), 2);
     }
 }

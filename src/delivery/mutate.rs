@@ -645,12 +645,7 @@ pub fn sidecar(options: &MutateOptions) -> Container {
         volume_mounts: Some(vec![mount()]),
         startup_probe: Some(Probe {
             exec: Some(ExecAction {
-                command: Some(strings(&[
-                    SIDECAR_BINARY,
-                    "--listen",
-                    &listen,
-                    "--probe",
-                ])),
+                command: Some(strings(&[SIDECAR_BINARY, "--listen", &listen, "--probe"])),
             }),
             period_seconds: Some(1),
             timeout_seconds: Some(2),

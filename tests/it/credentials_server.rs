@@ -375,7 +375,11 @@ fn the_controller_subcommand_answers_like_the_binary() {
             ("GET", "/credentials", Some(token)),
             ("HEAD", "/credentials", Some(token)),
             ("GET", "/credentials", None),
-            ("GET", "/credentials", Some("7b0f3c52-1d9e-4a8f-b6c1-000000000000")),
+            (
+                "GET",
+                "/credentials",
+                Some("7b0f3c52-1d9e-4a8f-b6c1-000000000000"),
+            ),
             ("GET", "/ready", None),
             ("GET", "/latest/meta-data/", Some(token)),
             ("POST", "/credentials", Some(token)),
@@ -518,7 +522,11 @@ fn the_aws_cli_authenticates_against_moto_through_the_server() {
     );
 
     // The same through the controller's subcommand (pods injected by earlier versions).
-    let old = Sidecar::start_flavor(Flavor::Subcommand, &volume.file(KEY_JSON), sidecar::TEST_TOKEN);
+    let old = Sidecar::start_flavor(
+        Flavor::Subcommand,
+        &volume.file(KEY_JSON),
+        sidecar::TEST_TOKEN,
+    );
     let mut old_env: Vec<(String, String)> = env
         .iter()
         .filter(|(k, _)| k != sidecar::FULL_URI_ENV)

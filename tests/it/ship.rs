@@ -1374,7 +1374,10 @@ fn dockerfile_ships_the_sidecar_binary_where_the_mutation_points() {
             && l.contains(&format!("--bin {binary_name}"))
             && l.contains(&format!("target/release/{binary_name}"))
     });
-    assert!(builds_it, "the build stage builds and installs {binary_name}: {build:#?}");
+    assert!(
+        builds_it,
+        "the build stage builds and installs {binary_name}: {build:#?}"
+    );
 
     // The runtime stage copies it to exactly the path the mutation writes.
     let copied = runtime.iter().any(|l| {
@@ -1382,7 +1385,9 @@ fn dockerfile_ships_the_sidecar_binary_where_the_mutation_points() {
         words.first() == Some(&"COPY")
             && words.iter().any(|w| w.starts_with("--from="))
             && words.last() == Some(&mutate::SIDECAR_BINARY)
-            && words.iter().any(|w| w.ends_with(&format!("/{binary_name}")))
+            && words
+                .iter()
+                .any(|w| w.ends_with(&format!("/{binary_name}")))
     });
     assert!(
         copied,
@@ -1391,9 +1396,8 @@ fn dockerfile_ships_the_sidecar_binary_where_the_mutation_points() {
     );
     // And the controller, whose subcommand older pods run, is still there.
     assert!(
-        runtime
-            .iter()
-            .any(|l| l.starts_with("COPY --from=") && l.ends_with("/usr/local/bin/kube-aws-iam-controller")),
+        runtime.iter().any(|l| l.starts_with("COPY --from=")
+            && l.ends_with("/usr/local/bin/kube-aws-iam-controller")),
         "the runtime stage still ships the controller"
     );
 }
