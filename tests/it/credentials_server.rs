@@ -461,6 +461,87 @@ fn sigterm_ends_the_server_at_once() {
     }
 }
 
+/// In a container the sidecar is PID 1 of its own PID namespace, where the kernel drops every
+/// signal the process has no handler for: without one, kubelet's SIGTERM would do nothing and
+/// the pod would wait out its grace period. Run it so (`unshare --pid --fork`) and stop it.
+#[test]
+fn sigterm_ends_the_server_as_pid_1() {
+    use std::os::unix::fs::MetadataExt as _;
+    let volume = volume_with("credsrv-pid1", "PIDONE", in_an_hour());
+    let port = crate::support::harness::free_port();
+    let mut command = std::process::Command::new("unshare");
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        // Without root, a user namespace grants the right to make a PID namespace.
+        command.args(["--user", "--map-root-user"]);
+    }
+    let unshare = command
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(sidecar::binary())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--credentials-file",
+        ])
+        .arg(volume.file(KEY_JSON))
+        .env_clear()
+        .env(TOKEN_ENV, sidecar::TEST_TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running unshare (util-linux; see `make test`)");
+    // Killing unshare kills the server too (--kill-child), however the test ends.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut unshare = Reaped(unshare);
+    assert!(
+        eventually(|| sidecar::probe(port).0 == 0),
+        "the server in its own PID namespace did not become ready"
+    );
+    // The server is unshare's only child; inside its namespace it is PID 1.
+    let unshare_pid = unshare.0.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+            .expect("unshare's children in /proc");
+    let server_pid: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("unshare has started the server");
+    let status = std::fs::read_to_string(format!("/proc/{server_pid}/status")).expect("/proc");
+    let namespaced = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|pids| pids.split_whitespace().last())
+        .expect("NSpid in /proc status");
+    assert_eq!(namespaced, "1", "the server is not PID 1 of its namespace");
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &server_pid.to_string()])
+        .status()
+        .expect("running kill (procps; see `make test`)");
+    assert!(kill.success(), "kill -TERM failed");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = unshare.0.try_wait().expect("waiting for unshare") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "PID 1 still runs {DEADLINE:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // unshare exits with its child's status.
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
 #[test]
 fn the_aws_cli_authenticates_against_moto_through_the_server() {
     let moto = Moto::start();
