@@ -54,7 +54,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most of an answer `--probe` reads.
 const PROBE_MAX_ANSWER: u64 = 64 * 1024;
 
-/// What the command line asks for.
+/// A run's settings: where to serve (or, with `probe`, whom to ask) and which file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Loopback address to serve on (or, with `probe`, to ask).
