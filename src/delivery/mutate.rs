@@ -26,8 +26,9 @@ use super::{
 pub const VOLUME_NAME: &str = "aws-iam-credentials";
 /// Name of the credentials endpoint sidecar (first init container).
 pub const SIDECAR_NAME: &str = "aws-credentials-server";
-/// Where the controller's binary lives in its image (the image's ENTRYPOINT).
-pub const SIDECAR_BINARY: &str = "/usr/local/bin/kube-aws-iam-controller";
+/// Where the sidecar's own small binary lives in the controller's image (beside the
+/// controller, which is the image's ENTRYPOINT): the sidecar names it as its command.
+pub const SIDECAR_BINARY: &str = "/usr/local/bin/credentials-server";
 /// The `credential_process` profile file of the Secret, for the `process` delivery.
 pub const PROCESS_FILE: &str = "/meta/aws-iam/credentials.process";
 /// The JSON credentials document of the Secret, which the sidecar serves.
@@ -611,8 +612,8 @@ pub fn sidecar(options: &MutateOptions) -> Container {
     Container {
         name: SIDECAR_NAME.into(),
         image: Some(options.sidecar_image.clone()),
+        command: Some(strings(&[SIDECAR_BINARY])),
         args: Some(strings(&[
-            "credentials-server",
             "--listen",
             &listen,
             "--credentials-file",
@@ -623,13 +624,7 @@ pub fn sidecar(options: &MutateOptions) -> Container {
         volume_mounts: Some(vec![mount()]),
         startup_probe: Some(Probe {
             exec: Some(ExecAction {
-                command: Some(strings(&[
-                    SIDECAR_BINARY,
-                    "credentials-server",
-                    "--listen",
-                    &listen,
-                    "--probe",
-                ])),
+                command: Some(strings(&[SIDECAR_BINARY, "--listen", &listen, "--probe"])),
             }),
             period_seconds: Some(1),
             timeout_seconds: Some(2),
@@ -831,22 +826,24 @@ mod tests {
                 "{c}"
             );
         }
-        // The whole sidecar: no ports, no command (the image's entrypoint is the binary).
+        // The whole sidecar: no ports; its command is the small binary, not the image's
+        // entrypoint (the controller).
         assert_eq!(
             spec["initContainers"][0],
             json!({
                 "name": SIDECAR_NAME,
                 "image": "example.com/kaic:1",
                 "restartPolicy": "Always",
+                "command": ["/usr/local/bin/credentials-server"],
                 "args": [
-                    "credentials-server", "--listen", "127.0.0.1:9911",
+                    "--listen", "127.0.0.1:9911",
                     "--credentials-file", "/meta/aws-iam/credentials.json"
                 ],
                 "env": [token],
                 "volumeMounts": [expected_mount()],
                 "startupProbe": {
                     "exec": {"command": [
-                        SIDECAR_BINARY, "credentials-server", "--listen", "127.0.0.1:9911", "--probe"
+                        "/usr/local/bin/credentials-server", "--listen", "127.0.0.1:9911", "--probe"
                     ]},
                     "periodSeconds": 1,
                     "timeoutSeconds": 2,
@@ -889,9 +886,9 @@ mod tests {
         let uri = env_value(app, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
         assert_eq!(uri, Some("http://127.0.0.1:12345/credentials"));
         let sidecar = &out["spec"]["initContainers"][0];
-        assert_eq!(sidecar["args"][2], "127.0.0.1:12345");
+        assert_eq!(sidecar["args"][1], "127.0.0.1:12345");
         let probe = &sidecar["startupProbe"]["exec"]["command"];
-        assert_eq!(probe[3], "127.0.0.1:12345");
+        assert_eq!(probe[2], "127.0.0.1:12345");
     }
 
     #[test]

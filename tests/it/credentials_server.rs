@@ -1,17 +1,19 @@
-//! `credentials-server`, the `endpoint` delivery's sidecar, as the compiled binary against a
-//! kubelet-style Secret volume (`..data` symlink swaps): the document it serves, the token
-//! check, re-reading on swap without a restart, error documents that never carry the file's
-//! content, `/ready` and `--probe`, refusing to start unguarded, and the AWS CLI
-//! authenticating against moto through it.
+//! `credentials-server`, the `endpoint` delivery's sidecar, as the compiled binary new pods run
+//! against a kubelet-style Secret volume (`..data` symlink swaps): the document it serves, the
+//! token check, re-reading on swap without a restart, error documents that never carry the
+//! file's content, `/ready` and `--probe`, refusing to start unguarded, and the AWS CLI
+//! authenticating against moto through it. The controller's `credentials-server` subcommand,
+//! which pods injected by earlier versions run, answers byte for byte the same, refuses the
+//! same way and authenticates the CLI too.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use kube_aws_iam_controller::secret::{self, KEY_JSON};
 
 use crate::support::moto::{self, Moto};
-use crate::support::sidecar::{self, Sidecar, TOKEN_ENV};
+use crate::support::sidecar::{self, Flavor, Sidecar, TOKEN_ENV};
 use crate::support::volume::{SecretVolume, credentials_json};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -314,11 +316,15 @@ fn refuses_to_start_unguarded_or_off_loopback() {
             "not a loopback address",
         ),
     ];
-    for (what, token, host, says) in cases {
+    for ((what, token, host, says), flavor) in cases
+        .into_iter()
+        .flat_map(|case| [(case, Flavor::Binary), (case, Flavor::Subcommand)])
+    {
+        let what = format!("{flavor:?}, {what}");
         let port = crate::support::harness::free_port();
-        let mut command = Command::new(sidecar::binary());
+        let mut command = flavor.command();
         command
-            .args(["credentials-server", "--listen", &format!("{host}:{port}")])
+            .args(["--listen", &format!("{host}:{port}")])
             .arg("--credentials-file")
             .arg(&file)
             .env_clear()
@@ -353,6 +359,187 @@ fn refuses_to_start_unguarded_or_off_loopback() {
             "{what}: something listens on the port"
         );
     }
+}
+
+/// Pods injected by earlier versions run the controller's subcommand: it must answer exactly
+/// like the binary new pods run, in every state of the file, and answer the same probe.
+#[test]
+fn the_controller_subcommand_answers_like_the_binary() {
+    let mut volume = volume_with("credsrv-compat", "COMPAT", in_an_hour());
+    let file = volume.file(KEY_JSON);
+    let mut binary = Sidecar::start(&file);
+    let mut subcommand = Sidecar::start_flavor(Flavor::Subcommand, &file, sidecar::TEST_TOKEN);
+    let token = sidecar::TEST_TOKEN;
+    let compare = |state: &str, binary: &Sidecar, subcommand: &Sidecar| {
+        for (method, path, authorization) in [
+            ("GET", "/credentials", Some(token)),
+            ("HEAD", "/credentials", Some(token)),
+            ("GET", "/credentials", None),
+            (
+                "GET",
+                "/credentials",
+                Some("7b0f3c52-1d9e-4a8f-b6c1-000000000000"),
+            ),
+            ("GET", "/ready", None),
+            ("GET", "/latest/meta-data/", Some(token)),
+            ("POST", "/credentials", Some(token)),
+        ] {
+            let what = format!("{state}: {method} {path} with {authorization:?}");
+            let new = sidecar::request(binary.port(), method, path, authorization);
+            let old = sidecar::request(subcommand.port(), method, path, authorization);
+            assert_eq!(new.status, old.status, "{what}");
+            assert_eq!(new.content_type, old.content_type, "{what}");
+            // Not assert_eq!: the bodies may hold credentials, which a failure must not print.
+            assert!(
+                new.body == old.body,
+                "{what}: the bodies differ ({} and {} bytes)",
+                new.body.len(),
+                old.body.len()
+            );
+        }
+        for (program, port) in [
+            (Flavor::Binary, binary.port()),
+            (Flavor::Binary, subcommand.port()),
+            (Flavor::Subcommand, binary.port()),
+            (Flavor::Subcommand, subcommand.port()),
+        ] {
+            let (code, out) = sidecar::probe_with(program, port);
+            let expected = i32::from(state != "valid");
+            assert_eq!(code, expected, "{state}: {program:?} --probe: {out}");
+        }
+    };
+    assert_eq!(binary.credentials().field("AccessKeyId"), "ASIACOMPAT");
+    compare("valid", &binary, &subcommand);
+    let whole = document("GARBLE", in_an_hour());
+    volume.set(KEY_JSON, &whole[..whole.len() / 2]);
+    compare("garbled", &binary, &subcommand);
+    volume.set(
+        KEY_JSON,
+        document("EXPIRD", Timestamp::now() - SignedDuration::from_mins(1)),
+    );
+    compare("expired", &binary, &subcommand);
+    volume.remove(KEY_JSON);
+    compare("missing", &binary, &subcommand);
+
+    for server in [&mut binary, &mut subcommand] {
+        let (_, log) = server.stop();
+        assert!(log.contains("loaded credentials"), "log: {log}");
+        for tag in ["COMPAT", "GARBLE", "EXPIRD"] {
+            assert_absent("the server's log", &log, &values(tag));
+        }
+    }
+}
+
+/// kubelet stops a sidecar with SIGTERM; it must end at once, with exit code 0 (a sidecar is
+/// its container's PID 1, which only ends on signals it handles).
+#[test]
+fn sigterm_ends_the_server_at_once() {
+    let volume = volume_with("credsrv-sigterm", "SIGTRM", in_an_hour());
+    for flavor in [Flavor::Binary, Flavor::Subcommand] {
+        let mut server = Sidecar::start_flavor(flavor, &volume.file(KEY_JSON), sidecar::TEST_TOKEN);
+        // An idle keep-alive connection must not hold the exit.
+        let idle = std::net::TcpStream::connect(("127.0.0.1", server.port())).expect("connecting");
+        assert_eq!(server.credentials().status, 200);
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &server.pid().to_string()])
+            .status()
+            .expect("running kill (procps; see `make test`)");
+        assert!(kill.success(), "{flavor:?}: kill -TERM failed");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = server.exited() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{flavor:?}: still running {DEADLINE:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "{flavor:?}: {status}");
+        drop(idle);
+    }
+}
+
+/// In a container the sidecar is PID 1 of its own PID namespace, where the kernel drops every
+/// signal the process has no handler for: without one, kubelet's SIGTERM would do nothing and
+/// the pod would wait out its grace period. Run it so (`unshare --pid --fork`) and stop it.
+#[test]
+fn sigterm_ends_the_server_as_pid_1() {
+    use std::os::unix::fs::MetadataExt as _;
+    let volume = volume_with("credsrv-pid1", "PIDONE", in_an_hour());
+    let port = crate::support::harness::free_port();
+    let mut command = std::process::Command::new("unshare");
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        // Without root, a user namespace grants the right to make a PID namespace.
+        command.args(["--user", "--map-root-user"]);
+    }
+    let unshare = command
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(sidecar::binary())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--credentials-file",
+        ])
+        .arg(volume.file(KEY_JSON))
+        .env_clear()
+        .env(TOKEN_ENV, sidecar::TEST_TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running unshare (util-linux; see `make test`)");
+    // Killing unshare kills the server too (--kill-child), however the test ends.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut unshare = Reaped(unshare);
+    assert!(
+        eventually(|| sidecar::probe(port).0 == 0),
+        "the server in its own PID namespace did not become ready"
+    );
+    // The server is unshare's only child; inside its namespace it is PID 1.
+    let unshare_pid = unshare.0.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+            .expect("unshare's children in /proc");
+    let server_pid: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("unshare has started the server");
+    let status = std::fs::read_to_string(format!("/proc/{server_pid}/status")).expect("/proc");
+    let namespaced = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|pids| pids.split_whitespace().last())
+        .expect("NSpid in /proc status");
+    assert_eq!(namespaced, "1", "the server is not PID 1 of its namespace");
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &server_pid.to_string()])
+        .status()
+        .expect("running kill (procps; see `make test`)");
+    assert!(kill.success(), "kill -TERM failed");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = unshare.0.try_wait().expect("waiting for unshare") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "PID 1 still runs {DEADLINE:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // unshare exits with its child's status.
+    assert_eq!(status.code(), Some(0), "{status}");
 }
 
 #[test]
@@ -414,6 +601,27 @@ fn the_aws_cli_authenticates_against_moto_through_the_server() {
         stdout.contains("assumed-role/endpoint-role/ns.first"),
         "authenticated as {stdout}"
     );
+
+    // The same through the controller's subcommand (pods injected by earlier versions).
+    let old = Sidecar::start_flavor(
+        Flavor::Subcommand,
+        &volume.file(KEY_JSON),
+        sidecar::TEST_TOKEN,
+    );
+    let mut old_env: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != sidecar::FULL_URI_ENV)
+        .cloned()
+        .collect();
+    old_env.push((sidecar::FULL_URI_ENV.to_string(), old.url()));
+    let (ok, stdout, stderr) = caller(&old_env);
+    assert_absent("the CLI's stderr", &stderr, &secrets(&first));
+    assert!(ok, "through the subcommand: {stderr}");
+    assert!(
+        stdout.contains("assumed-role/endpoint-role/ns.first"),
+        "through the subcommand, authenticated as {stdout}"
+    );
+    drop(old);
 
     // A swapped Secret: the next client gets the new session from the same server.
     let second = assume("ns.second");

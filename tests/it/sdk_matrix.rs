@@ -9,7 +9,7 @@
 //!   and in an environment without `sh` and `cat`, every SDK fails;
 //! - the static `credentials` file: every SDK authenticates and none picks up the swap;
 //! - a pod template labelled for `endpoint` delivery, mutated, runs from its mutated spec alone
-//!   (sidecar args, startup probe, app env) with every shell and `cat` made unexecutable.
+//!   (sidecar command and args, startup probe, app env) with every shell and `cat` made unexecutable.
 //!
 //! The SDKs: botocore (the core of boto3 and the AWS CLI, from `.venv`), the AWS SDK for
 //! JavaScript v3 (`@aws-sdk/client-sts`, pinned in tests/sdk/package-lock.json and installed by
@@ -183,9 +183,9 @@ fn static_credentials_file_never_refreshes() {
 }
 
 /// A pod template labelled for `endpoint` delivery, mutated by the same function `inject` and
-/// the webhook use, runs from its mutated spec alone: the sidecar from its container's args and
-/// env (the fieldRef token resolved to the pod's UID, the mount path pointed at the test
-/// volume), ready by its own startup probe command, and each SDK with exactly the app
+/// the webhook use, runs from its mutated spec alone: the sidecar from its container's command,
+/// args and env (the fieldRef token resolved to the pod's UID, the mount path pointed at the
+/// test volume), ready by its own startup probe command, and each SDK with exactly the app
 /// container's env, an empty directory as PATH, and every shell and `cat` unexecutable: an
 /// image without a shell. Each SDK then picks up swapped credentials as before.
 #[test]
@@ -290,8 +290,9 @@ struct PodSpecView {
     role: String,
 }
 
-/// What the image's ENTRYPOINT is: the sidecar's `args` run under it, its probe names it.
-const IMAGE_ENTRYPOINT: &str = "/usr/local/bin/kube-aws-iam-controller";
+/// Where the image has the sidecar's own binary: the sidecar's command and its probe name it
+/// (the tests run the `credentials-server` binary cargo built in its place).
+const IMAGE_SIDECAR_BINARY: &str = "/usr/local/bin/credentials-server";
 
 impl PodSpecView {
     fn new(pod: &Value) -> PodSpecView {
@@ -304,9 +305,10 @@ impl PodSpecView {
             sidecar["restartPolicy"], "Always",
             "a native sidecar: {sidecar:#}"
         );
-        assert!(
-            sidecar.get("command").is_none(),
-            "the sidecar runs the image's ENTRYPOINT: {sidecar:#}"
+        assert_eq!(
+            strings(&sidecar["command"]),
+            [IMAGE_SIDECAR_BINARY],
+            "the sidecar runs its own binary, not the image's ENTRYPOINT: {sidecar:#}"
         );
         let app = pod
             .pointer("/spec/containers")
@@ -364,7 +366,7 @@ impl PodSpecView {
         let mut probe = strings(&self.sidecar["startupProbe"]["exec"]["command"]);
         assert_eq!(
             probe.first().map(String::as_str),
-            Some(IMAGE_ENTRYPOINT),
+            Some(IMAGE_SIDECAR_BINARY),
             "the startup probe runs the binary itself (no shell): {probe:?}"
         );
         probe.remove(0);
@@ -376,7 +378,7 @@ impl PodSpecView {
         PodSidecar::start(
             &args,
             &resolve_env(&self.sidecar),
-            &(controller_bin(), probe),
+            &(sidecar::binary().to_path_buf(), probe),
             sessions,
         )
     }
@@ -960,16 +962,16 @@ struct PodSidecar {
 }
 
 impl PodSidecar {
-    /// Starts the binary with `args` (the sidecar container's args: the image's ENTRYPOINT is
-    /// the binary) and `env` as its whole environment, and waits until the startup probe
-    /// `probe` (program and arguments) exits 0.
+    /// Starts the sidecar binary (the container's command) with `args` (the container's args)
+    /// and `env` as its whole environment, and waits until the startup probe `probe` (program
+    /// and arguments) exits 0.
     fn start(
         args: &[String],
         env: &[(String, String)],
         probe: &(PathBuf, Vec<String>),
         sessions: &Sessions,
     ) -> PodSidecar {
-        let mut child = Command::new(controller_bin())
+        let mut child = Command::new(sidecar::binary())
             .args(args)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -1052,10 +1054,6 @@ impl Drop for PodSidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn controller_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
 }
 
 // ---------------------------------------------------------------------------------------------

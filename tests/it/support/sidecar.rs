@@ -1,10 +1,20 @@
-//! The compiled binary's `credentials-server` (the `endpoint` delivery's sidecar) on a free
-//! loopback port, for tests that talk to it directly or through an SDK.
+//! The `endpoint` delivery's sidecar on a free loopback port, for tests that talk to it
+//! directly or through an SDK: the small `credentials-server` binary new pods run, or the
+//! controller's `credentials-server` subcommand that pods injected by earlier versions run.
+//!
+//! The small binary belongs to another package of the workspace, and cargo builds (and names
+//! in `CARGO_BIN_EXE_*`) only this package's binaries for its tests. So the first test that
+//! needs it runs `cargo build -p kube-aws-iam-credentials-server --bin credentials-server`
+//! once per test process, with the profile and target directory this test binary was built
+//! with: a fresh clone works with a plain `cargo test`, an up-to-date binary costs a
+//! fraction of a second, and a test never runs a stale one. (cargo releases its build lock
+//! before it runs tests, so the nested build does not wait on the outer one.)
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The environment variable the server reads its token from, and SDKs the header value from.
@@ -16,8 +26,85 @@ pub const TEST_TOKEN: &str = "7b0f3c52-1d9e-4a8f-b6c1-5e2d9a0c4f17";
 /// How long the server may take to start listening.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_kube-aws-iam-controller")
+/// The sidecar's package and binary names.
+const PACKAGE: &str = "kube-aws-iam-credentials-server";
+const BINARY: &str = "credentials-server";
+
+/// The small `credentials-server` binary, built on first use (see the module's doc).
+pub fn binary() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_binary)
+}
+
+/// The controller's binary, whose `credentials-server` subcommand serves too.
+pub fn controller_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
+}
+
+fn build_binary() -> PathBuf {
+    // The controller's binary sits in <target-dir>/<profile>/; the sidecar goes beside it.
+    let profile_dir = controller_binary()
+        .parent()
+        .expect("the controller binary's directory");
+    let target_dir = profile_dir.parent().expect("the target directory");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut command = Command::new(&cargo);
+    command
+        .args(["build", "--quiet", "-p", PACKAGE, "--bin", BINARY])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+        None => panic!("no profile directory in {}", profile_dir.display()),
+    }
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {} to build {BINARY}: {e}", cargo.to_string_lossy()));
+    assert!(
+        out.status.success(),
+        "building the {BINARY} binary failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let binary = profile_dir.join(BINARY);
+    assert!(
+        binary.is_file(),
+        "cargo built {BINARY} but {} does not exist",
+        binary.display()
+    );
+    binary
+}
+
+/// Which program serves: new pods' binary, or the controller's subcommand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// `credentials-server ARGS` (what the mutation writes now).
+    Binary,
+    /// `kube-aws-iam-controller credentials-server ARGS` (pods injected earlier).
+    Subcommand,
+}
+
+impl Flavor {
+    /// A command running this flavor; the caller adds the flags.
+    pub fn command(self) -> Command {
+        match self {
+            Flavor::Binary => Command::new(binary()),
+            Flavor::Subcommand => {
+                let mut command = Command::new(controller_binary());
+                command.arg("credentials-server");
+                command
+            }
+        }
+    }
 }
 
 /// A running `credentials-server`; killed and reaped on drop. Its stderr (the server's log)
@@ -36,13 +123,15 @@ impl Sidecar {
     }
 
     pub fn start_with_token(credentials_file: &Path, token: &str) -> Sidecar {
+        Sidecar::start_flavor(Flavor::Binary, credentials_file, token)
+    }
+
+    /// Starts `flavor` for `credentials_file` with `token`.
+    pub fn start_flavor(flavor: Flavor, credentials_file: &Path, token: &str) -> Sidecar {
         let port = super::harness::free_port();
-        let child = Command::new(binary())
-            .args([
-                "credentials-server",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+        let child = flavor
+            .command()
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--credentials-file")
             .arg(credentials_file)
             .env_clear()
@@ -51,7 +140,7 @@ impl Sidecar {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary()));
+            .unwrap_or_else(|e| panic!("starting {flavor:?} credentials-server: {e}"));
         let mut sidecar = Sidecar {
             child: Some(child),
             port,
@@ -207,17 +296,18 @@ pub fn request(port: u16, method: &str, path: &str, authorization: Option<&str>)
 
 /// Runs `credentials-server --probe` against `port` and returns its exit code and stdout.
 pub fn probe(port: u16) -> (i32, String) {
-    let out = Command::new(binary())
-        .args([
-            "credentials-server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--probe",
-        ])
+    probe_with(Flavor::Binary, port)
+}
+
+/// [`probe`] with the given flavor.
+pub fn probe_with(flavor: Flavor, port: u16) -> (i32, String) {
+    let out = flavor
+        .command()
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--probe"])
         .env_clear()
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("running {} --probe: {e}", binary()));
+        .unwrap_or_else(|e| panic!("running {flavor:?} credentials-server --probe: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
