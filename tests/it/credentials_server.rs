@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use kube_aws_iam_controller::secret::{self, KEY_JSON};
 
+#[cfg(feature = "full-tier")]
 use crate::support::moto::{self, Moto};
 use crate::support::sidecar::{self, Sidecar, TOKEN_ENV};
 use crate::support::volume::{SecretVolume, credentials_json};
@@ -355,6 +356,8 @@ fn refuses_to_start_unguarded_or_off_loopback() {
     }
 }
 
+/// Full tier: moto and the AWS CLI.
+#[cfg(feature = "full-tier")]
 #[test]
 fn the_aws_cli_authenticates_against_moto_through_the_server() {
     let moto = Moto::start();

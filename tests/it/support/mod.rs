@@ -1,9 +1,17 @@
 //! Shared test helpers: loading fixture cases and applying a plan in memory.
+//!
+//! Helpers that start a tool beyond Rust (moto and the AWS CLI in [`moto`], kubectl in
+//! [`kubectl`]) exist only in the full tier, so a fast-tier test cannot reach one by accident.
 
 /// The loopback API server lives in its own crate, shared with the benchmarks.
 pub use test_apiserver as apiserver;
 
 pub mod harness;
+pub mod https;
+#[cfg(feature = "full-tier")]
+pub mod kubectl;
+pub mod manifests;
+#[cfg(feature = "full-tier")]
 pub mod moto;
 pub mod sidecar;
 pub mod sts;
@@ -20,6 +28,23 @@ use kube_aws_iam_controller::model::{Observed, ObservedSecret};
 use kube_aws_iam_controller::plan::PlanConfig;
 use kube_aws_iam_controller::secret;
 use kube_aws_iam_controller::{commands, offline};
+
+/// A fresh directory under the target's scratch space, removed on drop.
+pub struct ScratchDir(tempfile::TempDir);
+
+impl ScratchDir {
+    pub fn new(label: &str) -> ScratchDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{label}-"))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap_or_else(|e| panic!("creating a scratch directory {label}-…: {e}"));
+        ScratchDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
 
 /// Base ARN the fixtures are planned with unless their `args` name another.
 pub const DEFAULT_BASE_ARN: &str = "arn:aws:iam::123456789012:role/";
