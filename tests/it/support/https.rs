@@ -75,11 +75,15 @@ impl Client {
         }
         assert!(!roots.is_empty(), "no certificate in the CA PEM");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // Every new connection makes a full handshake, as kube-apiserver's webhook client does:
+        // a resumed session would show the certificate of the first handshake, and the server
+        // would never be asked for its current one.
+        config.resumption = rustls::client::Resumption::disabled();
         Client {
             port,
             config: Arc::new(config),
