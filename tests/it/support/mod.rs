@@ -1,7 +1,9 @@
 //! Shared test helpers: loading fixture cases and applying a plan in memory.
 //!
-//! Helpers that start a tool beyond Rust (moto and the AWS CLI in [`moto`], kubectl in
-//! [`kubectl`]) exist only in the full tier, so a fast-tier test cannot reach one by accident.
+//! kubectl ([`kubectl`]) and the end-to-end environment that starts moto ([`harness::Env`])
+//! exist only in the full tier, so a fast-tier test cannot reach them by accident. [`moto`] is
+//! compiled in both tiers: its own unit tests (the proxy's parsing, redaction, the message
+//! naming the setup command) need no Python.
 
 /// The loopback API server lives in its own crate, shared with the benchmarks.
 pub use test_apiserver as apiserver;
@@ -11,7 +13,6 @@ pub mod https;
 #[cfg(feature = "full-tier")]
 pub mod kubectl;
 pub mod manifests;
-#[cfg(feature = "full-tier")]
 pub mod moto;
 pub mod sidecar;
 pub mod sts;

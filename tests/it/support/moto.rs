@@ -27,8 +27,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube_aws_iam_controller::secret::{Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS};
 
-/// Scratch directories and the SDK client live beside moto for the modules that need no moto.
+/// Scratch directories and the SDK client live in `support` (the fast tier uses them too); the
+/// full tier's SDK matrix and sidecar tests still import them from here.
+#[cfg(feature = "full-tier")]
 pub use super::ScratchDir;
+#[cfg(feature = "full-tier")]
 pub use super::sts::sts_client;
 
 /// The command that installs the Python test tools.
