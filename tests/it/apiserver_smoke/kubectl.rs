@@ -32,7 +32,11 @@ async fn kubectl(server: &ApiServer, dir: &Path, via_env: bool, args: &[&str]) -
     let out = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("kubectl task")
-        .unwrap_or_else(|e| panic!("running kubectl (it must be on the PATH): {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running kubectl (it must be on the PATH for the full test tier, `make test`): {e}"
+            )
+        });
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -30,7 +30,8 @@ fn the_documented_openssl_recipe_makes_a_working_pair() {
         .expect("bash runs");
     assert!(
         out.status.success(),
-        "the documented openssl recipe failed (openssl must be installed):\n{}",
+        "the documented openssl recipe failed (openssl must be on the PATH for the full test tier, \
+         `make test`):\n{}",
         text(&out.stderr)
     );
     let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
