@@ -1,4 +1,6 @@
-# The README's second command: `make test` builds everything and runs every test.
+# The README's second command: `make test` builds everything and runs every test, both tiers:
+# the fast tier (`cargo test`, Rust only) and the full tier (`--features full-tier`: moto and the
+# AWS CLI from .venv, the SDK matrix's Node and Go clients, kubectl, openssl, unshare).
 .PHONY: test venv node go lint check crd docs examples quickstart fuzz
 
 CARGO ?= cargo
@@ -27,7 +29,7 @@ GO_SOURCES := $(GOCODE)/aws-sdk-go/service/sts $(GOCODE)/aws-sdk-go-v2/service/s
 APT_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(GO_PACKAGES)
 
 test: venv node go
-	$(CARGO) test --locked
+	$(CARGO) test --locked --features full-tier
 
 venv: $(VENV_STAMP)
 
@@ -51,7 +53,7 @@ go:
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
 
 check: lint test
 
@@ -62,8 +64,8 @@ crd:
 # Regenerate docs/flags.md from --help and the metric table of docs/operations.md from the
 # binary's /metrics (tests fail when they drift; the metric table needs the venv's moto).
 docs: venv
-	UPDATE_DOCS=1 $(CARGO) test --locked --test it ship::flags_doc
-	UPDATE_DOCS=1 $(CARGO) test --locked --test it metrics_doc::
+	UPDATE_DOCS=1 $(CARGO) test --locked --test it ship::docs::flags_doc
+	UPDATE_DOCS=1 $(CARGO) test --locked --features full-tier --test it metrics_doc::
 
 # Regenerate examples/delivery/*.injected.yaml from their inputs (a test fails when they drift).
 examples:

@@ -1239,6 +1239,72 @@ mod tests {
         assert!(matches!(e, MutateError::Malformed { .. }), "{e:?}");
     }
 
+    /// The decoding copy: numbers under `limits`, `requests` and `overhead` and a numeric
+    /// `sizeLimit` become the strings Kubernetes reads them as, at any depth and inside lists;
+    /// every other number, and anything already a string, stays as it is.
+    #[test]
+    fn numeric_quantities_become_strings_and_nothing_else_does() {
+        let mut spec = json!({
+            "overhead": {"cpu": 0.25, "memory": "1Mi"},
+            "terminationGracePeriodSeconds": 30,
+            "initContainers": [{"name": "init", "resources": {"requests": {"memory": 1_000_000}}}],
+            "containers": [{
+                "name": "app",
+                "ports": [{"containerPort": 8080}],
+                "resources": {"limits": {"cpu": 1, "memory": "64Mi"}, "requests": {"cpu": 0.5}}
+            }],
+            "volumes": [
+                {"name": "a", "emptyDir": {"sizeLimit": 1024}},
+                {"name": "b", "emptyDir": {"sizeLimit": "1Gi"}}
+            ],
+            "limits": 7
+        });
+        quantities_as_strings(&mut spec);
+        assert_eq!(
+            spec,
+            json!({
+                "overhead": {"cpu": "0.25", "memory": "1Mi"},
+                "terminationGracePeriodSeconds": 30,
+                "initContainers": [{"name": "init", "resources": {"requests": {"memory": "1000000"}}}],
+                "containers": [{
+                    "name": "app",
+                    "ports": [{"containerPort": 8080}],
+                    "resources": {"limits": {"cpu": "1", "memory": "64Mi"}, "requests": {"cpu": "0.5"}}
+                }],
+                "volumes": [
+                    {"name": "a", "emptyDir": {"sizeLimit": "1024"}},
+                    {"name": "b", "emptyDir": {"sizeLimit": "1Gi"}}
+                ],
+                "limits": 7
+            })
+        );
+        // A top-level list is walked too.
+        let mut list = json!([{"resources": {"limits": {"cpu": 2}}}]);
+        quantities_as_strings(&mut list);
+        assert_eq!(list, json!([{"resources": {"limits": {"cpu": "2"}}}]));
+        // And what decodes is what Kubernetes would have read.
+        let template = decode(&labelled(json!({
+            "containers": [{"name": "app", "resources": {"limits": {"memory": 1_000_000}}}],
+            "volumes": [{"name": "s", "emptyDir": {"sizeLimit": 1024}}]
+        })))
+        .expect("numeric quantities decode");
+        let spec = template.spec.unwrap();
+        let limits = spec.containers[0]
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref();
+        assert_eq!(limits.unwrap()["memory"].0, "1000000");
+        let size = spec.volumes.unwrap()[0]
+            .empty_dir
+            .as_ref()
+            .unwrap()
+            .size_limit
+            .clone();
+        assert_eq!(size.map(|q| q.0), Some("1024".to_string()));
+    }
+
     #[test]
     fn redaction_drops_every_quoted_part() {
         let redacted = |m: &str| match malformed("f", m) {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use kube_aws_iam_controller::secret::{self, KEY_JSON};
 
+#[cfg(feature = "full-tier")]
 use crate::support::moto::{self, Moto};
 use crate::support::sidecar::{self, Flavor, Sidecar, TOKEN_ENV};
 use crate::support::volume::{SecretVolume, credentials_json};
@@ -542,6 +543,8 @@ fn sigterm_ends_the_server_as_pid_1() {
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
+/// Full tier: moto and the AWS CLI.
+#[cfg(feature = "full-tier")]
 #[test]
 fn the_aws_cli_authenticates_against_moto_through_the_server() {
     let moto = Moto::start();

@@ -6,8 +6,8 @@
 use jiff::Timestamp;
 use kube_aws_iam_controller::apply::event_name;
 
-use crate::support::apiserver::ApiServer;
-use crate::support::harness::{BASE, Env, all_events, role};
+#[cfg(feature = "full-tier")]
+mod e2e;
 
 fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253
@@ -41,32 +41,4 @@ fn event_names_fit_for_every_name_length() {
     let a = format!("{}a", "x".repeat(252));
     let b = format!("{}b", "x".repeat(252));
     assert_ne!(event_name(&a, now), event_name(&b, now));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_for_long_role_names_are_valid_and_point_at_the_role() {
-    let names: Vec<String> = [236, 237, 253].into_iter().map(name_of).collect();
-    let mut builder = ApiServer::builder();
-    for name in &names {
-        builder = builder.object(role("team-a", name, "app"));
-    }
-    let env = Env::start("event-names", builder).await;
-    env.run_ok(&["once", "--base-role-arn", BASE]).await;
-
-    let events = all_events(&env.client()).await;
-    for e in &events {
-        let name = e.metadata.name.clone().unwrap_or_default();
-        assert!(is_dns_subdomain(&name), "{} characters: {name}", name.len());
-    }
-    for name in &names {
-        assert!(
-            events.iter().any(|e| {
-                e.reason.as_deref() == Some("CreateCredentials")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
-                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("AWSIAMRole")
-            }),
-            "no CreateCredentials Event regarding the {}-character role",
-            name.len()
-        );
-    }
 }

@@ -20,7 +20,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::rustls;
 
-use crate::ship::{kind_of, kinds, kustomize, relative_path, yaml_docs};
+use crate::support::kubectl::kustomize;
+use crate::support::manifests::{kind_of, kinds, relative_path, yaml_docs};
 use crate::support::harness::{Env, free_port, http_get, role, terminate, wait_ready};
 use crate::support::moto::ScratchDir;
 use crate::support::repo_root;

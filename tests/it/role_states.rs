@@ -27,7 +27,8 @@ use crate::support::apiserver::ApiServer;
 use crate::support::harness::{
     BASE, free_port, http_get, marked_managed_secret, role, terminate, wait_ready,
 };
-use crate::support::moto::{ScratchDir, aws_env};
+use crate::support::ScratchDir;
+use crate::support::moto::aws_env;
 
 const MARKER: &str = "ROLESTATESEEDED";
 const ROLES: &str = "kube_aws_iam_controller_roles";

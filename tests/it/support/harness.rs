@@ -1,7 +1,10 @@
 //! Driving the compiled binary in end-to-end tests: a loopback API server and moto STS, the
 //! binary's environment, seeded objects, and checks that nothing leaks.
+//!
+//! [`Env`] starts moto, so it is in the full tier only; the other helpers serve both tiers.
 
 use std::collections::BTreeMap;
+#[cfg(feature = "full-tier")]
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -19,13 +22,16 @@ use kube_aws_iam_controller::policy::ALLOWED_ROLES_ANNOTATION;
 use kube_aws_iam_controller::secret::{self, Credentials};
 use serde_json::json;
 
+use crate::support::ScratchDir;
 use crate::support::apiserver::{ApiServer, ApiServerBuilder};
-use crate::support::moto::{self, Moto, ScratchDir};
+#[cfg(feature = "full-tier")]
+use crate::support::moto::{self, Moto};
 
 pub const BASE: &str = "arn:aws:iam::123456789012:role/";
 /// Marker in credentials the tests seed; no output may contain it.
 pub const SEEDED: &str = "E2ESEEDED";
 
+#[cfg(feature = "full-tier")]
 pub struct Env {
     pub api: ApiServer,
     pub moto: Moto,
@@ -33,6 +39,7 @@ pub struct Env {
     pub kubeconfig: PathBuf,
 }
 
+#[cfg(feature = "full-tier")]
 impl Env {
     pub async fn start(label: &str, builder: ApiServerBuilder) -> Env {
         let api = builder.start().await;

@@ -1,9 +1,18 @@
 //! Shared test helpers: loading fixture cases and applying a plan in memory.
+//!
+//! kubectl ([`kubectl`]) and the end-to-end environment that starts moto ([`harness::Env`])
+//! exist only in the full tier, so a fast-tier test cannot reach them by accident. [`moto`] is
+//! compiled in both tiers: its own unit tests (the proxy's parsing, redaction, the message
+//! naming the setup command) need no Python.
 
 /// The loopback API server lives in its own crate, shared with the benchmarks.
 pub use test_apiserver as apiserver;
 
 pub mod harness;
+pub mod https;
+#[cfg(feature = "full-tier")]
+pub mod kubectl;
+pub mod manifests;
 pub mod moto;
 pub mod sidecar;
 pub mod sts;
@@ -21,6 +30,23 @@ use kube_aws_iam_controller::model::{Observed, ObservedSecret};
 use kube_aws_iam_controller::offline;
 use kube_aws_iam_controller::plan::PlanConfig;
 use kube_aws_iam_controller::secret;
+
+/// A fresh directory under the target's scratch space, removed on drop.
+pub struct ScratchDir(tempfile::TempDir);
+
+impl ScratchDir {
+    pub fn new(label: &str) -> ScratchDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{label}-"))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap_or_else(|e| panic!("creating a scratch directory {label}-…: {e}"));
+        ScratchDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
 
 /// Base ARN the fixtures are planned with unless their `args` name another.
 pub const DEFAULT_BASE_ARN: &str = "arn:aws:iam::123456789012:role/";

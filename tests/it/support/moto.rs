@@ -27,6 +27,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube_aws_iam_controller::secret::{Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS};
 
+/// Scratch directories and the SDK client live in `support` (the fast tier uses them too); the
+/// full tier's SDK matrix and sidecar tests still import them from here.
+#[cfg(feature = "full-tier")]
+pub use super::ScratchDir;
+#[cfg(feature = "full-tier")]
+pub use super::sts::sts_client;
+
 /// The command that installs the Python test tools.
 pub const SETUP_COMMAND: &str = "make venv";
 
@@ -228,25 +235,6 @@ pub fn consumer_env(endpoint: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// An `aws_sdk_sts::Client` for moto, configured explicitly (no environment, no files):
-/// region us-east-1, static test credentials, `endpoint`.
-pub fn sts_client(endpoint: &str) -> aws_sdk_sts::Client {
-    use aws_sdk_sts::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
-    let config = aws_config::SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "moto-test",
-        )))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_sts::Client::new(&config)
-}
-
 /// STS credentials as the controller's Secret codec takes them.
 pub fn credentials_from_sts(c: &aws_sdk_sts::types::Credentials) -> Credentials {
     Credentials {
@@ -336,23 +324,6 @@ pub fn caller_identity_with_credential_process(
         ProfileFile::Config => set(&mut env, "AWS_CONFIG_FILE", &profile),
     }
     caller_identity(&env, data)
-}
-
-/// A fresh directory under the target's scratch space, removed on drop.
-pub struct ScratchDir(tempfile::TempDir);
-
-impl ScratchDir {
-    pub fn new(label: &str) -> ScratchDir {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{label}-"))
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap_or_else(|e| panic!("creating a scratch directory {label}-…: {e}"));
-        ScratchDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        self.0.path()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,26 @@ use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
 
 use super::harness::BASE;
 
+/// An `aws_sdk_sts::Client` for the STS at `endpoint` (moto, or nothing when the test never lets
+/// it call), configured explicitly (no environment, no files): region us-east-1, static test
+/// credentials.
+pub fn sts_client(endpoint: &str) -> aws_sdk_sts::Client {
+    use aws_sdk_sts::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "moto-test",
+        )))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_sts::Client::new(&config)
+}
+
 /// An STS error reply, as STS's query protocol writes one.
 pub fn error(status: u16, code: &str, message: &str) -> HttpResponse {
     let body = format!(

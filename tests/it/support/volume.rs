@@ -14,7 +14,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::moto::ScratchDir;
+use super::ScratchDir;
 
 /// The symlink naming the current payload directory.
 const DATA_LINK: &str = "..data";
