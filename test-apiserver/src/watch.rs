@@ -715,7 +715,7 @@ pub(crate) async fn watch(
             .is_none_or(|ns| *ns == obj.namespace)
     };
     let mut pending = VecDeque::new();
-    let (head, floor, id, kind, api_version) = {
+    let (head, floor, id, kind, api_version, broken) = {
         let mut hub = lock(&state.hub);
         let head = hub.head_rv;
         let Some(store) = hub.stores.get(&res) else {
@@ -749,13 +749,16 @@ pub(crate) async fn watch(
         };
         hub.next_id += 1;
         let id = hub.next_id;
+        // Subscribed before the watch counts as open: a `break_watches` that follows
+        // `wait_for_watches` must reach it.
+        let broken = state.breaks.subscribe();
         let watcher = Watcher {
             res,
             namespace: info.namespace.clone(),
             tx,
         };
         hub.watchers.insert(id, watcher);
-        (head, floor, id, kind, api_version)
+        (head, floor, id, kind, api_version, broken)
     };
     state.watches_changed.notify_waiters();
     if request.bookmarks {
@@ -780,7 +783,7 @@ pub(crate) async fn watch(
             .bookmarks
             .then(|| tokio::time::interval_at(Instant::now() + period, period)),
         deadline: Instant::now() + request.timeout,
-        broken: state.breaks.subscribe(),
+        broken,
         done: false,
     };
     Response::builder()

@@ -20,9 +20,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::rustls;
 
+use crate::support::harness::{Env, free_port, http_get, role, terminate, wait_ready};
 use crate::support::kubectl::kustomize;
 use crate::support::manifests::{kind_of, kinds, relative_path, yaml_docs};
-use crate::support::harness::{Env, free_port, http_get, role, terminate, wait_ready};
 use crate::support::moto::ScratchDir;
 use crate::support::repo_root;
 

@@ -23,11 +23,11 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 
+use crate::support::ScratchDir;
 use crate::support::apiserver::ApiServer;
 use crate::support::harness::{
     BASE, free_port, http_get, marked_managed_secret, role, terminate, wait_ready,
 };
-use crate::support::ScratchDir;
 use crate::support::moto::aws_env;
 
 const MARKER: &str = "ROLESTATESEEDED";
