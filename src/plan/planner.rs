@@ -238,7 +238,7 @@ impl<'a> RolePlanner<'a, '_> {
             rules,
             config.base_role_arn.as_ref(),
         ) {
-            return Err(refuse(BlockReason::NotPermitted, why, Some(arn_text)));
+            return Err(refuse(BlockReason::NotPermitted, why.0, Some(arn_text)));
         }
         let session_name = arn::session_name(&role.namespace, &role.name);
         let extras = match config
@@ -246,7 +246,7 @@ impl<'a> RolePlanner<'a, '_> {
             .extras(&role.namespace, &role.name, &session_name)
         {
             Ok(extras) => extras,
-            Err(e) => return Err(refuse(BlockReason::InvalidSpec, e, Some(arn_text))),
+            Err(e) => return Err(refuse(BlockReason::InvalidSpec, e.0, Some(arn_text))),
         };
         Ok(Target {
             arn: arn_text,
