@@ -49,10 +49,16 @@ impl fmt::Display for RoleArn {
     }
 }
 
+/// A string that is not a usable IAM role ARN or base role ARN; the message names what is wrong
+/// (with at most an excerpt of the input).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidArn(pub String);
+
 impl std::str::FromStr for RoleArn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (partition, account, path, name) = role_arn_parts(s)?;
+    type Err = InvalidArn;
+    fn from_str(s: &str) -> Result<Self, InvalidArn> {
+        let (partition, account, path, name) = role_arn_parts(s).map_err(InvalidArn)?;
         Ok(RoleArn {
             partition: partition.into(),
             account: account.into(),
@@ -63,8 +69,8 @@ impl std::str::FromStr for RoleArn {
 }
 
 /// Checks that `s` is an IAM role ARN without building one (for hot paths).
-pub fn validate_role_arn(s: &str) -> Result<(), String> {
-    role_arn_parts(s).map(|_| ())
+pub fn validate_role_arn(s: &str) -> Result<(), InvalidArn> {
+    role_arn_parts(s).map(|_| ()).map_err(InvalidArn)
 }
 
 /// (partition, account, path, name) of a valid role ARN, borrowed from `s`.
@@ -85,7 +91,7 @@ pub struct BaseArn {
 
 impl BaseArn {
     /// The base for an account, as discovered with `GetCallerIdentity`.
-    pub fn for_account(partition: &str, account: &str) -> Result<Self, String> {
+    pub fn for_account(partition: &str, account: &str) -> Result<Self, InvalidArn> {
         format!("arn:{partition}:iam::{account}:role/").parse()
     }
 }
@@ -101,8 +107,14 @@ impl fmt::Display for BaseArn {
 }
 
 impl std::str::FromStr for BaseArn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = InvalidArn;
+    fn from_str(s: &str) -> Result<Self, InvalidArn> {
+        parse_base(s).map_err(InvalidArn)
+    }
+}
+
+fn parse_base(s: &str) -> Result<BaseArn, String> {
+    {
         let (partition, account, resource) = split_iam_arn(s)?;
         if !resource.ends_with('/') {
             return Err(format!(
@@ -131,6 +143,12 @@ pub enum ResolveError {
     NeedsBase(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<InvalidArn> for ResolveError {
+    fn from(e: InvalidArn) -> Self {
+        ResolveError::Invalid(e.0)
+    }
 }
 
 impl From<String> for ResolveError {

@@ -8,19 +8,23 @@
 //! date and no long-lived key ever has to be stored in the cluster.
 
 use jiff::Timestamp;
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, DynamicObject};
-use serde_json::json;
+use kube::api::PostParams;
+
+use crate::apply::{Executor, Outcome, Stage};
+use crate::arn::{BaseArn, RoleArn};
 
 use crate::CommandOutput;
-use crate::arn::{BaseArn, RoleArn};
 use crate::crd::{AWSIAMRole, AWSIAMRoleSpec};
-use crate::model::ObservedRole;
-use crate::plan::{CredentialRequest, ready_status, shortened};
-use crate::secret::{self, format_time};
-use crate::sts::{self, AwsOptions, CredentialSource as _};
+use crate::model::{ObservedRole, ObservedSecret};
+use crate::plan::{
+    Action, CredentialRequest, Issue, Op, Plan, PlanConfig, RefreshReason, human, ready_status,
+};
+use crate::secret::format_time;
+use crate::sts::{self, AwsOptions};
 use crate::{Error, Result};
 
 /// Where `bootstrap` puts the controller's own AWSIAMRole unless told otherwise (the
@@ -106,11 +110,12 @@ pub async fn run(args: &BootstrapConfig) -> Result<CommandOutput> {
     // 2. A name held by a Secret the controller does not manage is never overwritten.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let current = secrets
-        .get_metadata_opt(&name)
+        .get_opt(&name)
         .await
-        .map_err(kube_err(format!("reading Secret {namespace}/{name}")))?;
-    if let Some(meta) = &current
-        && !secret::is_managed(&meta.metadata.labels.clone().unwrap_or_default())
+        .map_err(kube_err(format!("reading Secret {namespace}/{name}")))?
+        .map(|s| ObservedSecret::from_secret(&s));
+    if let Some(found) = &current
+        && !found.is_managed()
     {
         return Err(Error::Config(format!(
             "Secret {namespace}/{name} exists and is not managed by kube-aws-iam-controller; \
@@ -118,75 +123,179 @@ pub async fn run(args: &BootstrapConfig) -> Result<CommandOutput> {
         )));
     }
 
-    // 3. Assume the role once with the operator's credentials.
+    // 3. A one-action plan, applied by the executor every pass uses: assume the role once with
+    //    the operator's credentials, write the complete managed Secret owned by the role, then
+    //    the status a pass would write, so the first pass has nothing to do.
     let (source, _) = sts::connect(&AwsOptions {
         base_role_arn: Some(base),
         seed: None,
         ..args.aws.clone()
     })
     .await?;
-    let session_name = crate::arn::session_name(&namespace, &name);
-    let extras = config
-        .session
-        .extras(&namespace, &name, &session_name)
-        .map_err(Error::Config)?;
-    let request = CredentialRequest {
-        role_arn: arn.clone(),
-        duration: spec.duration(),
-        session_name,
-        extras,
-    };
-    let issued = source
-        .assume(&request)
-        .await
-        .map_err(|e| Error::Aws(format!("AssumeRole {arn} failed: {e}")))?;
-    let issued_at = Timestamp::now();
-
-    // 4. The complete managed Secret, owned by the role.
-    let mut desired = secret::build(&observed, &arn.to_string(), &issued, issued_at);
-    match current {
-        None => secrets.create(&PostParams::default(), &desired).await,
-        Some(meta) => {
-            desired.metadata.resource_version = meta.metadata.resource_version;
-            secrets
-                .replace(&name, &PostParams::default(), &desired)
-                .await
-        }
-    }
-    .map_err(kube_err(format!("writing Secret {namespace}/{name}")))?;
-
-    // 5. The status a pass would write, so the first pass has nothing to do.
-    let lifetime = issued.expiration.as_second() - issued_at.as_second();
-    let status = ready_status(
+    let now = Timestamp::now();
+    let plan = plan_for(
         &observed,
-        &arn.to_string(),
-        issued.expiration,
-        shortened(Some(lifetime), request.duration),
-        issued_at,
-    );
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client, &namespace, &ApiResource::erase::<AWSIAMRole>(&()));
-    let status_note = match api
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({ "status": status })),
-        )
-        .await
-    {
-        Ok(_) => String::new(),
-        Err(e) => format!(
-            " (its status was not updated: {}; the controller's first pass will)",
-            crate::text::kube_message(&e)
-        ),
+        current.as_ref(),
+        &arn,
+        spec.duration(),
+        &config,
+        now,
+    )?;
+    let report = Executor::new(client, Arc::new(source), 1)
+        .apply(&plan)
+        .await;
+    let status_note = match report.actions.first().map(|a| &a.outcome) {
+        Some(Outcome::Done) => String::new(),
+        // The Secret is written; only the status is not.
+        Some(Outcome::Failed {
+            stage: Stage::Status,
+            message,
+        }) => format!(" (its status was not updated: {message}; the controller's first pass will)"),
+        Some(Outcome::Failed { stage, message }) => {
+            return Err(Error::Apply {
+                stage: *stage,
+                message: message.clone(),
+            });
+        }
+        Some(Outcome::Superseded) => {
+            return Err(Error::Apply {
+                stage: Stage::Status,
+                message: format!(
+                    "AWSIAMRole {namespace}/{name} was deleted or re-created while bootstrap ran; run it again"
+                ),
+            });
+        }
+        Some(Outcome::NotStarted) | None => {
+            return Err(Error::Apply {
+                stage: Stage::Sts,
+                message: "the executor did not start the action".into(),
+            });
+        }
     };
+    let valid = report
+        .earliest_expiry
+        .map(|t| format!(", valid until {}", format_time(t)))
+        .unwrap_or_default();
     Ok(CommandOutput {
         stdout: format!(
-            "AWSIAMRole {namespace}/{name} {}\nSecret {namespace}/{name} written with credentials for {arn}, valid until {}{status_note}\n",
+            "AWSIAMRole {namespace}/{name} {}\nSecret {namespace}/{name} written with credentials for {arn}{valid}{status_note}\n",
             if created { "created" } else { "exists" },
-            format_time(issued.expiration),
         ),
         notes: Vec::new(),
         exit_code: 0,
     })
+}
+
+/// The plan a pass would make for the controller's own AWSIAMRole, except that the credentials
+/// are issued whatever the Secret in place holds: the operator asked for them (a Secret already
+/// valid is refreshed with reason `Requested`). Policy is not consulted: the role is named by
+/// the operator, not by a namespace.
+fn plan_for<'a>(
+    role: &'a ObservedRole,
+    secret: Option<&'a ObservedSecret>,
+    arn: &RoleArn,
+    duration: i64,
+    config: &PlanConfig,
+    now: Timestamp,
+) -> Result<Plan<'a>> {
+    let session_name = crate::arn::session_name(&role.namespace, &role.name);
+    let extras = config
+        .session
+        .extras(&role.namespace, &role.name, &session_name)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let expiry = now
+        .checked_add(jiff::SignedDuration::from_secs(duration))
+        .unwrap_or(now);
+    let issue = Issue {
+        role,
+        request: CredentialRequest {
+            role_arn: arn.clone(),
+            duration,
+            session_name,
+            extras,
+        },
+        status: ready_status(role, &arn.to_string(), expiry, None, now),
+    };
+    let op = match secret {
+        None => Op::Create(issue),
+        Some(secret) => Op::Refresh {
+            issue,
+            secret,
+            reason: RefreshReason::Requested,
+        },
+    };
+    let message = format!("assume {arn} for {} (bootstrap)", human(duration));
+    Ok(Plan {
+        now,
+        actions: vec![Action {
+            namespace: &role.namespace,
+            name: &role.name,
+            role_arn: Some(arn.to_string()),
+            message,
+            op,
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{ActionKind, Reason};
+
+    fn role() -> ObservedRole {
+        ObservedRole {
+            namespace: DEFAULT_NAMESPACE.into(),
+            name: DEFAULT_NAME.into(),
+            uid: "uid-self".into(),
+            generation: 1,
+            ..ObservedRole::default()
+        }
+    }
+
+    #[test]
+    fn the_plan_creates_or_re_issues_the_own_secret_whatever_it_holds() {
+        let arn: RoleArn = "arn:aws:iam::123456789012:role/controller".parse().unwrap();
+        let now: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let config = PlanConfig::default();
+        let role = role();
+        let planned = plan_for(&role, None, &arn, 3600, &config, now).unwrap();
+        assert_eq!(planned.actions.len(), 1);
+        let a = &planned.actions[0];
+        assert_eq!(
+            (a.kind(), a.reason()),
+            (ActionKind::Create, Reason::Missing)
+        );
+        assert_eq!((a.namespace, a.name), (DEFAULT_NAMESPACE, DEFAULT_NAME));
+        let issue = a.issue().unwrap();
+        assert_eq!(issue.request.role_arn, arn);
+        assert_eq!(issue.request.duration, 3600);
+        assert_eq!(
+            issue.request.session_name,
+            crate::arn::session_name(DEFAULT_NAMESPACE, DEFAULT_NAME)
+        );
+        assert_eq!(
+            issue.status.expiration.as_deref(),
+            Some("2026-11-26T13:00:00Z")
+        );
+        assert_eq!(
+            issue.status.role_arn.as_deref(),
+            Some(arn.to_string().as_str())
+        );
+
+        // A Secret in place, even a valid one, is refreshed in place: the operator asked.
+        let existing = ObservedSecret {
+            namespace: role.namespace.clone(),
+            name: role.name.clone(),
+            resource_version: Some("7".into()),
+            ..ObservedSecret::default()
+        };
+        let planned = plan_for(&role, Some(&existing), &arn, 900, &config, now).unwrap();
+        let a = &planned.actions[0];
+        assert_eq!(
+            (a.kind(), a.reason()),
+            (ActionKind::Refresh, Reason::Requested)
+        );
+        assert_eq!(a.secret(), Some(&existing));
+        assert!(!a.changes_nothing());
+    }
 }

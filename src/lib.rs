@@ -80,6 +80,13 @@ pub enum Error {
     /// The controller's own seed credentials file is unusable.
     #[error(transparent)]
     Seed(#[from] seed::SeedError),
+    /// An action the executor carried out for a command (not a pass) failed: `bootstrap`'s
+    /// AssumeRole or Secret write. The message is safe to show.
+    #[error("{message}")]
+    Apply {
+        stage: apply::Stage,
+        message: String,
+    },
     /// `inject` refused its input (it prints nothing rather than half a bundle).
     #[error("inject: {0}")]
     Inject(String),
@@ -104,6 +111,7 @@ impl Error {
             Error::Seed(_) => "seed",
             Error::Stale(_) => "stale",
             Error::Runtime(_) => "runtime",
+            Error::Apply { .. } => "apply",
         }
     }
 

@@ -18,7 +18,12 @@ pub struct Policy {
 }
 
 /// A namespace's allowed patterns, already resolved to ARN globs, or why it allows nothing.
-pub type NamespaceRules = Result<Vec<String>, String>;
+pub type NamespaceRules = Result<Vec<String>, NotPermitted>;
+
+/// Why a namespace may not use a role (the role is then blocked, or its Secret deleted).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotPermitted(pub String);
 
 /// Resolves a pattern like a roleReference: a bare name (or name glob) gets the base ARN.
 fn resolve_pattern(pattern: &str, base: Option<&BaseArn>) -> Option<String> {
@@ -36,20 +41,20 @@ pub fn namespace_rules(
     base: Option<&BaseArn>,
 ) -> NamespaceRules {
     let Some(raw) = annotations.and_then(|a| a.get(ALLOWED_ROLES_ANNOTATION)) else {
-        return Err(format!(
+        return Err(NotPermitted(format!(
             "namespace {namespace:?} has no {ALLOWED_ROLES_ANNOTATION} annotation, so it may use no role"
-        ));
+        )));
     };
     let patterns: Vec<String> = serde_json::from_str(raw).map_err(|_| {
-        format!(
+        NotPermitted(format!(
             "namespace {namespace:?}: annotation {ALLOWED_ROLES_ANNOTATION} is not a JSON array of strings: {}",
             excerpt(raw)
-        )
+        ))
     })?;
     if patterns.is_empty() {
-        return Err(format!(
+        return Err(NotPermitted(format!(
             "namespace {namespace:?}: annotation {ALLOWED_ROLES_ANNOTATION} is an empty list, so it may use no role"
-        ));
+        )));
     }
     Ok(patterns
         .iter()
@@ -66,7 +71,7 @@ impl Policy {
         arn: &str,
         rules: Option<&NamespaceRules>,
         base: Option<&BaseArn>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotPermitted> {
         if !self.allowed_role_patterns.is_empty()
             && !self
                 .allowed_role_patterns
@@ -74,20 +79,24 @@ impl Policy {
                 .filter_map(|p| resolve_pattern(p, base))
                 .any(|p| glob_match(&p, arn))
         {
-            return Err(format!(
+            return Err(NotPermitted(format!(
                 "{arn} matches no --allowed-role-pattern of this controller"
-            ));
+            )));
         }
         if self.namespace_restrictions {
             let patterns = match rules {
                 Some(Ok(patterns)) => patterns,
                 Some(Err(why)) => return Err(why.clone()),
-                None => return Err(format!("namespace {namespace:?} was not observed")),
+                None => {
+                    return Err(NotPermitted(format!(
+                        "namespace {namespace:?} was not observed"
+                    )));
+                }
             };
             if !patterns.iter().any(|p| glob_match(p, arn)) {
-                return Err(format!(
+                return Err(NotPermitted(format!(
                     "{arn} is not allowed in namespace {namespace:?} (annotation {ALLOWED_ROLES_ANNOTATION})"
-                ));
+                )));
             }
         }
         Ok(())
@@ -122,15 +131,17 @@ mod tests {
             .is_ok()
         );
         assert!(check(Some(ann(r#"["team-b/*"]"#))).is_err());
-        assert!(check(Some(ann("[]"))).unwrap_err().contains("empty list"));
+        assert!(check(Some(ann("[]"))).unwrap_err().0.contains("empty list"));
         assert!(
             check(Some(ann("not json")))
                 .unwrap_err()
+                .0
                 .contains("not a JSON array")
         );
         assert!(
             check(None)
                 .unwrap_err()
+                .0
                 .contains("no iam.amazonaws.com/allowed-roles")
         );
     }

@@ -114,7 +114,7 @@ impl SessionOptions {
         namespace: &str,
         name: &str,
         session: &str,
-    ) -> Result<SessionExtras, String> {
+    ) -> Result<SessionExtras, SessionError> {
         let mut extras = SessionExtras::default();
         if self.tags {
             extras.tags.push((TAG_NAMESPACE.into(), namespace.into()));
@@ -124,10 +124,10 @@ impl SessionOptions {
             }
             for (key, value) in &extras.tags {
                 if value.chars().count() > TAG_VALUE_MAX || value.chars().any(|c| !is_tag_char(c)) {
-                    return Err(format!(
+                    return Err(SessionError(format!(
                         "session tag {key} cannot hold {}",
                         crate::text::excerpt(value)
-                    ));
+                    )));
                 }
             }
         }
@@ -146,16 +146,22 @@ impl SessionOptions {
             if !(EXTERNAL_ID_MIN..=EXTERNAL_ID_MAX).contains(&len)
                 || id.chars().any(|c| !is_external_id_char(c))
             {
-                return Err(format!(
+                return Err(SessionError(format!(
                     "external ID {} breaks STS's rules ({EXTERNAL_ID_MIN} to {EXTERNAL_ID_MAX} characters of letters, digits and _+=,.@:/-)",
                     crate::text::excerpt(&id)
-                ));
+                )));
             }
             extras.external_id = Some(id);
         }
         Ok(extras)
     }
 }
+
+/// A session value (tag, external ID) that breaks an STS constraint for one AWSIAMRole: the
+/// role is blocked with this message, the controller keeps running.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SessionError(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -224,7 +230,7 @@ mod tests {
         let err = opts(Some("{name}"), None)
             .extras("ns", "a", "ns.a")
             .unwrap_err();
-        assert!(err.contains("external ID"), "{err}");
+        assert!(err.0.contains("external ID"), "{err}");
         assert_eq!(
             SessionOptions::default().extras("ns", "a", "ns.a").unwrap(),
             SessionExtras::default()

@@ -247,7 +247,8 @@ fn read_reply(out: &AssumeRoleOutput) -> Result<Credentials, StsError> {
         session_token: creds.session_token().to_string(),
         expiration: expiration.unwrap_or(Timestamp::UNIX_EPOCH),
     };
-    check_reply(&credentials, expiration.is_some(), Timestamp::now()).map_err(unusable)?;
+    check_reply(&credentials, expiration.is_some(), Timestamp::now())
+        .map_err(|e| unusable(e.to_string()))?;
     Ok(credentials)
 }
 
@@ -255,13 +256,33 @@ fn read_reply(out: &AssumeRoleOutput) -> Result<Credentials, StsError> {
 /// useless to pods (SDKs want minutes of validity) and replaced at once.
 pub const MIN_VALIDITY: i64 = crate::plan::refresh::MIN_USE;
 
-/// Whether an AssumeRole reply can be written over the credentials in place. The message names
+/// Why an AssumeRole reply cannot be written over the credentials in place. The message names
 /// what is wrong and never a value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableReply {
+    #[error("STS returned credentials with an empty {}", .0.join(", "))]
+    Empty(Vec<&'static str>),
+    #[error("STS returned credentials without an Expiration")]
+    NoExpiration,
+    #[error(
+        "STS returned credentials that expired at {} (this controller's clock says {}: check it)",
+        crate::secret::format_time(*.expired),
+        crate::secret::format_time(*.now)
+    )]
+    Expired { expired: Timestamp, now: Timestamp },
+    #[error(
+        "STS returned credentials valid for only {left}s (until {}), fewer than the {MIN_VALIDITY}s a credential must last",
+        crate::secret::format_time(*.until)
+    )]
+    TooShort { left: i64, until: Timestamp },
+}
+
+/// Whether an AssumeRole reply can be written over the credentials in place.
 pub fn check_reply(
     credentials: &Credentials,
     has_expiration: bool,
     now: Timestamp,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), UnusableReply> {
     let empty = [
         ("AccessKeyId", &credentials.access_key_id),
         ("SecretAccessKey", &credentials.secret_access_key),
@@ -272,27 +293,23 @@ pub fn check_reply(
     .map(|(field, _)| field)
     .collect::<Vec<_>>();
     if !empty.is_empty() {
-        return Err(format!(
-            "STS returned credentials with an empty {}",
-            empty.join(", ")
-        ));
+        return Err(UnusableReply::Empty(empty));
     }
     if !has_expiration {
-        return Err("STS returned credentials without an Expiration".into());
+        return Err(UnusableReply::NoExpiration);
     }
     let left = credentials.expiration.as_second() - now.as_second();
     if left <= 0 {
-        return Err(format!(
-            "STS returned credentials that expired at {} (this controller's clock says {}: check it)",
-            crate::secret::format_time(credentials.expiration),
-            crate::secret::format_time(now)
-        ));
+        return Err(UnusableReply::Expired {
+            expired: credentials.expiration,
+            now,
+        });
     }
     if left < MIN_VALIDITY {
-        return Err(format!(
-            "STS returned credentials valid for only {left}s (until {}), fewer than the {MIN_VALIDITY}s a credential must last",
-            crate::secret::format_time(credentials.expiration)
-        ));
+        return Err(UnusableReply::TooShort {
+            left,
+            until: credentials.expiration,
+        });
     }
     Ok(())
 }

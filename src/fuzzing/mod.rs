@@ -103,7 +103,7 @@ pub fn check_reference(s: &str, bases: &[BaseArn]) -> Outcome {
     }
     match s.parse::<RoleArn>() {
         Ok(parsed) => ensure_eq!(parsed.to_string().as_str(), s, "RoleArn round trip"),
-        Err(e) => check_message(&e, s)?,
+        Err(e) => check_message(&e.0, s)?,
     }
     if let Ok(base) = s.parse::<BaseArn>() {
         ensure_eq!(base.to_string().as_str(), s, "BaseArn round trip");

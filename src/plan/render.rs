@@ -59,10 +59,7 @@ fn line(a: &Action<'_>) -> String {
 
 /// `Plan: 1 to create, …` (the last line of `text` and `diff`).
 pub fn summary_line(s: &Summary) -> String {
-    format!(
-        "Plan: {} to create, {} to refresh, {} to update status, {} to delete, {} blocked, {} up to date.",
-        s.create, s.refresh, s.update_status, s.delete, s.blocked, s.skip
-    )
+    s.line()
 }
 
 /// One line per action, then the counts.

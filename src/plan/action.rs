@@ -1,0 +1,252 @@
+//! The plan as a value: the actions ([`Op`] carries exactly what applying each needs), the
+//! plan that holds them, and what every consumer reads of an action. Each [`Op`] variant is
+//! described once, in [`Op::parts`]; the accessors of [`Action`] are read from there.
+
+use jiff::Timestamp;
+
+use super::kinds::{ActionKind, BlockReason, Reason, RefreshReason, Summary};
+use crate::arn::RoleArn;
+use crate::crd::AWSIAMRoleStatus;
+use crate::model::{ObservedRole, ObservedSecret};
+use crate::session::SessionExtras;
+
+/// The STS call a `Create` or `Refresh` needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialRequest {
+    pub role_arn: RoleArn,
+    /// `DurationSeconds`.
+    pub duration: i64,
+    pub session_name: String,
+    /// Session tags, source identity and external ID, when configured.
+    pub extras: SessionExtras,
+}
+
+/// New credentials for an AWSIAMRole and the status they will give it. The status carries the
+/// planned expiration; the executor replaces it with the one STS granted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Issue<'a> {
+    pub role: &'a ObservedRole,
+    pub request: CredentialRequest,
+    pub status: AWSIAMRoleStatus,
+}
+
+/// What applying an action does. Each kind carries exactly what it needs, so the executor,
+/// the renderers and the simulator never meet a half-filled action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op<'a> {
+    /// No managed Secret yet: assume the role and create it.
+    Create(Issue<'a>),
+    /// Assume the role again and replace the managed Secret in place.
+    Refresh {
+        issue: Issue<'a>,
+        secret: &'a ObservedSecret,
+        reason: RefreshReason,
+    },
+    /// The Secret is current (valid until `expire`, due for a refresh at `due`); only the
+    /// status says otherwise.
+    UpdateStatus {
+        role: &'a ObservedRole,
+        secret: &'a ObservedSecret,
+        expire: Timestamp,
+        due: Timestamp,
+        status: AWSIAMRoleStatus,
+    },
+    /// Delete a managed Secret. `revoked` holds its AWSIAMRole and that role's new status when
+    /// the role may no longer be used; `None` means the AWSIAMRole is gone.
+    Delete {
+        secret: &'a ObservedSecret,
+        revoked: Option<(&'a ObservedRole, AWSIAMRoleStatus)>,
+    },
+    /// Nothing to do: the Secret is valid until `expire` and the status says so; its refresh
+    /// is due at `due`.
+    Skip {
+        role: &'a ObservedRole,
+        secret: &'a ObservedSecret,
+        expire: Timestamp,
+        due: Timestamp,
+    },
+    /// Not served. `status` is the one to write when the current one does not say why yet;
+    /// a Secret already in place is left alone.
+    Blocked {
+        role: &'a ObservedRole,
+        secret: Option<&'a ObservedSecret>,
+        reason: BlockReason,
+        status: Option<AWSIAMRoleStatus>,
+    },
+}
+
+/// One entry of the plan: an AWSIAMRole (with its Secret, if any) or an orphaned Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Action<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// The role the credentials are (or would be) for, when known.
+    pub role_arn: Option<String>,
+    /// Human explanation; never contains credential material.
+    pub message: String,
+    pub op: Op<'a>,
+}
+
+/// Everything the consumers of an action read of its [`Op`], gathered by one `match`.
+pub struct Parts<'s, 'a> {
+    pub kind: ActionKind,
+    pub reason: Reason,
+    /// The AWSIAMRole, unless the action is for an orphaned Secret.
+    pub role: Option<&'a ObservedRole>,
+    /// The managed Secret as observed.
+    pub secret: Option<&'a ObservedSecret>,
+    /// New credentials, for `Create` and `Refresh`.
+    pub issue: Option<&'s Issue<'a>>,
+    /// The status to write, when there is one.
+    pub status: Option<&'s AWSIAMRoleStatus>,
+}
+
+impl<'a> Op<'a> {
+    /// The one place that says, per variant, what kind and reason it is and which objects and
+    /// writes it carries.
+    pub fn parts(&self) -> Parts<'_, 'a> {
+        let none = |kind, reason| Parts {
+            kind,
+            reason,
+            role: None,
+            secret: None,
+            issue: None,
+            status: None,
+        };
+        match self {
+            Op::Create(issue) => Parts {
+                role: Some(issue.role),
+                issue: Some(issue),
+                status: Some(&issue.status),
+                ..none(ActionKind::Create, Reason::Missing)
+            },
+            Op::Refresh {
+                issue,
+                secret,
+                reason,
+            } => Parts {
+                role: Some(issue.role),
+                secret: Some(secret),
+                issue: Some(issue),
+                status: Some(&issue.status),
+                ..none(ActionKind::Refresh, (*reason).into())
+            },
+            Op::UpdateStatus {
+                role,
+                secret,
+                status,
+                ..
+            } => Parts {
+                role: Some(role),
+                secret: Some(secret),
+                status: Some(status),
+                ..none(ActionKind::UpdateStatus, Reason::StatusStale)
+            },
+            Op::Delete { secret, revoked } => {
+                let reason = match revoked {
+                    None => Reason::OwnerGone,
+                    Some(_) => Reason::NotPermitted,
+                };
+                Parts {
+                    role: revoked.as_ref().map(|(role, _)| *role),
+                    secret: Some(secret),
+                    status: revoked.as_ref().map(|(_, status)| status),
+                    ..none(ActionKind::Delete, reason)
+                }
+            }
+            Op::Skip { role, secret, .. } => Parts {
+                role: Some(role),
+                secret: Some(secret),
+                ..none(ActionKind::Skip, Reason::UpToDate)
+            },
+            Op::Blocked {
+                role,
+                secret,
+                reason,
+                status,
+            } => Parts {
+                role: Some(role),
+                secret: *secret,
+                status: status.as_ref(),
+                ..none(ActionKind::Blocked, (*reason).into())
+            },
+        }
+    }
+}
+
+impl<'a> Action<'a> {
+    pub fn kind(&self) -> ActionKind {
+        self.op.parts().kind
+    }
+
+    pub fn reason(&self) -> Reason {
+        self.op.parts().reason
+    }
+
+    /// The AWSIAMRole, unless the action is for an orphaned Secret.
+    pub fn role(&self) -> Option<&'a ObservedRole> {
+        self.op.parts().role
+    }
+
+    /// The managed Secret as observed.
+    pub fn secret(&self) -> Option<&'a ObservedSecret> {
+        self.op.parts().secret
+    }
+
+    /// New credentials, for `Create` and `Refresh`.
+    pub fn issue(&self) -> Option<&Issue<'a>> {
+        self.op.parts().issue
+    }
+
+    /// The status to write, when there is one.
+    pub fn status(&self) -> Option<&AWSIAMRoleStatus> {
+        self.op.parts().status
+    }
+
+    /// Applying it needs no API call: a skip, or a block whose status already says why.
+    pub fn changes_nothing(&self) -> bool {
+        matches!(self.op, Op::Skip { .. } | Op::Blocked { status: None, .. })
+    }
+}
+
+/// A plan: every AWSIAMRole and every managed Secret exactly once, sorted by namespace, name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan<'a> {
+    /// The clock the plan was made for.
+    pub now: Timestamp,
+    pub actions: Vec<Action<'a>>,
+}
+
+impl Plan<'_> {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for a in &self.actions {
+            s.add(a.kind());
+        }
+        s
+    }
+
+    /// True when applying the plan would change nothing.
+    pub fn is_converged(&self) -> bool {
+        self.actions.iter().all(Action::changes_nothing)
+    }
+
+    /// The earliest moment after `now` at which planning the same state would give another
+    /// plan: a Secret's refresh falls due, or a role backing off may be tried again. `None`
+    /// when nothing is waiting for the clock. The loop of `run` sets a timer for it.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.actions
+            .iter()
+            .filter_map(|a| match &a.op {
+                Op::Skip { due, .. } | Op::UpdateStatus { due, .. } => Some(*due),
+                Op::Blocked {
+                    role,
+                    reason: BlockReason::BackingOff,
+                    ..
+                } => role.status.as_ref()?.retry_after.as_deref()?.parse().ok(),
+                _ => None,
+            })
+            .filter(|due| *due > self.now)
+            .min()
+    }
+}
