@@ -138,7 +138,7 @@ pub async fn run(args: &BootstrapConfig) -> Result<CommandOutput> {
         current.as_ref(),
         &arn,
         spec.duration(),
-        &config,
+        config,
         now,
     )?;
     let report = Executor::new(client, Arc::new(source), 1)
