@@ -1,38 +1,19 @@
 //! kube-aws-iam-controller: hands AWS IAM role credentials to pods through Secrets.
 //!
 //! The controller is a declarative state-diff batch reconciler. One pass *observes* the
-//! cluster, *plans* with a pure function ([`plan::plan`]) and *applies* the plan. This crate
+//! cluster, *plans* with a pure function ([`controller::plan::plan`]) and *applies* the plan. This crate
 //! holds everything but argument parsing, so tests drive it directly.
 #![forbid(unsafe_code)]
 
-pub mod apply;
-pub mod arn;
-pub mod bootstrap;
 pub mod cli;
-pub mod commands;
-pub mod crd;
+pub mod controller;
 pub mod delivery;
+pub mod domain;
 /// The fuzzing oracle, shared by `fuzz/` and the integration tests (feature `fuzzing`).
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod lease;
-pub mod metrics;
-pub mod model;
-pub mod observe;
-pub mod offline;
-pub mod pass;
-pub mod plan;
-pub mod policy;
-pub mod secret;
-pub mod seed;
 pub mod serve;
-pub mod server;
-pub mod session;
-pub mod store;
-pub mod sts;
-pub mod telemetry;
-pub mod text;
 
 /// Errors that end a command (as opposed to per-object problems, which become plan actions).
 #[derive(Debug, thiserror::Error)]
@@ -72,19 +53,19 @@ pub enum Error {
     },
     /// Leader election: the Lease could not be read or written, or another holder kept it.
     #[error(transparent)]
-    Lease(#[from] lease::LeaseError),
+    Lease(#[from] controller::lease::LeaseError),
     /// The watched state is incomplete (not listed yet, or a watch broke and has not been
     /// relisted): the pass applied nothing.
     #[error("watched state is stale: {0}")]
     Stale(String),
     /// The controller's own seed credentials file is unusable.
     #[error(transparent)]
-    Seed(#[from] seed::SeedError),
+    Seed(#[from] controller::seed::SeedError),
     /// An action the executor carried out for a command (not a pass) failed: `bootstrap`'s
     /// AssumeRole or Secret write. The message is safe to show.
     #[error("{message}")]
     Apply {
-        stage: apply::Stage,
+        stage: controller::apply::Stage,
         message: String,
     },
     /// `inject` refused its input (it prints nothing rather than half a bundle).

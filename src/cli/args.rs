@@ -2,16 +2,17 @@
 //! (same names, same meaning, for `run`, `once` and the bare binary) plus this project's.
 //! Every flag also reads `KUBE_AWS_IAM_CONTROLLER_<FLAG>`.
 
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::controller::plan::render::OutputFormat;
+use crate::controller::sts::CallRate;
 use crate::delivery::Delivery;
-use crate::plan::render::OutputFormat;
-use crate::sts::CallRate;
-use crate::telemetry::LogFormat;
+use crate::serve::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,7 +48,7 @@ pub enum Command {
     /// Serve the pod mutation as a mutating admission webhook over TLS.
     Webhook(WebhookArgs),
     /// Serve a mounted credentials.json as a container-credentials endpoint (pod sidecar).
-    CredentialsServer(crate::delivery::credentials_server::CredentialsServerArgs),
+    CredentialsServer(CredentialsServerArgs),
 }
 
 /// Logging, for the subcommands that log (not the offline ones, nor the sidecar).
@@ -257,7 +258,7 @@ pub struct LeaseArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "KUBE_AWS_IAM_CONTROLLER_LEADER_ELECT")]
     pub leader_elect: bool,
     /// Name of the leader Lease.
-    #[arg(long, default_value = crate::lease::DEFAULT_LEASE_NAME, env = "KUBE_AWS_IAM_CONTROLLER_LEASE_NAME")]
+    #[arg(long, default_value = crate::controller::lease::DEFAULT_LEASE_NAME, env = "KUBE_AWS_IAM_CONTROLLER_LEASE_NAME")]
     pub lease_name: String,
     /// Namespace of the leader Lease (default: POD_NAMESPACE, else kube-system).
     #[arg(
@@ -357,10 +358,10 @@ pub struct BootstrapArgs {
     #[arg(long, value_name = "ARN", env = "KUBE_AWS_IAM_CONTROLLER_ROLE_ARN")]
     pub role_arn: String,
     /// Name of the AWSIAMRole and its Secret.
-    #[arg(long, default_value = crate::bootstrap::DEFAULT_NAME, env = "KUBE_AWS_IAM_CONTROLLER_NAME")]
+    #[arg(long, default_value = crate::controller::bootstrap::DEFAULT_NAME, env = "KUBE_AWS_IAM_CONTROLLER_NAME")]
     pub name: String,
     /// roleSessionDuration of a newly created AWSIAMRole, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = crate::crd::DEFAULT_SESSION_DURATION, env = "KUBE_AWS_IAM_CONTROLLER_SESSION_DURATION")]
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::domain::crd::DEFAULT_SESSION_DURATION, env = "KUBE_AWS_IAM_CONTROLLER_SESSION_DURATION")]
     pub session_duration: i64,
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -445,6 +446,32 @@ pub struct MutationFlags {
         env = "KUBE_AWS_IAM_CONTROLLER_POD_REGION"
     )]
     pub pod_region: Option<String>,
+}
+
+/// `credentials-server`: the sidecar (for pods injected by earlier versions).
+#[derive(Debug, Args)]
+pub struct CredentialsServerArgs {
+    /// Loopback address to serve on (127.0.0.0/8 or ::1; anything else is refused).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value_t = SocketAddr::from(([127, 0, 0, 1], crate::delivery::DEFAULT_SIDECAR_PORT)),
+        env = "KUBE_AWS_IAM_CONTROLLER_LISTEN"
+    )]
+    pub listen: SocketAddr,
+    /// The mounted Secret's credentials.json (credential_process document); re-read whenever
+    /// it changes.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = crate::delivery::credentials_server::DEFAULT_CREDENTIALS_FILE,
+        env = "KUBE_AWS_IAM_CONTROLLER_CREDENTIALS_FILE"
+    )]
+    pub credentials_file: PathBuf,
+    /// Ask the server running at --listen for /ready and exit 0 if it is ready, 1 if not (the
+    /// sidecar's startup probe; needs no token).
+    #[arg(long)]
+    pub probe: bool,
 }
 
 /// The mutation knows nothing of clap; its delivery modes are named here.
@@ -533,5 +560,30 @@ mod tests {
         assert_eq!(cli.run.interval, Duration::from_secs(3));
         assert!(cli.run.logging.debug);
         assert!(!cli.run.watch);
+    }
+
+    #[test]
+    fn the_subcommand_reads_the_same_variables_as_the_binary() {
+        use clap::CommandFactory as _;
+        let command = Cli::command();
+        let subcommand = command
+            .find_subcommand("credentials-server")
+            .expect("the credentials-server subcommand");
+        let env = |id: &str| {
+            subcommand
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            env("listen").as_deref(),
+            Some(kube_aws_iam_credentials_server::LISTEN_ENV)
+        );
+        assert_eq!(
+            env("credentials_file").as_deref(),
+            Some(kube_aws_iam_credentials_server::CREDENTIALS_FILE_ENV)
+        );
     }
 }

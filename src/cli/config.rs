@@ -4,22 +4,22 @@
 use jiff::Timestamp;
 
 use super::args::{
-    BootstrapArgs, ClusterArgs, InjectArgs, LeaseArgs, MutationFlags, OutputArgs, PassArgs,
-    PlanArgs, PlannerArgs, RunArgs, StsArgs, WebhookArgs,
+    BootstrapArgs, ClusterArgs, CredentialsServerArgs, InjectArgs, LeaseArgs, MutationFlags,
+    OutputArgs, PassArgs, PlanArgs, PlannerArgs, RunArgs, StsArgs, WebhookArgs,
 };
-use crate::arn::{BaseArn, RoleArn};
-use crate::bootstrap::BootstrapConfig;
-use crate::commands::{LoopSettings, OfflinePlan, PassSetup};
+use crate::controller::bootstrap::BootstrapConfig;
+use crate::controller::commands::{LoopSettings, OfflinePlan, PassSetup};
+use crate::controller::lease::LeaseConfig;
+use crate::controller::observe::ObserveOptions;
+use crate::controller::pass::{ControllerConfig, Rendering};
+use crate::controller::plan::PlanConfig;
+use crate::controller::sts::AwsOptions;
 use crate::delivery::inject::InjectConfig;
 use crate::delivery::mutate::MutateOptions;
 use crate::delivery::webhook::WebhookConfig;
-use crate::lease::LeaseConfig;
-use crate::observe::ObserveOptions;
-use crate::pass::{ControllerConfig, Rendering};
-use crate::plan::PlanConfig;
-use crate::policy::Policy;
-use crate::session::SessionOptions;
-use crate::sts::AwsOptions;
+use crate::domain::arn::{BaseArn, RoleArn};
+use crate::domain::policy::Policy;
+use crate::domain::session::SessionOptions;
 use crate::{Error, Result};
 
 /// The planner's configuration.
@@ -170,7 +170,7 @@ pub fn lease_config(flags: &LeaseArgs) -> Result<Option<LeaseConfig>> {
                 .ok()
                 .filter(|n| !n.is_empty())
         })
-        .unwrap_or_else(|| crate::lease::DEFAULT_LEASE_NAMESPACE.into());
+        .unwrap_or_else(|| crate::controller::lease::DEFAULT_LEASE_NAMESPACE.into());
     if flags.lease_name.is_empty() {
         return Err(Error::Config("--lease-name must not be empty".into()));
     }
@@ -216,7 +216,7 @@ pub fn bootstrap(flags: &BootstrapArgs) -> Result<BootstrapConfig> {
         namespace: flags
             .cluster
             .namespace()
-            .unwrap_or(crate::bootstrap::DEFAULT_NAMESPACE)
+            .unwrap_or(crate::controller::bootstrap::DEFAULT_NAMESPACE)
             .to_string(),
         name: flags.name.clone(),
         session_duration: flags.session_duration,
@@ -245,9 +245,20 @@ pub fn inject(flags: InjectArgs) -> InjectConfig {
     }
 }
 
+/// `credentials-server`.
+pub fn credentials_server(
+    flags: CredentialsServerArgs,
+) -> crate::delivery::credentials_server::Config {
+    crate::delivery::credentials_server::Config {
+        listen: flags.listen,
+        credentials_file: flags.credentials_file,
+        probe: flags.probe,
+    }
+}
+
 /// `webhook`.
 pub fn webhook(flags: WebhookArgs) -> Result<WebhookConfig> {
-    let addr = crate::server::parse_addr(&flags.webhook_addr)
+    let addr = crate::controller::health::parse_addr(&flags.webhook_addr)
         .map_err(|e| Error::Config(format!("--webhook-addr {e}")))?;
     Ok(WebhookConfig {
         addr,

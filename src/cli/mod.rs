@@ -8,7 +8,7 @@ pub mod config;
 
 pub use args::*;
 
-use crate::{CommandOutput, Result, commands, delivery, telemetry};
+use crate::{CommandOutput, Result, controller::commands, delivery, serve::telemetry};
 
 /// Runs the parsed command line: builds its config, starts what it needs, returns what to
 /// print. The sidecar and the offline commands never start the multi-threaded runtime.
@@ -18,7 +18,9 @@ pub fn execute(cli: Cli) -> Result<CommandOutput> {
         Some(Command::Crd) => commands::crd(),
         Some(Command::Inject(args)) => delivery::inject::run(&config::inject(args)),
         // The sidecar builds its own small runtime and keeps logging minimal.
-        Some(Command::CredentialsServer(args)) => delivery::credentials_server::main(&args),
+        Some(Command::CredentialsServer(args)) => {
+            delivery::credentials_server::main(&config::credentials_server(args))
+        }
         command => {
             let logging = match &command {
                 Some(Command::Run(args)) => &args.logging,
@@ -40,7 +42,7 @@ pub fn execute(cli: Cli) -> Result<CommandOutput> {
                         commands::once(&config::controller(&args.pass)?).await
                     }
                     Some(Command::Bootstrap(args)) => {
-                        crate::bootstrap::run(&config::bootstrap(&args)?).await
+                        crate::controller::bootstrap::run(&config::bootstrap(&args)?).await
                     }
                     Some(Command::Webhook(args)) => {
                         delivery::webhook::run(&config::webhook(args)?).await

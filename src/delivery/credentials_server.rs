@@ -4,51 +4,17 @@
 //! both serve through the `kube-aws-iam-credentials-server` library, so they behave alike
 //! (flags, variables, answers, exit codes).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
-use clap::Args;
 use kube_aws_iam_credentials_server as sidecar;
 
-pub use sidecar::{DEFAULT_CREDENTIALS_FILE, MIN_TOKEN_LEN};
+pub use sidecar::{Config, DEFAULT_CREDENTIALS_FILE, MIN_TOKEN_LEN};
 
 use super::TOKEN_ENV;
 use crate::CommandOutput;
 use crate::{Error, Result};
 
-#[derive(Debug, Args)]
-pub struct CredentialsServerArgs {
-    /// Loopback address to serve on (127.0.0.0/8 or ::1; anything else is refused).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value_t = SocketAddr::from(([127, 0, 0, 1], super::DEFAULT_SIDECAR_PORT)),
-        env = "KUBE_AWS_IAM_CONTROLLER_LISTEN"
-    )]
-    pub listen: SocketAddr,
-    /// The mounted Secret's credentials.json (credential_process document); re-read whenever
-    /// it changes.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = DEFAULT_CREDENTIALS_FILE,
-        env = "KUBE_AWS_IAM_CONTROLLER_CREDENTIALS_FILE"
-    )]
-    pub credentials_file: PathBuf,
-    /// Ask the server running at --listen for /ready and exit 0 if it is ready, 1 if not (the
-    /// sidecar's startup probe; needs no token).
-    #[arg(long)]
-    pub probe: bool,
-}
-
 /// Runs the server until SIGTERM/SIGINT end the process (exit code 0), or answers `--probe`.
 /// Returns an error only when the server cannot start.
-pub fn main(args: &CredentialsServerArgs) -> Result<CommandOutput> {
-    let config = sidecar::Config {
-        listen: args.listen,
-        credentials_file: args.credentials_file.clone(),
-        probe: args.probe,
-    };
+pub fn main(config: &Config) -> Result<CommandOutput> {
     if config.probe {
         return Ok(match sidecar::probe(config.listen) {
             Ok(stdout) => CommandOutput {
@@ -62,7 +28,7 @@ pub fn main(args: &CredentialsServerArgs) -> Result<CommandOutput> {
             },
         });
     }
-    match sidecar::serve(&config, std::env::var_os(TOKEN_ENV).as_deref()) {
+    match sidecar::serve(config, std::env::var_os(TOKEN_ENV).as_deref()) {
         Ok(never) => match never {},
         Err(sidecar::Error::Config(message)) => Err(Error::Config(message)),
         Err(sidecar::Error::Listen { addr, source }) => Err(Error::Server {
@@ -81,7 +47,7 @@ mod tests {
     fn default_file_is_the_json_key_in_the_mount() {
         assert_eq!(
             DEFAULT_CREDENTIALS_FILE,
-            format!("{MOUNT_PATH}/{}", crate::secret::KEY_JSON)
+            format!("{MOUNT_PATH}/{}", crate::domain::secret::KEY_JSON)
         );
     }
 
@@ -97,35 +63,13 @@ mod tests {
     }
 
     #[test]
-    fn the_subcommand_reads_the_same_variables_as_the_binary() {
-        use clap::CommandFactory as _;
-        let command = crate::cli::Cli::command();
-        let subcommand = command
-            .find_subcommand("credentials-server")
-            .expect("the credentials-server subcommand");
-        let env = |id: &str| {
-            subcommand
-                .get_arguments()
-                .find(|a| a.get_id() == id)
-                .and_then(|a| a.get_env())
-                .and_then(|e| e.to_str())
-                .map(str::to_string)
-        };
-        assert_eq!(env("listen").as_deref(), Some(sidecar::LISTEN_ENV));
-        assert_eq!(
-            env("credentials_file").as_deref(),
-            Some(sidecar::CREDENTIALS_FILE_ENV)
-        );
-    }
-
-    #[test]
     fn start_up_errors_keep_their_kind() {
-        let args = CredentialsServerArgs {
+        let config = Config {
             listen: "0.0.0.0:9911".parse().unwrap(),
             credentials_file: DEFAULT_CREDENTIALS_FILE.into(),
             probe: false,
         };
-        let e = main(&args).unwrap_err();
+        let e = main(&config).unwrap_err();
         assert!(
             matches!(&e, Error::Config(m) if m.contains("not a loopback address")),
             "{e}"

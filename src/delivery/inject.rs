@@ -103,7 +103,7 @@ pub fn run(args: &InjectConfig) -> Result<CommandOutput> {
                 })?;
             sources.push(("(stdin)".into(), bytes));
         } else {
-            for file in crate::offline::input_files(path)? {
+            for file in crate::domain::input::input_files(path)? {
                 let bytes = std::fs::read(&file).map_err(|source| Error::Io {
                     path: file.display().to_string(),
                     source,

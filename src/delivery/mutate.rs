@@ -379,7 +379,7 @@ pub(super) fn malformed(field: &str, message: &str) -> MutateError {
         field: field.to_string(),
         // Decoder messages quote the offending value (`invalid type: string "…"`); a pod's
         // values may be secrets.
-        message: crate::text::drop_quoted(message),
+        message: crate::domain::text::drop_quoted(message),
     }
 }
 

@@ -14,15 +14,15 @@ use base64::Engine as _;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::arn::{self, BaseArn, MAX_SESSION_NAME, RoleArn};
+use crate::controller::offline;
+use crate::controller::plan::render::{OutputFormat, render};
+use crate::controller::plan::{ActionKind, PlanConfig, plan};
 use crate::delivery::Delivery;
 use crate::delivery::mutate::{self, MutateOptions};
-use crate::model::{Observed, ObservedSecret};
-use crate::offline;
-use crate::plan::render::{OutputFormat, render};
-use crate::plan::{ActionKind, PlanConfig, plan};
-use crate::policy::Policy;
-use crate::secret::{self, DATA_KEYS, SECRET_KEYS};
+use crate::domain::arn::{self, BaseArn, MAX_SESSION_NAME, RoleArn};
+use crate::domain::model::{Observed, ObservedSecret};
+use crate::domain::policy::Policy;
+use crate::domain::secret::{self, DATA_KEYS, SECRET_KEYS};
 
 /// Marker in every credential of the corpus: no rendering, note or error may show it.
 pub const MARKER: &str = "FUZZSECRET";
@@ -478,7 +478,7 @@ fn check_notes(loaded: &offline::Loaded, text: &str, words: &BTreeSet<String>) -
 
 /// One action per AWSIAMRole and per managed Secret without one; exactly the kinds that need
 /// credentials carry a valid STS request for the ARN they name.
-fn check_actions(observed: &Observed, p: &crate::plan::Plan<'_>) -> Outcome {
+fn check_actions(observed: &Observed, p: &crate::controller::plan::Plan<'_>) -> Outcome {
     let roles: BTreeSet<(&str, &str)> = observed
         .roles
         .iter()
@@ -516,7 +516,7 @@ fn check_actions(observed: &Observed, p: &crate::plan::Plan<'_>) -> Outcome {
 }
 
 fn check_rendering(
-    p: &crate::plan::Plan<'_>,
+    p: &crate::controller::plan::Plan<'_>,
     format: OutputFormat,
     verbose: bool,
     words: &BTreeSet<String>,

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::model::{Observed, ObservedRole, ObservedSecret};
-use crate::plan::{Op, Plan, ready_status};
-use crate::secret::{self, Credentials};
+use crate::controller::plan::{Op, Plan, ready_status};
+use crate::domain::model::{Observed, ObservedRole, ObservedSecret};
+use crate::domain::secret::{self, Credentials};
 use jiff::{SignedDuration, Timestamp};
 
 /// Marker in every fake credential this module issues; tests assert it is never rendered.

@@ -1,7 +1,8 @@
-//! Serving: the one HTTP serving helper every server of the controller uses ([`httpd`]), the
-//! one metrics registry type ([`metrics`]), and the shutdown signal.
+//! Serving: the one HTTP serving helper every server of the crate uses ([`httpd`]), the one
+//! metrics registry type ([`metrics`]), logging ([`telemetry`]) and the shutdown signal.
 pub mod httpd;
 pub mod metrics;
+pub mod telemetry;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

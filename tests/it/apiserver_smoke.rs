@@ -11,7 +11,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Resource as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleStatus};
+use kube_aws_iam_controller::domain::crd::{AWSIAMRole, AWSIAMRoleStatus};
 use serde_json::json;
 
 use crate::support::apiserver::ApiServer;

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use kube_aws_iam_controller::commands;
+use kube_aws_iam_controller::controller::commands;
 
 use crate::support::argv;
 use crate::support::assert_contains;

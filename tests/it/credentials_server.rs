@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
-use kube_aws_iam_controller::secret::{self, KEY_JSON};
+use kube_aws_iam_controller::domain::secret::{self, KEY_JSON};
 
 #[cfg(feature = "full-tier")]
 use crate::support::moto::{self, Moto};

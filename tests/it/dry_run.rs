@@ -8,8 +8,8 @@ use std::process::Output;
 
 use jiff::{SignedDuration, Timestamp};
 use kube::Api;
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::secret;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::secret;
 
 use crate::support::apiserver::{ApiServer, ApiServerBuilder};
 use crate::support::assert_contains;

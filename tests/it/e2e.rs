@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::secret;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::secret;
 
 use crate::support::apiserver::ApiServer;
 use crate::support::argv;

@@ -4,7 +4,7 @@
 //! server and moto; every Event it creates is checked.
 
 use jiff::Timestamp;
-use kube_aws_iam_controller::apply::event_name;
+use kube_aws_iam_controller::controller::apply::event_name;
 
 #[cfg(feature = "full-tier")]
 mod e2e;

@@ -13,12 +13,12 @@ use clap::Parser as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
-use kube_aws_iam_controller::apply::{Outcome, Stage};
 use kube_aws_iam_controller::cli::Cli;
+use kube_aws_iam_controller::controller::apply::{Outcome, Stage};
 
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::pass::Controller;
-use kube_aws_iam_controller::sts::StsCredentialSource;
+use kube_aws_iam_controller::controller::pass::Controller;
+use kube_aws_iam_controller::controller::sts::StsCredentialSource;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 use kube_fake_client::{ClientBuilder, Error as FakeError, interceptor};
 
 use crate::support::assert_contains;
@@ -155,7 +155,10 @@ fn sts_source(faults: Arc<Faults>, calls: Arc<AtomicUsize>) -> StsCredentialSour
     sts::source(client, 1000, 1000)
 }
 
-fn outcome<'a>(report: &'a kube_aws_iam_controller::apply::PassReport, name: &str) -> &'a Outcome {
+fn outcome<'a>(
+    report: &'a kube_aws_iam_controller::controller::apply::PassReport,
+    name: &str,
+) -> &'a Outcome {
     &report
         .actions
         .iter()
@@ -257,7 +260,7 @@ async fn faults_fail_single_actions_back_off_and_then_converge() {
         let action = waiting.report.actions.iter().find(|a| a.name == name);
         assert_eq!(
             action.map(|a| a.reason),
-            Some(kube_aws_iam_controller::plan::Reason::BackingOff),
+            Some(kube_aws_iam_controller::controller::plan::Reason::BackingOff),
             "{name}"
         );
     }
@@ -300,7 +303,7 @@ async fn faults_fail_single_actions_back_off_and_then_converge() {
             .report
             .actions
             .iter()
-            .all(|a| a.kind == kube_aws_iam_controller::plan::ActionKind::Skip)
+            .all(|a| a.kind == kube_aws_iam_controller::controller::plan::ActionKind::Skip)
     );
 }
 
@@ -444,7 +447,7 @@ async fn session_tags_source_identity_and_external_id_are_sent() {
 /// first page, and observation is complete: nothing is lost and nothing counted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_continue_token_restarts_the_list() {
-    use kube_aws_iam_controller::observe::{ObserveOptions, observe};
+    use kube_aws_iam_controller::controller::observe::{ObserveOptions, observe};
     let api = crate::support::apiserver::ApiServer::builder()
         .objects((0..7).map(|i| stored_role("team-a", &format!("r{i}"), "app")))
         .start()

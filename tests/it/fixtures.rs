@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 
-use kube_aws_iam_controller::commands;
-use kube_aws_iam_controller::plan::{ActionKind, Reason, plan};
+use kube_aws_iam_controller::controller::commands;
+use kube_aws_iam_controller::controller::plan::{ActionKind, Reason, plan};
 
 use crate::support::{Case, fixture_cases, simulate, snapshot};
 
@@ -136,7 +136,7 @@ fn fixtures_converge_after_one_apply() {
             "{name}: second plan is not converged: {not_converged:#?}"
         );
         let blocked =
-            |p: &kube_aws_iam_controller::plan::Plan<'_>| -> BTreeSet<(String, String, Reason)> {
+            |p: &kube_aws_iam_controller::controller::plan::Plan<'_>| -> BTreeSet<(String, String, Reason)> {
                 p.actions
                     .iter()
                     .filter(|a| a.kind() == ActionKind::Blocked)

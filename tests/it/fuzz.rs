@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use jiff::Timestamp;
-use kube_aws_iam_controller::arn;
+use kube_aws_iam_controller::controller::offline;
 use kube_aws_iam_controller::delivery::mutate;
+use kube_aws_iam_controller::domain::arn;
+use kube_aws_iam_controller::domain::secret::{self, Credentials};
 use kube_aws_iam_controller::fuzzing::{self, Outcome};
-use kube_aws_iam_controller::offline;
-use kube_aws_iam_controller::secret::{self, Credentials};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};

@@ -9,10 +9,10 @@
 //! JSON objects (which a schema-less CRD lets through) and moto's STS: [`e2e`], full tier.
 
 use jiff::Timestamp;
-use kube_aws_iam_controller::arn::{self, MAX_SESSION_NAME};
-use kube_aws_iam_controller::offline;
-use kube_aws_iam_controller::plan::render::{OutputFormat, render};
-use kube_aws_iam_controller::plan::{ActionKind, PlanConfig, Reason, plan};
+use kube_aws_iam_controller::controller::offline;
+use kube_aws_iam_controller::controller::plan::render::{OutputFormat, render};
+use kube_aws_iam_controller::controller::plan::{ActionKind, PlanConfig, Reason, plan};
+use kube_aws_iam_controller::domain::arn::{self, MAX_SESSION_NAME};
 
 use crate::support::{Case, DEFAULT_BASE_ARN as BASE};
 

@@ -6,16 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
-use kube_aws_iam_controller::arn::BaseArn;
-use kube_aws_iam_controller::crd::AWSIAMRoleSpec;
-use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
-use kube_aws_iam_controller::plan::render::{OutputFormat, render};
-use kube_aws_iam_controller::plan::{
+use kube_aws_iam_controller::controller::plan::render::{OutputFormat, render};
+use kube_aws_iam_controller::controller::plan::{
     ActionKind, PlanConfig, count_failure, not_ready_status, plan, ready_status,
 };
-use kube_aws_iam_controller::policy::{ALLOWED_ROLES_ANNOTATION, Policy};
-use kube_aws_iam_controller::secret::{self, Credentials, SECRET_KEYS};
-use kube_aws_iam_controller::session::SessionOptions;
+use kube_aws_iam_controller::domain::arn::BaseArn;
+use kube_aws_iam_controller::domain::crd::AWSIAMRoleSpec;
+use kube_aws_iam_controller::domain::model::{Observed, ObservedRole, ObservedSecret};
+use kube_aws_iam_controller::domain::policy::{ALLOWED_ROLES_ANNOTATION, Policy};
+use kube_aws_iam_controller::domain::secret::{self, Credentials, SECRET_KEYS};
+use kube_aws_iam_controller::domain::session::SessionOptions;
 use proptest::prelude::*;
 
 use crate::support::{managed_secret_stub, simulate};
@@ -206,7 +206,7 @@ fn build(s: &Scenario) -> (Observed, PlanConfig) {
             ..ObservedRole::default()
         };
         let arn_of = |i: usize| {
-            kube_aws_iam_controller::arn::resolve(REFERENCES[i], Some(&base()))
+            kube_aws_iam_controller::domain::arn::resolve(REFERENCES[i], Some(&base()))
                 .unwrap()
                 .to_string()
         };
@@ -326,7 +326,7 @@ fn build(s: &Scenario) -> (Observed, PlanConfig) {
     (Observed::new(roles, secrets, ns_annotations), config)
 }
 
-fn renderings(p: &kube_aws_iam_controller::plan::Plan<'_>) -> Vec<String> {
+fn renderings(p: &kube_aws_iam_controller::controller::plan::Plan<'_>) -> Vec<String> {
     [OutputFormat::Text, OutputFormat::Diff, OutputFormat::Json]
         .into_iter()
         .map(|f| render(p, f, true))
@@ -431,7 +431,7 @@ proptest! {
         let first = plan(&observed, now(), &config);
         let applied = simulate::apply(&observed, &first);
         let settled = plan(&applied, now(), &config);
-        let kinds = |p: &kube_aws_iam_controller::plan::Plan<'_>| -> Vec<(String, ActionKind)> {
+        let kinds = |p: &kube_aws_iam_controller::controller::plan::Plan<'_>| -> Vec<(String, ActionKind)> {
             p.actions.iter().map(|a| (format!("{}/{}", a.namespace, a.name), a.kind())).collect()
         };
         let Some(due) = settled.next_due() else {

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use jiff::Timestamp;
-use kube_aws_iam_controller::model::{Observed, ObservedRole};
-use kube_aws_iam_controller::plan::{PlanConfig, plan};
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::controller::plan::{PlanConfig, plan};
+use kube_aws_iam_controller::domain::model::{Observed, ObservedRole};
+use kube_aws_iam_controller::domain::secret::{self, Credentials};
 
 use crate::support::harness::*;
 use crate::support::{Case, fixture_cases, managed_secret_stub, repo_root};

@@ -27,6 +27,7 @@ mod fixtures;
 mod fuzz;
 mod hostile;
 mod invariants;
+mod layers;
 mod leaks;
 mod role_states;
 mod seed;

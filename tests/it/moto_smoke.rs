@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_sts::error::DisplayErrorContext;
 use jiff::Timestamp;
-use kube_aws_iam_controller::secret::{self, Credentials, KEY_CREDENTIALS, KEY_JSON};
+use kube_aws_iam_controller::domain::secret::{self, Credentials, KEY_CREDENTIALS, KEY_JSON};
 
 use crate::support::argv;
 use crate::support::moto::{self, Moto, ProfileFile, ScratchDir};

@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, PostParams};
-use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 
 use crate::support::apiserver::ApiServer;
 use crate::support::harness::{BASE, Env, all_events, condition, role, text};

@@ -51,7 +51,7 @@ async fn echoed_request_bodies_are_redacted_from_write_errors() {
         }
         // … and the secret values inside it.
         let json: serde_json::Value = serde_json::from_slice(
-            &secret.data.as_ref().unwrap()[kube_aws_iam_controller::secret::KEY_JSON].0,
+            &secret.data.as_ref().unwrap()[kube_aws_iam_controller::domain::secret::KEY_JSON].0,
         )
         .unwrap();
         for key in ["SecretAccessKey", "SessionToken"] {

@@ -21,7 +21,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams};
-use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 
 use crate::support::ScratchDir;
 use crate::support::apiserver::ApiServer;

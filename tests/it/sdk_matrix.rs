@@ -49,7 +49,9 @@ use aws_sdk_sts::error::DisplayErrorContext;
 use jiff::{Timestamp, ToSpan};
 use kube_aws_iam_controller::delivery::mutate::{self, MutateOptions};
 use kube_aws_iam_controller::delivery::{DELIVERY_ANNOTATION, ROLE_LABEL, TOKEN_ENV};
-use kube_aws_iam_controller::secret::{self, Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS};
+use kube_aws_iam_controller::domain::secret::{
+    self, Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS,
+};
 use serde_json::{Value, json};
 
 use crate::support::moto::{self, Moto, ScratchDir};

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use jiff::{SignedDuration, Timestamp};
-use kube_aws_iam_controller::apply::Executor;
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
-use kube_aws_iam_controller::plan::{CredentialRequest, PlanConfig, plan};
-use kube_aws_iam_controller::secret::Credentials;
-use kube_aws_iam_controller::sts::{CredentialSource, StsError};
+use kube_aws_iam_controller::controller::apply::Executor;
+use kube_aws_iam_controller::controller::plan::{CredentialRequest, PlanConfig, plan};
+use kube_aws_iam_controller::controller::sts::{CredentialSource, StsError};
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::model::{Observed, ObservedRole, ObservedSecret};
+use kube_aws_iam_controller::domain::secret::Credentials;
 
 use crate::support::apiserver::ApiServer;
 use crate::support::harness::{BASE, SEEDED, marked_credentials, observed, role};

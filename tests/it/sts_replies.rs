@@ -17,9 +17,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use kube_aws_iam_controller::apply::{Outcome, Stage};
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::sts::StsCredentialSource;
+use kube_aws_iam_controller::controller::apply::{Outcome, Stage};
+use kube_aws_iam_controller::controller::sts::StsCredentialSource;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 use kube_fake_client::ClientBuilder;
 
 use crate::support::harness::all_events;

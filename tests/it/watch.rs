@@ -12,11 +12,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube_aws_iam_controller::apply::{Executor, Outcome};
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
-use kube_aws_iam_controller::plan::{self, ActionKind, PlanConfig};
-use kube_aws_iam_controller::secret;
+use kube_aws_iam_controller::controller::apply::{Executor, Outcome};
+use kube_aws_iam_controller::controller::plan::{self, ActionKind, PlanConfig};
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::model::{Observed, ObservedRole, ObservedSecret};
+use kube_aws_iam_controller::domain::secret;
 
 use crate::support::apiserver::ApiServer;
 use crate::support::harness::{BASE, serve_as_controller};

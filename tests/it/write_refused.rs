@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 
 use crate::support::assert_contains;
 use crate::support::harness::{

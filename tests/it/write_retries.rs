@@ -16,12 +16,12 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use kube_aws_iam_controller::apply::{Outcome, PassReport, Stage};
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::pass::{Controller, ControllerConfig};
-use kube_aws_iam_controller::plan::CredentialRequest;
-use kube_aws_iam_controller::secret::{self, Credentials};
-use kube_aws_iam_controller::sts::{CredentialSource, StsError};
+use kube_aws_iam_controller::controller::apply::{Outcome, PassReport, Stage};
+use kube_aws_iam_controller::controller::pass::{Controller, ControllerConfig};
+use kube_aws_iam_controller::controller::plan::CredentialRequest;
+use kube_aws_iam_controller::controller::sts::{CredentialSource, StsError};
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::secret::{self, Credentials};
 use serde_json::json;
 
 use crate::support::apiserver::{ApiServer, RecordedRequest};

@@ -10,10 +10,10 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client};
-use kube_aws_iam_controller::arn::{self, MAX_SESSION_NAME};
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::model::{ObservedRole, ObservedSecret};
-use kube_aws_iam_controller::secret;
+use kube_aws_iam_controller::domain::arn::{self, MAX_SESSION_NAME};
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::model::{ObservedRole, ObservedSecret};
+use kube_aws_iam_controller::domain::secret;
 use serde_json::{Value, json};
 
 use super::{NS, has_raw_control};

@@ -1,7 +1,7 @@
 //! The compiled binary against the loopback API server and moto (full tier): API faults, an
 //! unreachable STS and debug logs print no credential.
 
-use kube_aws_iam_controller::secret;
+use kube_aws_iam_controller::domain::secret;
 
 use crate::support::harness::*;
 

@@ -11,9 +11,9 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::model::ObservedSecret;
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::model::ObservedSecret;
+use kube_aws_iam_controller::domain::secret::{self, Credentials};
 use tokio::process::Command;
 
 use crate::support::apiserver::ApiServer;

@@ -2,8 +2,8 @@
 //! `--help`, relative links resolve, and the example mounts what the controller writes.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::secret;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::secret;
 use serde_json::Value;
 
 use super::{BIN, MOUNT_PATH, env_value, only_container, pod_spec_of_deployment};

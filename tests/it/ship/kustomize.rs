@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube_aws_iam_controller::secret;
+use kube_aws_iam_controller::domain::secret;
 use serde_json::Value;
 
 use super::{
@@ -57,7 +57,7 @@ fn kustomize_renders_deploy_and_cronjobs() {
     // The rendered CRD is the generated one (compared typed: kustomize writes 43200.0 as 43200).
     let generated: CustomResourceDefinition = only(
         &yaml_docs(
-            &kube_aws_iam_controller::crd::crd_yaml().expect("CRD renders"),
+            &kube_aws_iam_controller::domain::crd::crd_yaml().expect("CRD renders"),
             "the generated CRD",
         ),
         "CustomResourceDefinition",
@@ -95,7 +95,7 @@ fn kustomize_images_override_the_placeholder() {
 /// `AWS_SHARED_CREDENTIALS_FILE` points, and names the same AWSIAMRole as the controller's own.
 #[test]
 fn seed_overlay_runs_on_the_secret_bootstrap_writes() {
-    use kube_aws_iam_controller::bootstrap::{DEFAULT_NAME, DEFAULT_NAMESPACE};
+    use kube_aws_iam_controller::controller::bootstrap::{DEFAULT_NAME, DEFAULT_NAMESPACE};
     let rendered = kustomize(&repo_root().join("overlays/seed-credentials"));
     let d: Deployment = only(&rendered, "Deployment", "overlays/seed-credentials");
     assert_eq!(d.metadata.namespace.as_deref(), Some(DEFAULT_NAMESPACE));

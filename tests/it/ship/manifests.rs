@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube_aws_iam_controller::plan::refresh;
+use kube_aws_iam_controller::controller::plan::refresh;
 
 use super::{
     CONTROLLER_NAMESPACE, SERVICE_ACCOUNT, args, assert_hardened, env_value, only_container,

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
 use kube::api::DeleteParams;
 use kube::{Api, Client};
-use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 use serde_json::Value;
 
 use super::{CONTROLLER_NAMESPACE, SERVICE_ACCOUNT};

@@ -15,11 +15,11 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
-use kube_aws_iam_controller::model::ObservedRole;
-use kube_aws_iam_controller::plan::ready_status;
-use kube_aws_iam_controller::policy::ALLOWED_ROLES_ANNOTATION;
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::controller::plan::ready_status;
+use kube_aws_iam_controller::domain::crd::{AWSIAMRole, AWSIAMRoleSpec};
+use kube_aws_iam_controller::domain::model::ObservedRole;
+use kube_aws_iam_controller::domain::policy::ALLOWED_ROLES_ANNOTATION;
+use kube_aws_iam_controller::domain::secret::{self, Credentials};
 use serde_json::json;
 
 use crate::support::ScratchDir;

@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 use clap::Parser as _;
 use jiff::Timestamp;
 use kube_aws_iam_controller::cli::{Cli, Command, PlanArgs, config};
-use kube_aws_iam_controller::commands::OfflinePlan;
-use kube_aws_iam_controller::model::{Observed, ObservedSecret};
-use kube_aws_iam_controller::offline;
-use kube_aws_iam_controller::plan::PlanConfig;
-use kube_aws_iam_controller::secret;
+use kube_aws_iam_controller::controller::commands::OfflinePlan;
+use kube_aws_iam_controller::controller::offline;
+use kube_aws_iam_controller::controller::plan::PlanConfig;
+use kube_aws_iam_controller::domain::model::{Observed, ObservedSecret};
+use kube_aws_iam_controller::domain::secret;
 
 /// A fresh directory under the target's scratch space, removed on drop.
 pub struct ScratchDir(tempfile::TempDir);

@@ -25,7 +25,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use kube_aws_iam_controller::secret::{Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS};
+use kube_aws_iam_controller::domain::secret::{
+    Credentials, KEY_CREDENTIALS, KEY_JSON, KEY_PROCESS,
+};
 
 /// Scratch directories and the SDK client live in `support` (the fast tier uses them too); the
 /// full tier's SDK matrix and sidecar tests still import them from here.
@@ -645,7 +647,7 @@ fn form_param(form: &[u8], key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::{action_of, form_param, redact, venv_bin};
-    use kube_aws_iam_controller::secret::{Credentials, encode};
+    use kube_aws_iam_controller::domain::secret::{Credentials, encode};
 
     #[test]
     fn moto_cli_errors_are_redacted() {

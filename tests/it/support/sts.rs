@@ -12,11 +12,11 @@ use aws_smithy_types::body::SdkBody;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::model::ObservedRole;
-use kube_aws_iam_controller::pass::{Controller, ControllerConfig};
-use kube_aws_iam_controller::secret::{self, Credentials};
-use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
+use kube_aws_iam_controller::controller::pass::{Controller, ControllerConfig};
+use kube_aws_iam_controller::controller::sts::{StsCredentialSource, rate_limiter};
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::model::ObservedRole;
+use kube_aws_iam_controller::domain::secret::{self, Credentials};
 
 use super::harness::BASE;
 

@@ -159,15 +159,18 @@ pub fn credentials_json(
     session_token: &str,
     expiration: jiff::Timestamp,
 ) -> Vec<u8> {
-    let creds = kube_aws_iam_controller::secret::Credentials {
+    let creds = kube_aws_iam_controller::domain::secret::Credentials {
         access_key_id: access_key_id.into(),
         secret_access_key: secret_access_key.into(),
         session_token: session_token.into(),
         expiration,
     };
-    let data =
-        kube_aws_iam_controller::secret::encode(&creds, "arn:aws:iam::123456789012:role/test", 1);
-    data.get(kube_aws_iam_controller::secret::KEY_JSON)
+    let data = kube_aws_iam_controller::domain::secret::encode(
+        &creds,
+        "arn:aws:iam::123456789012:role/test",
+        1,
+    );
+    data.get(kube_aws_iam_controller::domain::secret::KEY_JSON)
         .cloned()
         .expect("the Secret codec writes credentials.json")
 }

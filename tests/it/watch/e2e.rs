@@ -8,8 +8,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::secret;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::secret;
 
 use crate::support::apiserver::ApiServer;
 use crate::support::harness::{

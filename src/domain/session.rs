@@ -4,7 +4,7 @@
 //! Everything is validated against STS's constraints before any call: the format at start-up,
 //! and each role's expanded values when it is planned.
 
-use crate::arn::is_iam_char;
+use crate::domain::arn::is_iam_char;
 
 /// Session tag keys (the names EKS Pod Identity uses for the same facts).
 pub const TAG_NAMESPACE: &str = "kubernetes-namespace";
@@ -126,7 +126,7 @@ impl SessionOptions {
                 if value.chars().count() > TAG_VALUE_MAX || value.chars().any(|c| !is_tag_char(c)) {
                     return Err(SessionError(format!(
                         "session tag {key} cannot hold {}",
-                        crate::text::excerpt(value)
+                        crate::domain::text::excerpt(value)
                     )));
                 }
             }
@@ -148,7 +148,7 @@ impl SessionOptions {
             {
                 return Err(SessionError(format!(
                     "external ID {} breaks STS's rules ({EXTERNAL_ID_MIN} to {EXTERNAL_ID_MAX} characters of letters, digits and _+=,.@:/-)",
-                    crate::text::excerpt(&id)
+                    crate::domain::text::excerpt(&id)
                 )));
             }
             extras.external_id = Some(id);

@@ -7,15 +7,15 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kube::Resource as _;
 use serde_json::Value;
 
-use crate::crd::AWSIAMRole;
+use crate::domain::crd::AWSIAMRole;
 
-use crate::model::{Observed, ObservedRole, ObservedSecret};
-use crate::text::shorten;
+use crate::domain::model::{Observed, ObservedRole, ObservedSecret};
+use crate::domain::text::shorten;
 use crate::{Error, Result};
 
 /// Namespace of objects that do not name one, as `kubectl apply` would use.
@@ -49,7 +49,7 @@ pub struct Loaded {
 /// Reads a YAML file, or every `*.yaml`/`*.yml` file of a directory (sorted, not recursive).
 /// Fails only when nothing at all could be read.
 pub fn load(path: &Path) -> Result<Loaded> {
-    let files = input_files(path)?;
+    let files = crate::domain::input::input_files(path)?;
     let mut collector = Collector::default();
     let mut readable = 0;
     for file in &files {
@@ -85,36 +85,6 @@ pub fn load_str(source: &str, text: &str) -> Loaded {
     let mut collector = Collector::default();
     collector.add_text(source, text);
     collector.finish()
-}
-
-/// A file, or the sorted `*.yaml`/`*.yml` files of a directory (shared with `inject`).
-pub(crate) fn input_files(path: &Path) -> Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    // Anything but a directory is read as one file (a pipe such as `<(kustomize build)` too).
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let entries = std::fs::read_dir(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::NoInput(format!(
-            "{}: no *.yaml or *.yml files in this directory",
-            path.display()
-        )));
-    }
-    Ok(files)
 }
 
 /// Splits a YAML stream at `---` document markers. Markers can only start a line, and any

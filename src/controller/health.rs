@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::metrics::Metrics;
+use crate::controller::metrics::Metrics;
 use crate::serve::httpd;
 use crate::{Error, Result};
 
@@ -23,8 +23,8 @@ pub struct Health {
     interval: Duration,
     last_success: Mutex<Option<Instant>>,
     pub metrics: Arc<Metrics>,
-    /// Seed credentials, whose expiry fails liveness (see [`crate::seed`]).
-    seed: Option<Arc<crate::seed::SeedCredentials>>,
+    /// Seed credentials, whose expiry fails liveness (see [`crate::controller::seed`]).
+    seed: Option<Arc<crate::controller::seed::SeedCredentials>>,
 }
 
 impl Health {
@@ -39,7 +39,10 @@ impl Health {
     }
 
     /// Makes `/healthz` fail while the controller's own seed credentials are expired.
-    pub fn with_seed(mut self, seed: Option<Arc<crate::seed::SeedCredentials>>) -> Self {
+    pub fn with_seed(
+        mut self,
+        seed: Option<Arc<crate::controller::seed::SeedCredentials>>,
+    ) -> Self {
         self.seed = seed;
         self
     }

@@ -1,7 +1,7 @@
 //! One pass (observe → plan → apply, or render in dry-run) and the drivers around it: `once`
 //! (CronJob) and `run` (a loop with health and metrics, graceful on SIGTERM/SIGINT).
 //!
-//! `run` keeps its state with watches ([`crate::store`]) unless `--watch=false`: a pass then
+//! `run` keeps its state with watches ([`crate::controller::store`]) unless `--watch=false`: a pass then
 //! starts after a change (debounced), when the last plan says something falls due, and every
 //! `--interval`, and reads the watched state instead of listing.
 
@@ -14,17 +14,17 @@ use jiff::Timestamp;
 use kube::Client;
 use tokio::sync::watch;
 
-use crate::apply::{Executor, PassReport};
-use crate::lease::LeaderElector;
-use crate::metrics::{Metrics, Trigger};
-use crate::model::Observed;
-use crate::observe::{ObserveOptions, find_conflicts, observe};
-use crate::plan::render::{OutputFormat, render, summary_line};
-use crate::plan::{Op, PlanConfig, plan};
-use crate::seed::SeedCredentials;
-use crate::server::{self, Health};
-use crate::store::Store;
-use crate::sts::CredentialSource;
+use crate::controller::apply::{Executor, PassReport};
+use crate::controller::health::{self, Health};
+use crate::controller::lease::LeaderElector;
+use crate::controller::metrics::{Metrics, Trigger};
+use crate::controller::observe::{ObserveOptions, find_conflicts, observe};
+use crate::controller::plan::render::{OutputFormat, render, summary_line};
+use crate::controller::plan::{Op, PlanConfig, plan};
+use crate::controller::seed::SeedCredentials;
+use crate::controller::store::Store;
+use crate::controller::sts::CredentialSource;
+use crate::domain::model::Observed;
 use crate::{Error, Result};
 
 /// How long in-flight work may take after SIGTERM/SIGINT before the process exits anyway.
@@ -105,7 +105,7 @@ pub struct PassOutcome {
     pub report: PassReport,
     /// The rendered plan (dry-run only).
     pub rendered: Option<String>,
-    /// When the plan says something falls due next (see [`crate::plan::Plan::next_due`]).
+    /// When the plan says something falls due next (see [`crate::controller::plan::Plan::next_due`]).
     pub next_due: Option<Timestamp>,
 }
 
@@ -328,11 +328,11 @@ impl Controller {
     /// and stands by (alive and ready, passing nothing) while another replica does; a standby
     /// keeps its watched state warm, so it passes at once when it takes over.
     pub async fn run(&self, interval: Duration, health_addr: &str) -> Result<()> {
-        let addr = server::parse_addr(health_addr)
+        let addr = health::parse_addr(health_addr)
             .map_err(|e| Error::Config(format!("--health-addr {e}")))?;
         let health =
             Arc::new(Health::new(interval, self.metrics.clone()).with_seed(self.seed.clone()));
-        let (bound, server) = server::start(addr, health.clone()).await?;
+        let (bound, server) = health::start(addr, health.clone()).await?;
         tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
         let (leading_tx, mut leading) = watch::channel(self.elector.is_none());
         let (contact_tx, mut contact) = watch::channel(Instant::now());

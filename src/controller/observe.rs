@@ -14,9 +14,9 @@ use kube::api::{ListParams, ObjectList};
 use kube::{Api, Client, Resource};
 use serde_json::Value;
 
-use crate::crd::AWSIAMRole;
-use crate::model::{HERITAGE_LABEL, HERITAGE_VALUE, TYPE_LABEL, TYPE_VALUE};
-use crate::model::{Observed, ObservedRole, ObservedSecret};
+use crate::domain::crd::AWSIAMRole;
+use crate::domain::model::{HERITAGE_LABEL, HERITAGE_VALUE, TYPE_LABEL, TYPE_VALUE};
+use crate::domain::model::{Observed, ObservedRole, ObservedSecret};
 use crate::{Error, Result};
 
 /// Page size of every list.

@@ -19,7 +19,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
-use crate::text::kube_message;
+use crate::domain::text::kube_message;
 
 /// Default Lease name (one per cluster; `run` and `once` share it).
 pub const DEFAULT_LEASE_NAME: &str = "kube-aws-iam-controller";

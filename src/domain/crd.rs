@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::text::type_name;
+use crate::domain::text::type_name;
 
 /// Default `roleSessionDuration` (seconds) when the spec leaves it out.
 pub const DEFAULT_SESSION_DURATION: i64 = 3600;

@@ -15,9 +15,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Unit;
 
-use crate::apply::{Outcome, PassReport, Stage};
-use crate::plan::{ActionKind, Plan, Reason};
-use crate::secret;
+use crate::controller::apply::{Outcome, PassReport, Stage};
+use crate::controller::plan::{ActionKind, Plan, Reason};
+use crate::domain::secret;
 use crate::serve::metrics::{MetricsRegistry, ResultLabel};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -463,10 +463,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::apply::ActionReport;
-    use crate::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus};
-    use crate::model::{Observed, ObservedRole, ObservedSecret};
-    use crate::plan::{PlanConfig, plan};
+    use crate::controller::apply::ActionReport;
+    use crate::controller::plan::{PlanConfig, plan};
+    use crate::domain::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus};
+    use crate::domain::model::{Observed, ObservedRole, ObservedSecret};
 
     const BASE: &str = "arn:aws:iam::123456789012:role/";
 

@@ -31,10 +31,10 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::apply::{Written, WrittenKind};
-use crate::crd::AWSIAMRole;
-use crate::model::{ObjectKey, Observed, ObservedRole, ObservedSecret};
-use crate::observe::{ObserveOptions, managed_selector};
+use crate::controller::apply::{Written, WrittenKind};
+use crate::controller::observe::{ObserveOptions, managed_selector};
+use crate::domain::crd::AWSIAMRole;
+use crate::domain::model::{ObjectKey, Observed, ObservedRole, ObservedSecret};
 
 /// First wait before a failed watch is started again; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -493,7 +493,7 @@ fn lean_secret(object: DynamicObject) -> Option<(ObjectKey, Arc<ObservedSecret>)
             |e| tracing::warn!(error = %e, "ignoring a managed Secret that cannot be decoded"),
         )
         .ok()
-        .map(crate::secret::lean)?;
+        .map(crate::domain::secret::lean)?;
     Some((
         (secret.namespace.clone(), secret.name.clone()),
         Arc::new(secret),
@@ -745,8 +745,8 @@ mod tests {
             "an undecodable spec is kept as its error"
         );
 
-        let data = crate::secret::encode(
-            &crate::secret::Credentials {
+        let data = crate::domain::secret::encode(
+            &crate::domain::secret::Credentials {
                 access_key_id: "ASIAKEPT".into(),
                 secret_access_key: "never-kept".into(),
                 session_token: "token-never-kept".into(),
@@ -774,7 +774,10 @@ mod tests {
         .unwrap();
         assert_eq!(k, ("team".to_string(), "app".to_string()));
         assert!(secret.is_managed() && secret.data.is_empty());
-        assert_eq!(crate::secret::decode(&secret).unwrap().generation, 3);
+        assert_eq!(
+            crate::domain::secret::decode(&secret).unwrap().generation,
+            3
+        );
         assert!(!format!("{secret:?}").contains("never-kept"));
 
         let (k, annotations) = lean_namespace(dynamic(serde_json::json!({

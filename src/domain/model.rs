@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::Value;
 
-use crate::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus};
-use crate::text::{excerpt, type_name, without_values};
+use crate::domain::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus};
+use crate::domain::text::{excerpt, type_name, without_values};
 
 /// The labels that make a Secret the controller's.
 pub const HERITAGE_LABEL: &str = "heritage";

@@ -125,7 +125,7 @@ mod tests {
     use kube::core::response::StatusDetails;
 
     use super::{BUDGET, FIRST_DELAY, MAX_TRIES, Refusal};
-    use crate::apply::retry;
+    use crate::controller::apply::retry;
 
     fn status(code: u16, reason: &str, message: &str) -> Status {
         Status::failure(message, reason).with_code(code)

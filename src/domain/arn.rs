@@ -5,7 +5,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::text::excerpt;
+use crate::domain::text::excerpt;
 
 /// Longest IAM role name.
 pub const MAX_ROLE_NAME: usize = 64;

@@ -23,7 +23,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError};
 use jiff::Timestamp;
 
-use crate::secret::format_time;
+use crate::domain::secret::format_time;
 
 /// The name this provider gives the credentials it hands out (shown by the SDK in debug logs).
 const PROVIDER_NAME: &str = "SeedCredentialsFile";

@@ -25,15 +25,15 @@ use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 
-use crate::crd::{AWSIAMRole, AWSIAMRoleStatus};
-use crate::model::{
+use crate::controller::plan::{self, Action, Issue, Op, Plan};
+use crate::controller::sts::{CredentialSource, StsError, StsErrorKind};
+use crate::domain::crd::{AWSIAMRole, AWSIAMRoleStatus};
+use crate::domain::model::{
     HERITAGE_LABEL, HERITAGE_VALUE, ObservedRole, ObservedSecret, TYPE_LABEL, TYPE_VALUE,
     is_managed,
 };
-use crate::plan::{self, Action, Issue, Op, Plan};
-use crate::secret::{self, Credentials, format_time};
-use crate::sts::{CredentialSource, StsError, StsErrorKind};
-use crate::text::{excerpt, kube_message, redact_echo};
+use crate::domain::secret::{self, Credentials, format_time};
+use crate::domain::text::{excerpt, kube_message, redact_echo};
 use retry::Refusal;
 
 mod events;
@@ -391,7 +391,7 @@ impl Executor {
             StsErrorKind::Throttled => format!("AssumeRole {arn} throttled: {e}"),
             StsErrorKind::AboveMaxSessionDuration => format!(
                 "AssumeRole {arn} refused roleSessionDuration {}: it exceeds the IAM role's MaxSessionDuration (raise that or lower spec.roleSessionDuration): {e}",
-                crate::plan::human(issue.request.duration)
+                crate::controller::plan::human(issue.request.duration)
             ),
             StsErrorKind::UnusableReply => {
                 format!("AssumeRole {arn} gave unusable credentials, not written: {e}")

@@ -8,9 +8,9 @@ use serde::Serialize;
 use similar::TextDiff;
 
 use super::{Action, ActionKind, Op, Plan, READY, Summary};
-use crate::crd::AWSIAMRoleStatus;
-use crate::model::ObservedSecret;
-use crate::secret::{self, Credentials};
+use crate::domain::crd::AWSIAMRoleStatus;
+use crate::domain::model::ObservedSecret;
+use crate::domain::secret::{self, Credentials};
 
 /// `--output`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource};
 
 use super::Executor;
-use crate::crd::AWSIAMRole;
-use crate::model::ObservedRole;
-use crate::text::{kube_message, truncate};
+use crate::domain::crd::AWSIAMRole;
+use crate::domain::model::ObservedRole;
+use crate::domain::text::{kube_message, truncate};
 
 /// Event reasons (the original's three plus this project's).
 pub mod reasons {

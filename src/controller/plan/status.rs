@@ -7,9 +7,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::refresh;
-use crate::crd::AWSIAMRoleStatus;
-use crate::model::ObservedRole;
-use crate::secret::{SecretContent, format_time};
+use crate::domain::crd::AWSIAMRoleStatus;
+use crate::domain::model::ObservedRole;
+use crate::domain::secret::{SecretContent, format_time};
 
 /// The condition type the controller maintains on every AWSIAMRole.
 pub const READY: &str = "Ready";

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use crate::lease::LeaseConfig;
-use crate::pass::{Controller, ControllerConfig, Rendering, kube_client};
-use crate::plan::PlanConfig;
-use crate::plan::render::render;
-use crate::sts::{self, AwsOptions};
-use crate::{CommandOutput, Result, crd, offline, plan};
+use crate::controller::lease::LeaseConfig;
+use crate::controller::pass::{Controller, ControllerConfig, Rendering, kube_client};
+use crate::controller::plan::PlanConfig;
+use crate::controller::plan::render::render;
+use crate::controller::sts::{self, AwsOptions};
+use crate::{CommandOutput, Result, controller::offline, controller::plan, domain::crd};
 
 /// Everything a pass against the cluster needs, built by the command line (clap-free).
 #[derive(Clone, Debug)]
@@ -56,7 +56,7 @@ async fn connect(setup: &PassSetup, dry_run: bool, watch: bool) -> Result<Contro
     let mut config = setup.controller.clone();
     config.watch = watch && !dry_run;
     let client = kube_client(setup.apiserver.as_deref()).await?;
-    let seed = crate::seed::detect()?.map(Arc::new);
+    let seed = crate::controller::seed::detect()?.map(Arc::new);
     let aws = AwsOptions {
         base_role_arn: config.plan.base_role_arn.clone(),
         seed: seed.clone(),
@@ -84,15 +84,17 @@ async fn connect(setup: &PassSetup, dry_run: bool, watch: bool) -> Result<Contro
         Some(role) => Some(role.clone()),
         // With seed credentials the controller's own role is the one `bootstrap` creates.
         None if seed.is_some() => Some((
-            crate::bootstrap::DEFAULT_NAMESPACE.into(),
-            crate::bootstrap::DEFAULT_NAME.into(),
+            crate::controller::bootstrap::DEFAULT_NAMESPACE.into(),
+            crate::controller::bootstrap::DEFAULT_NAME.into(),
         )),
         None => None,
     };
-    let elector = setup
-        .lease
-        .clone()
-        .map(|lease| Arc::new(crate::lease::LeaderElector::new(client.clone(), lease)));
+    let elector = setup.lease.clone().map(|lease| {
+        Arc::new(crate::controller::lease::LeaderElector::new(
+            client.clone(),
+            lease,
+        ))
+    });
     Ok(Controller::new(client, config, Arc::new(source))
         .with_seed(seed)
         .with_leader_election(elector))

@@ -23,11 +23,11 @@ pub use status::{
     status_matches,
 };
 
-use crate::arn::BaseArn;
+use crate::domain::arn::BaseArn;
 #[cfg(doc)]
-use crate::model::Observed;
-use crate::policy::Policy;
-use crate::session::SessionOptions;
+use crate::domain::model::Observed;
+use crate::domain::policy::Policy;
+use crate::domain::session::SessionOptions;
 
 /// What the planner needs to know beyond the observed state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,8 +56,8 @@ mod tests {
     use jiff::Timestamp;
 
     use super::*;
-    use crate::model::{Observed, ObservedRole, ObservedSecret};
-    use crate::secret;
+    use crate::domain::model::{Observed, ObservedRole, ObservedSecret};
+    use crate::domain::secret;
 
     fn role(name: &str) -> ObservedRole {
         ObservedRole {
@@ -65,7 +65,7 @@ mod tests {
             name: name.into(),
             uid: format!("uid-{name}"),
             generation: 1,
-            spec: Ok(crate::crd::AWSIAMRoleSpec {
+            spec: Ok(crate::domain::crd::AWSIAMRoleSpec {
                 role_reference: format!("app-{name}"),
                 role_session_duration: None,
             }),

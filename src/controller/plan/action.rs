@@ -5,10 +5,10 @@
 use jiff::Timestamp;
 
 use super::kinds::{ActionKind, BlockReason, Reason, RefreshReason, Summary};
-use crate::arn::RoleArn;
-use crate::crd::AWSIAMRoleStatus;
-use crate::model::{ObservedRole, ObservedSecret};
-use crate::session::SessionExtras;
+use crate::domain::arn::RoleArn;
+use crate::domain::crd::AWSIAMRoleStatus;
+use crate::domain::model::{ObservedRole, ObservedSecret};
+use crate::domain::session::SessionExtras;
 
 /// The STS call a `Create` or `Refresh` needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

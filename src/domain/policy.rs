@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::arn::{BaseArn, glob_match};
-use crate::text::excerpt;
+use crate::domain::arn::{BaseArn, glob_match};
+use crate::domain::text::excerpt;
 
 /// JSON array of globs, each a role name or ARN pattern (kube2iam's annotation).
 pub const ALLOWED_ROLES_ANNOTATION: &str = "iam.amazonaws.com/allowed-roles";
@@ -106,7 +106,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arn::RoleArn;
+    use crate::domain::arn::RoleArn;
 
     #[test]
     fn namespace_annotation_rules() {

@@ -12,12 +12,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource as _;
 use serde::{Deserialize, Serialize};
 
-use crate::arn::RoleArn;
-use crate::crd::AWSIAMRole;
-pub use crate::model::{HERITAGE_LABEL, HERITAGE_VALUE, TYPE_LABEL, TYPE_VALUE, is_managed};
-use crate::model::{ObservedRole, ObservedSecret};
+use crate::domain::arn::RoleArn;
+use crate::domain::crd::AWSIAMRole;
+pub use crate::domain::model::{
+    HERITAGE_LABEL, HERITAGE_VALUE, TYPE_LABEL, TYPE_VALUE, is_managed,
+};
+use crate::domain::model::{ObservedRole, ObservedSecret};
 
-pub use crate::model::ISSUED_AT_ANNOTATION;
+pub use crate::domain::model::ISSUED_AT_ANNOTATION;
 
 pub const KEY_CREDENTIALS: &str = "credentials";
 pub const KEY_PROCESS: &str = "credentials.process";
@@ -131,7 +133,7 @@ const INI_FIELDS: [&str; 3] = [
     "aws_session_token",
 ];
 
-pub use crate::model::SecretContent;
+pub use crate::domain::model::SecretContent;
 
 /// Reads a managed Secret back. `Err` names the first unusable key, never its value. A lean
 /// Secret ([`lean`]) answers with the verdict it was read to when it arrived.
@@ -176,7 +178,7 @@ pub fn lean(mut s: ObservedSecret) -> ObservedSecret {
     if managed {
         s.labels = BTreeMap::new();
     }
-    s.checked = Some(crate::model::Checked {
+    s.checked = Some(crate::domain::model::Checked {
         content,
         role_arn,
         managed,
@@ -198,7 +200,7 @@ fn read(s: &ObservedSecret) -> Result<SecretContent, String> {
         .parse()
         .map_err(|_| format!("data key {KEY_EXPIRE:?} is not an RFC 3339 time"))?;
     let role_arn = text(KEY_ROLE_ARN)?;
-    crate::arn::validate_role_arn(role_arn)
+    crate::domain::arn::validate_role_arn(role_arn)
         .map_err(|_| format!("data key {KEY_ROLE_ARN:?} is not an IAM role ARN"))?;
     let generation: i64 = text(KEY_GENERATION)?
         .parse()
@@ -227,7 +229,7 @@ fn check_keys(s: &ObservedSecret) -> Result<(), String> {
         // huge key cannot flood a status or a log.
         return Err(format!(
             "data key {} does not decode (not a base64 string)",
-            crate::text::excerpt(k)
+            crate::domain::text::excerpt(k)
         ));
     }
     for key in DATA_KEYS {
@@ -358,8 +360,8 @@ pub fn view(s: &ObservedSecret) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
         "Secret {}/{}\n",
-        crate::text::shorten(&s.namespace),
-        crate::text::shorten(&s.name)
+        crate::domain::text::shorten(&s.namespace),
+        crate::domain::text::shorten(&s.name)
     );
     let map = |out: &mut String, title: &str, m: &BTreeMap<String, String>| {
         if !m.is_empty() {
@@ -368,8 +370,8 @@ pub fn view(s: &ObservedSecret) -> String {
                 let _ = writeln!(
                     out,
                     "    {}: {}",
-                    crate::text::shorten(k),
-                    crate::text::shorten(v)
+                    crate::domain::text::shorten(k),
+                    crate::domain::text::shorten(v)
                 );
             }
         }
@@ -382,19 +384,24 @@ pub fn view(s: &ObservedSecret) -> String {
             let _ = writeln!(
                 out,
                 "    {} {} {} (uid {})",
-                crate::text::shorten(&o.api_version),
-                crate::text::shorten(&o.kind),
-                crate::text::shorten(&o.name),
-                crate::text::shorten(&o.uid)
+                crate::domain::text::shorten(&o.api_version),
+                crate::domain::text::shorten(&o.kind),
+                crate::domain::text::shorten(&o.name),
+                crate::domain::text::shorten(&o.uid)
             );
         }
     }
     out.push_str("  data:\n");
     for (k, v) in &s.data {
-        let _ = writeln!(out, "    {}: {}", crate::text::shorten(k), view_value(k, v));
+        let _ = writeln!(
+            out,
+            "    {}: {}",
+            crate::domain::text::shorten(k),
+            view_value(k, v)
+        );
     }
     for k in &s.undecodable_keys {
-        let _ = writeln!(out, "    {}: <not base64>", crate::text::shorten(k));
+        let _ = writeln!(out, "    {}: <not base64>", crate::domain::text::shorten(k));
     }
     out
 }

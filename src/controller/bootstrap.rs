@@ -14,17 +14,17 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::apply::{Executor, Outcome, Stage};
-use crate::arn::{BaseArn, RoleArn};
+use crate::controller::apply::{Executor, Outcome, Stage};
+use crate::domain::arn::{BaseArn, RoleArn};
 
 use crate::CommandOutput;
-use crate::crd::{AWSIAMRole, AWSIAMRoleSpec};
-use crate::model::{ObservedRole, ObservedSecret};
-use crate::plan::{
+use crate::controller::plan::{
     Action, CredentialRequest, Issue, Op, Plan, PlanConfig, RefreshReason, human, ready_status,
 };
-use crate::secret::format_time;
-use crate::sts::{self, AwsOptions};
+use crate::controller::sts::{self, AwsOptions};
+use crate::domain::crd::{AWSIAMRole, AWSIAMRoleSpec};
+use crate::domain::model::{ObservedRole, ObservedSecret};
+use crate::domain::secret::format_time;
 use crate::{Error, Result};
 
 /// Where `bootstrap` puts the controller's own AWSIAMRole unless told otherwise (the
@@ -44,7 +44,7 @@ pub struct BootstrapConfig {
     pub session_duration: i64,
     /// Kubernetes API server URL overriding kubeconfig.
     pub apiserver: Option<String>,
-    pub plan: crate::plan::PlanConfig,
+    pub plan: crate::controller::plan::PlanConfig,
     /// STS set-up (the operator's own credentials: no seed).
     pub aws: AwsOptions,
 }
@@ -55,7 +55,7 @@ pub async fn run(args: &BootstrapConfig) -> Result<CommandOutput> {
     let namespace = args.namespace.clone();
     let name = args.name.clone();
     let config = &args.plan;
-    let client = crate::pass::kube_client(args.apiserver.as_deref()).await?;
+    let client = crate::controller::pass::kube_client(args.apiserver.as_deref()).await?;
     let kube_err = |context: String| {
         move |e: kube::Error| Error::Kube {
             context,
@@ -99,7 +99,7 @@ pub async fn run(args: &BootstrapConfig) -> Result<CommandOutput> {
     })?;
     let base = BaseArn::for_account(arn.partition(), arn.account())
         .map_err(|e| Error::Config(format!("--role-arn: {e}")))?;
-    let wanted = crate::arn::resolve(&spec.role_reference, Some(&base))
+    let wanted = crate::domain::arn::resolve(&spec.role_reference, Some(&base))
         .map_err(|e| Error::Config(format!("AWSIAMRole {namespace}/{name}: {e}")))?;
     if wanted != arn {
         return Err(Error::Config(format!(
@@ -198,7 +198,7 @@ fn plan_for<'a>(
     config: &PlanConfig,
     now: Timestamp,
 ) -> Result<Plan<'a>> {
-    let session_name = crate::arn::session_name(&role.namespace, &role.name);
+    let session_name = crate::domain::arn::session_name(&role.namespace, &role.name);
     let extras = config
         .session
         .extras(&role.namespace, &role.name, &session_name)
@@ -240,7 +240,7 @@ fn plan_for<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{ActionKind, Reason};
+    use crate::controller::plan::{ActionKind, Reason};
 
     fn role() -> ObservedRole {
         ObservedRole {
@@ -271,7 +271,7 @@ mod tests {
         assert_eq!(issue.request.duration, 3600);
         assert_eq!(
             issue.request.session_name,
-            crate::arn::session_name(DEFAULT_NAMESPACE, DEFAULT_NAME)
+            crate::domain::arn::session_name(DEFAULT_NAMESPACE, DEFAULT_NAME)
         );
         assert_eq!(
             issue.status.expiration.as_deref(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::plan::{self, ActionKind};
+use crate::controller::plan::{self, ActionKind};
 
 /// Where an action failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

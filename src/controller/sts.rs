@@ -14,10 +14,10 @@ use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jiff::Timestamp;
 
-use crate::arn::{self, BaseArn};
-use crate::crd::DEFAULT_SESSION_DURATION;
-use crate::plan::CredentialRequest;
-use crate::secret::Credentials;
+use crate::controller::plan::CredentialRequest;
+use crate::domain::arn::{self, BaseArn};
+use crate::domain::crd::DEFAULT_SESSION_DURATION;
+use crate::domain::secret::Credentials;
 use crate::{Error, Result};
 
 /// How an STS call failed, for metrics, status messages and retries.
@@ -206,7 +206,7 @@ where
     // runs are redacted. A summary is this controller's own words about a transport or
     // credentials failure: it names files, whose paths must survive.
     let message = match e.message() {
-        Some(message) => crate::text::redact_echo(message, &[]),
+        Some(message) => crate::domain::text::redact_echo(message, &[]),
         None => summary(e),
     };
     let unanswered = matches!(
@@ -254,7 +254,7 @@ fn read_reply(out: &AssumeRoleOutput) -> Result<Credentials, StsError> {
 
 /// Credentials must last at least this long (seconds) to be written: shorter ones would be
 /// useless to pods (SDKs want minutes of validity) and replaced at once.
-pub const MIN_VALIDITY: i64 = crate::plan::refresh::MIN_USE;
+pub const MIN_VALIDITY: i64 = crate::controller::plan::refresh::MIN_USE;
 
 /// Why an AssumeRole reply cannot be written over the credentials in place. The message names
 /// what is wrong and never a value.
@@ -266,13 +266,13 @@ pub enum UnusableReply {
     NoExpiration,
     #[error(
         "STS returned credentials that expired at {} (this controller's clock says {}: check it)",
-        crate::secret::format_time(*.expired),
-        crate::secret::format_time(*.now)
+        crate::domain::secret::format_time(*.expired),
+        crate::domain::secret::format_time(*.now)
     )]
     Expired { expired: Timestamp, now: Timestamp },
     #[error(
         "STS returned credentials valid for only {left}s (until {}), fewer than the {MIN_VALIDITY}s a credential must last",
-        crate::secret::format_time(*.until)
+        crate::domain::secret::format_time(*.until)
     )]
     TooShort { left: i64, until: Timestamp },
 }
@@ -401,8 +401,8 @@ pub struct AwsOptions {
     pub assume_role: Option<String>,
     pub rate: Option<CallRate>,
     pub burst: Option<NonZeroU32>,
-    /// Seed credentials (see [`crate::seed`]) instead of the SDK's default chain.
-    pub seed: Option<Arc<crate::seed::SeedCredentials>>,
+    /// Seed credentials (see [`crate::controller::seed`]) instead of the SDK's default chain.
+    pub seed: Option<Arc<crate::controller::seed::SeedCredentials>>,
 }
 
 /// Builds the STS client from the standard AWS chain (honouring `AWS_ENDPOINT_URL_STS`),
@@ -456,7 +456,7 @@ async fn sdk_config(options: &AwsOptions) -> Result<aws_config::SdkConfig> {
         // what makes a kubelet swap take effect at once and an expired session unusable.
         loader = loader
             .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(
-                crate::seed::SharedSeed(seed.clone()),
+                crate::controller::seed::SharedSeed(seed.clone()),
             ))
             .identity_cache(aws_config::identity::IdentityCache::no_cache());
     }

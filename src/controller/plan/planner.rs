@@ -12,10 +12,10 @@ use super::refresh;
 use super::status::{
     human, not_ready_status, ready_status, shortened, stale_fields, status_matches,
 };
-use crate::arn::{self, ResolveError};
-use crate::model::{Observed, ObservedRole, ObservedSecret};
-use crate::policy::{self, NamespaceRules};
-use crate::secret::{self, SecretContent, format_time};
+use crate::domain::arn::{self, ResolveError};
+use crate::domain::model::{Observed, ObservedRole, ObservedSecret};
+use crate::domain::policy::{self, NamespaceRules};
+use crate::domain::secret::{self, SecretContent, format_time};
 
 /// Computes the plan. Pure: the same arguments always give the same plan.
 pub fn plan<'a>(observed: &'a Observed, now: Timestamp, config: &PlanConfig) -> Plan<'a> {
@@ -439,7 +439,7 @@ pub fn lifetime(secret: &ObservedSecret, content: &SecretContent) -> Option<i64>
     let issued: Timestamp = secret.issued_at()?.parse().ok()?;
     let l = content.expire.as_second() - issued.as_second();
     // STS never issues less than 900 s: a shorter span means the annotation is wrong.
-    (l >= crate::crd::MIN_SESSION_DURATION).then_some(l)
+    (l >= crate::domain::crd::MIN_SESSION_DURATION).then_some(l)
 }
 
 /// The UID spreads refreshes; hand-written input without one falls back to the name.
