@@ -250,3 +250,182 @@ impl Plan<'_> {
             .min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant's row of [`Op::parts`]: its kind, reason and exactly the objects and
+    /// writes it carries, as every accessor of [`Action`] reports them.
+    #[test]
+    fn each_op_reports_its_own_parts() {
+        let role = ObservedRole {
+            namespace: "ns".into(),
+            name: "app".into(),
+            uid: "uid-app".into(),
+            ..ObservedRole::default()
+        };
+        let secret = ObservedSecret {
+            namespace: "ns".into(),
+            name: "app".into(),
+            uid: "uid-secret".into(),
+            ..ObservedSecret::default()
+        };
+        let status = AWSIAMRoleStatus {
+            role_arn: Some("arn:aws:iam::123456789012:role/app".into()),
+            ..AWSIAMRoleStatus::default()
+        };
+        let issue = Issue {
+            role: &role,
+            request: CredentialRequest {
+                role_arn: "arn:aws:iam::123456789012:role/app".parse().unwrap(),
+                duration: 3600,
+                session_name: "ns.app".into(),
+                extras: SessionExtras::default(),
+            },
+            status: AWSIAMRoleStatus {
+                expiration: Some("2026-11-26T13:00:00Z".into()),
+                ..status.clone()
+            },
+        };
+        let at: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let action = |op| Action {
+            namespace: "ns",
+            name: "app",
+            role_arn: None,
+            message: String::new(),
+            op,
+        };
+        // (op, kind, reason, role?, secret?, issue?, status written, changes nothing)
+        let cases = [
+            (
+                Op::Create(issue.clone()),
+                ActionKind::Create,
+                Reason::Missing,
+                true,
+                false,
+                true,
+                Some(&issue.status),
+                false,
+            ),
+            (
+                Op::Refresh {
+                    issue: issue.clone(),
+                    secret: &secret,
+                    reason: RefreshReason::RoleChanged,
+                },
+                ActionKind::Refresh,
+                Reason::RoleChanged,
+                true,
+                true,
+                true,
+                Some(&issue.status),
+                false,
+            ),
+            (
+                Op::UpdateStatus {
+                    role: &role,
+                    secret: &secret,
+                    expire: at,
+                    due: at,
+                    status: status.clone(),
+                },
+                ActionKind::UpdateStatus,
+                Reason::StatusStale,
+                true,
+                true,
+                false,
+                Some(&status),
+                false,
+            ),
+            (
+                Op::Delete {
+                    secret: &secret,
+                    revoked: None,
+                },
+                ActionKind::Delete,
+                Reason::OwnerGone,
+                false,
+                true,
+                false,
+                None,
+                false,
+            ),
+            (
+                Op::Delete {
+                    secret: &secret,
+                    revoked: Some((&role, status.clone())),
+                },
+                ActionKind::Delete,
+                Reason::NotPermitted,
+                true,
+                true,
+                false,
+                Some(&status),
+                false,
+            ),
+            (
+                Op::Skip {
+                    role: &role,
+                    secret: &secret,
+                    expire: at,
+                    due: at,
+                },
+                ActionKind::Skip,
+                Reason::UpToDate,
+                true,
+                true,
+                false,
+                None,
+                true,
+            ),
+            (
+                Op::Blocked {
+                    role: &role,
+                    secret: Some(&secret),
+                    reason: BlockReason::NeedsBaseArn,
+                    status: Some(status.clone()),
+                },
+                ActionKind::Blocked,
+                Reason::NeedsBaseRoleArn,
+                true,
+                true,
+                false,
+                Some(&status),
+                false,
+            ),
+            (
+                Op::Blocked {
+                    role: &role,
+                    secret: None,
+                    reason: BlockReason::SecretConflict,
+                    status: None,
+                },
+                ActionKind::Blocked,
+                Reason::SecretConflict,
+                true,
+                false,
+                false,
+                None,
+                true,
+            ),
+        ];
+        for (op, kind, reason, has_role, has_secret, has_issue, status, unchanged) in cases {
+            let a = action(op);
+            let what = format!("{kind} {reason}");
+            assert_eq!((a.kind(), a.reason()), (kind, reason), "{what}");
+            assert_eq!(a.role(), has_role.then_some(&role), "{what}");
+            assert_eq!(a.secret(), has_secret.then_some(&secret), "{what}");
+            assert_eq!(a.issue(), has_issue.then_some(&issue), "{what}");
+            assert_eq!(a.status(), status, "{what}");
+            assert_eq!(a.changes_nothing(), unchanged, "{what}");
+            let plan = Plan {
+                now: at,
+                actions: vec![a],
+            };
+            assert_eq!(plan.is_converged(), unchanged, "{what}");
+            assert_eq!(plan.summary().count(kind), 1, "{what}");
+            assert_eq!(plan.summary().iter().map(|(_, n)| n).sum::<usize>(), 1);
+        }
+    }
+}
