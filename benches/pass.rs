@@ -33,11 +33,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use kube_aws_iam_controller::observe::{self, ObserveOptions, PAGE_SIZE};
-use kube_aws_iam_controller::pass::{Controller, ControllerConfig};
-use kube_aws_iam_controller::plan::ActionKind;
-use kube_aws_iam_controller::sts::{StsCredentialSource, rate_limiter};
+use kube_aws_iam_controller::controller::observe::{self, ObserveOptions, PAGE_SIZE};
+use kube_aws_iam_controller::controller::pass::{Controller, ControllerConfig};
+use kube_aws_iam_controller::controller::plan::ActionKind;
+use kube_aws_iam_controller::controller::sts::{StsCredentialSource, rate_limiter};
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 use serde::de::DeserializeOwned;
 
 use test_apiserver::ApiServer;

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use jiff::{SignedDuration, Timestamp};
-use kube_aws_iam_controller::crd::AWSIAMRoleSpec;
-use kube_aws_iam_controller::model::{Observed, ObservedRole, ObservedSecret};
-use kube_aws_iam_controller::plan::{ActionKind, PlanConfig, plan, ready_status};
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::controller::plan::{ActionKind, PlanConfig, plan, ready_status};
+use kube_aws_iam_controller::domain::crd::AWSIAMRoleSpec;
+use kube_aws_iam_controller::domain::model::{Observed, ObservedRole, ObservedSecret};
+use kube_aws_iam_controller::domain::secret::{self, Credentials};
 
 fn state(n: usize, now: Timestamp) -> Observed {
     let mut roles = Vec::with_capacity(n);

@@ -35,7 +35,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
-use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 use test_apiserver::ApiServer;
 
 fn main() {
@@ -138,7 +138,7 @@ async fn bench() -> Result<(), String> {
 /// kept in lean form, as the store keeps them, measured in this process (fresh heap, so
 /// little fragmentation): the floor of what `run` can reach.
 fn lean_share(n: usize) {
-    use kube_aws_iam_controller::model::{ObservedRole, ObservedSecret};
+    use kube_aws_iam_controller::domain::model::{ObservedRole, ObservedSecret};
     use std::collections::HashMap;
     use std::sync::Arc;
     let (roles, secrets) = served(n, Timestamp::now());
@@ -158,7 +158,7 @@ fn lean_share(n: usize) {
         kept_roles.insert((r.namespace.clone(), r.name.clone()), Arc::new(r));
     }
     for v in &secrets {
-        let s = kube_aws_iam_controller::secret::lean(
+        let s = kube_aws_iam_controller::domain::secret::lean(
             ObservedSecret::from_value(v, "").expect("secret"),
         );
         kept_secrets.insert((s.namespace.clone(), s.name.clone()), Arc::new(s));

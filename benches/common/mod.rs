@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
-use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
-use kube_aws_iam_controller::model::ObservedRole;
-use kube_aws_iam_controller::plan::ready_status;
-use kube_aws_iam_controller::secret::{self, Credentials};
+use kube_aws_iam_controller::controller::plan::ready_status;
+use kube_aws_iam_controller::domain::crd::{AWSIAMRole, AWSIAMRoleSpec};
+use kube_aws_iam_controller::domain::model::ObservedRole;
+use kube_aws_iam_controller::domain::secret::{self, Credentials};
 
 pub const BASE: &str = "arn:aws:iam::123456789012:role/";
 

@@ -106,7 +106,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{CustomResourceExt as _, Resource};
-use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};

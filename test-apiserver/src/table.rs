@@ -689,7 +689,7 @@ impl Parser {
 mod tests {
     use super::*;
     use kube::CustomResourceExt as _;
-    use kube_aws_iam_controller::crd::AWSIAMRole;
+    use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 
     const KUBECTL_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,\
                                   application/json;as=Table;v=v1beta1;g=meta.k8s.io,\

@@ -13,7 +13,7 @@ use kube::api::{
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource as _, ResourceExt as _};
-use kube_aws_iam_controller::crd::{AWSIAMRole, AWSIAMRoleSpec};
+use kube_aws_iam_controller::domain::crd::{AWSIAMRole, AWSIAMRoleSpec};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
