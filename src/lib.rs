@@ -96,14 +96,46 @@ impl Error {
         }
     }
 
-    /// Process exit code: every error here means the pass could not run (1 is for passes whose
-    /// actions failed; see `docs/design.md`).
+    /// Process exit code, as for a pass: 1 when the command ran and an action it carried out
+    /// failed (an STS or API error), 2 when it could not run at all (configuration, input, the
+    /// API server or the controller's own credentials unusable).
     pub fn exit_code(&self) -> u8 {
-        2
+        match self {
+            Error::Apply { .. } => 1,
+            Error::Config(_)
+            | Error::NoInput(_)
+            | Error::Io { .. }
+            | Error::Serialize { .. }
+            | Error::Aws(_)
+            | Error::Kube { .. }
+            | Error::Server { .. }
+            | Error::Lease(_)
+            | Error::Stale(_)
+            | Error::Seed(_)
+            | Error::Inject(_)
+            | Error::Runtime(_) => 2,
+        }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_action_that_failed_exits_1_and_a_command_that_could_not_run_2() {
+        let failed = Error::Apply {
+            stage: controller::apply::Stage::Sts,
+            message: "AccessDenied".into(),
+        };
+        assert_eq!(failed.exit_code(), 1);
+        assert_eq!(Error::Config("x".into()).exit_code(), 2);
+        assert_eq!(Error::Stale("x".into()).exit_code(), 2);
+        assert_eq!(Error::NoInput("x".into()).exit_code(), 2);
+    }
+}
 
 /// What a command produced: its standard output, warnings for standard error, its exit code.
 #[derive(Debug, Default)]
