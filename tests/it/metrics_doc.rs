@@ -3,19 +3,10 @@
 //! (over TLS, a test CA's certificate), and a test fails when the committed table differs.
 //! `UPDATE_DOCS=1` (or `make docs`) rewrites it.
 
+use crate::support::repo_root;
+use crate::support::scrape::{run_metrics, webhook_metrics};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio_rustls::rustls;
-
-use crate::support::apiserver::ApiServer;
-use crate::support::harness::{BASE, Env, free_port, http_get, wait_ready};
-use crate::support::moto::ScratchDir;
-use crate::support::repo_root;
 
 const DOC: &str = "docs/operations.md";
 const BEGIN: &str =
@@ -131,107 +122,6 @@ fn generated(run: &str, webhook: &str) -> String {
     )
 }
 
-/// `/metrics` of `run` against an empty cluster, after its first pass.
-async fn scrape_run() -> String {
-    let env = Env::start("metrics-doc", ApiServer::builder()).await;
-    let (mut cmd, port) = env.run_loop("10s");
-    cmd.arg("--base-role-arn").arg(BASE).stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("the binary starts");
-    wait_ready(port).await;
-    let (code, body) = http_get(port, "/metrics").await.expect("/metrics answers");
-    assert_eq!(code, 200, "{body}");
-    let _ = child.kill().await;
-    body
-}
-
-/// A test CA and a serving certificate it signed for `localhost`: (CA PEM, cert PEM, key PEM).
-fn certificates() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "metrics doc test CA");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
-/// GET `path` over TLS from 127.0.0.1:`port`, trusting only `ca_pem`, as `localhost`; the
-/// body of a 200 answer, or `None` while the server does not answer.
-async fn https_get(port: u16, path: &str, ca_pem: &str) -> Option<String> {
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
-    roots.add(ca).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    // A server may close without TLS's close_notify; what arrived before is the answer.
-    let _ = tls.read_to_end(&mut response).await;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
-/// `/metrics` of `webhook`, before any admission request.
-async fn scrape_webhook() -> String {
-    let dir = ScratchDir::new("metrics-doc-webhook");
-    let (ca, cert, key) = certificates();
-    let write = |name: &str, body: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, body).unwrap();
-        path.display().to_string()
-    };
-    let (cert, key) = (write("tls.crt", &cert), write("tls.key", &key));
-    let port = free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
-        .args(["webhook", "--webhook-addr", &format!("127.0.0.1:{port}")])
-        .args(["--tls-cert-file", &cert, "--tls-key-file", &key])
-        .args([
-            "--sidecar-image",
-            "registry.example.com/kube-aws-iam-controller:doc",
-        ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let body = loop {
-        if let Some(body) = https_get(port, "/metrics", &ca).await {
-            break body;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the webhook exited with {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the webhook served no /metrics within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let _ = child.kill().await;
-    body
-}
-
 /// Replaces the generated part of `doc` (between the markers) with `generated`.
 fn splice(doc: &str, generated: &str, path: &Path) -> String {
     let start = doc
@@ -246,8 +136,8 @@ fn splice(doc: &str, generated: &str, path: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_doc_matches_what_the_binary_exports() {
-    let run = scrape_run().await;
-    let webhook = scrape_webhook().await;
+    let run = run_metrics("metrics-doc-run").await;
+    let webhook = webhook_metrics("metrics-doc-webhook").await;
     // The names the alerting rules and dashboards are written against.
     for name in [
         "# TYPE kube_aws_iam_controller_roles gauge",

@@ -10,23 +10,17 @@
 //! lands on a heading of docs/troubleshooting.md.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio_rustls::rustls;
 
-use crate::support::harness::{Env, free_port, http_get, role, terminate, wait_ready};
 use crate::support::kubectl::kustomize;
 use crate::support::manifests::{kind_of, kinds, relative_path, yaml_docs};
 use crate::support::moto::ScratchDir;
 use crate::support::repo_root;
+use crate::support::scrape::{run_metrics, webhook_metrics};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kube-aws-iam-controller");
 const RULES: &str = "deploy/monitoring/prometheus-rules.yaml";
 const OPERATOR_RULES: &str = "deploy/monitoring/prometheusrule.yaml";
 const DASHBOARD: &str = "deploy/monitoring/dashboard.json";
@@ -958,141 +952,13 @@ fn the_component_renders_monitors_rules_and_the_dashboard() {
 // Against the real processes
 // ---------------------------------------------------------------------------------------------
 
-/// `run` against the loopback API server and moto, after a pass that created a Secret (so
-/// `actions_total` has a series): its `/metrics`.
-async fn scrape_run() -> String {
-    let env = Env::with_role("monitoring-run", role("team-a", "app", "app-role")).await;
-    let log = env.dir.path().join("run.log");
-    let (mut cmd, port) = env.run_loop("1s");
-    let mut child = cmd
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("run starts");
-    wait_ready(port).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = String::new();
-    let body = loop {
-        if let Some((200, body)) = http_get(port, "/metrics").await {
-            if body.contains("kube_aws_iam_controller_actions_total{")
-                && body.contains("kube_aws_iam_controller_pass_duration_seconds_bucket{")
-            {
-                break body;
-            }
-            last = body;
-        }
-        if Instant::now() > deadline {
-            let logs = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("no pass with an action showed in /metrics within 20 s:\n{last}\nlog:\n{logs}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(
-        terminate(&mut child, Duration::from_secs(10)).await,
-        Some(0),
-        "run stops on SIGTERM"
-    );
-    body
-}
-
-/// The running webhook; killed on drop.
-struct Webhook(Child);
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `webhook` serving a certificate for `localhost` from a test CA: its `/metrics`, fetched over
-/// TLS trusting only that CA.
-async fn scrape_webhook() -> String {
-    let dir = ScratchDir::new("monitoring-webhook");
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "monitoring test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-
-    let port = free_port();
-    let log = dir.path().join("webhook.log");
-    let mut webhook = Webhook(
-        Command::new(BIN)
-            .args(["webhook", "--webhook-addr", &format!("127.0.0.1:{port}")])
-            .arg("--tls-cert-file")
-            .arg(&cert_file)
-            .arg("--tls-key-file")
-            .arg(&key_file)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("webhook starts"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = webhook.0.try_wait() {
-            panic!(
-                "the webhook exited with {status}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the webhook did not listen within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake with the webhook");
-    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    // A peer that closes without close_notify ends the read with an error, after the body.
-    let _ = tls.read_to_end(&mut response).await;
-    drop(webhook);
-    let response = String::from_utf8_lossy(&response).into_owned();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let (_, body) = response.split_once("\r\n\r\n").expect("a body");
-    body.to_string()
-}
-
 /// Every metric, label and label value the rules and the dashboard read is exported by the
 /// binary's `run` or `webhook`, and every label an annotation or legend shows is carried by
 /// its query's result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_and_label_the_rules_and_dashboard_read_is_exported() {
-    let controller = scrape_run().await;
-    let webhook = scrape_webhook().await;
+    let controller = run_metrics("monitoring-run").await;
+    let webhook = webhook_metrics("monitoring-webhook").await;
     let mut exported = Exported::new();
     parse_exposition(&controller, &mut exported);
     let controller_metrics = exported.len();

@@ -14,6 +14,8 @@ pub mod https;
 pub mod kubectl;
 pub mod manifests;
 pub mod moto;
+#[cfg(feature = "full-tier")]
+pub mod scrape;
 pub mod sidecar;
 pub mod sts;
 /// Applies a plan in memory (shared with the fuzz targets, so it lives in the crate).
