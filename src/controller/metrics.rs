@@ -793,4 +793,32 @@ mod tests {
         assert_eq!(sample(&text, FAILING_EXPIRY), "+Inf");
         assert_eq!(sample(&text, EARLIEST), "+Inf");
     }
+
+    /// What the alerts on STS read: calls by result, from the pass report, and passes that
+    /// could not observe the cluster.
+    #[test]
+    fn sts_results_and_failed_passes_reach_their_counters() {
+        let cluster = Cluster::new();
+        let plan = plan(&cluster.observed, now(), &cluster.config);
+        let mut report = report(&[("denied", failed(Stage::Sts))], &plan);
+        report.sts_calls = [("ok", 4), ("throttled", 2), ("denied", 1)].into();
+        let metrics = Metrics::new();
+        metrics.record_pass(&plan, &report, now());
+        metrics.record_failed_pass(std::time::Duration::from_millis(5));
+        let text = metrics.encode_at(now());
+        let sts = "kube_aws_iam_controller_sts_calls_total";
+        assert_eq!(
+            sample(&text, &format!("{sts}{{result=\"throttled\"}}")),
+            "2"
+        );
+        assert_eq!(sample(&text, &format!("{sts}{{result=\"denied\"}}")), "1");
+        assert_eq!(sample(&text, &format!("{sts}{{result=\"ok\"}}")), "4");
+        assert_eq!(sample(&text, &format!("{sts}{{result=\"error\"}}")), "0");
+        let passes = "kube_aws_iam_controller_passes_total";
+        assert_eq!(sample(&text, &format!("{passes}{{result=\"ok\"}}")), "1");
+        assert_eq!(
+            sample(&text, &format!("{passes}{{result=\"failed\"}}")),
+            "1"
+        );
+    }
 }

@@ -552,6 +552,8 @@ mod tests {
             StsErrorKind::Other
         );
         assert_eq!(StsErrorKind::DurationTooLong.metric_label(), "error");
+        assert_eq!(StsErrorKind::Throttled.metric_label(), "throttled");
+        assert_eq!(StsErrorKind::Denied.metric_label(), "denied");
     }
 
     /// A credentials provider that always fails with `message`.
