@@ -427,5 +427,26 @@ mod tests {
             assert_eq!(plan.summary().count(kind), 1, "{what}");
             assert_eq!(plan.summary().iter().map(|(_, n)| n).sum::<usize>(), 1);
         }
+        // A refresh due exactly at the plan's own time is not waiting for the clock: the plan
+        // made for that time handles it.
+        let skip = |due| {
+            action(Op::Skip {
+                role: &role,
+                secret: &secret,
+                expire: at,
+                due,
+            })
+        };
+        let later = at.checked_add(jiff::SignedDuration::from_secs(1)).unwrap();
+        let plan = Plan {
+            now: at,
+            actions: vec![skip(at)],
+        };
+        assert_eq!(plan.next_due(), None);
+        let plan = Plan {
+            now: at,
+            actions: vec![skip(at), skip(later)],
+        };
+        assert_eq!(plan.next_due(), Some(later));
     }
 }
