@@ -821,4 +821,45 @@ mod tests {
             "1"
         );
     }
+
+    #[test]
+    fn credentials_that_could_not_be_renewed_count_until_they_expire() {
+        let mut cluster = Cluster::new();
+        // Without `waiting` (backing off, 400 s), the failing roles hold the earliest expiry.
+        cluster.observed.secrets.retain(|s| s.name != "waiting");
+        let plan = plan(&cluster.observed, now(), &cluster.config);
+        let in_seconds = |s: i64| Some(Timestamp::from_second(now().as_second() + s).unwrap());
+        let all_failed = report(
+            &[
+                ("denied", failed(Stage::Sts)),
+                ("unwritable", failed(Stage::Secret)),
+                ("status-refused", failed(Stage::Status)),
+            ],
+            &plan,
+        );
+        // `status-refused` (100 s) got new credentials; `unwritable` (500 s) did not.
+        assert_eq!(
+            RoleCensus::of(&plan, &all_failed).failing_expiry,
+            in_seconds(500)
+        );
+        let only_sts = report(&[("denied", failed(Stage::Sts))], &plan);
+        assert_eq!(
+            RoleCensus::of(&plan, &only_sts).failing_expiry,
+            in_seconds(600)
+        );
+        assert_eq!(
+            RoleCensus::of(&plan, &report(&[], &plan)).failing_expiry,
+            None
+        );
+    }
+
+    #[test]
+    fn triggers_are_named_as_the_log_line_and_the_metric_name_them() {
+        assert_eq!(
+            Trigger::ALL.map(Trigger::as_str),
+            ["start", "change", "due", "interval"]
+        );
+        assert_eq!(Trigger::Due.to_string(), "due");
+        assert_eq!(format!("trigger={}", Trigger::Change), "trigger=change");
+    }
 }

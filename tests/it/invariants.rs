@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
+use kube_aws_iam_controller::controller::apply::PassReport;
+use kube_aws_iam_controller::controller::metrics::{RoleCensus, RoleState};
 use kube_aws_iam_controller::controller::plan::render::{OutputFormat, render};
 use kube_aws_iam_controller::controller::plan::{
     ActionKind, PlanConfig, count_failure, not_ready_status, plan, ready_status,
@@ -386,6 +388,11 @@ proptest! {
                 "{}/{} {} {}: {}", a.namespace, a.name, a.kind(), a.reason(), a.message
             );
         }
+        // A converged state has nothing pending or failing, even with no action carried out.
+        let census = RoleCensus::of(&second, &PassReport::default());
+        prop_assert_eq!(census.count(RoleState::Pending), 0);
+        prop_assert_eq!(census.count(RoleState::Failing), 0);
+        prop_assert_eq!(census.states.values().sum::<usize>(), after.roles.len());
     }
 
     #[test]
