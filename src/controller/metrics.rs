@@ -862,4 +862,47 @@ mod tests {
         assert_eq!(Trigger::Due.to_string(), "due");
         assert_eq!(format!("trigger={}", Trigger::Change), "trigger=change");
     }
+
+    #[test]
+    fn triggers_own_expiry_and_the_last_success_reach_their_series() {
+        let cluster = Cluster::new();
+        let plan = plan(&cluster.observed, now(), &cluster.config);
+        let metrics = Metrics::new();
+        metrics.record_trigger(Trigger::Change);
+        metrics.record_trigger(Trigger::Change);
+        metrics.record_trigger(Trigger::Due);
+        let expiry = Timestamp::from_second(now().as_second() + 3600).unwrap();
+        metrics.set_own_expiry(expiry);
+        let at = Timestamp::from_millisecond(now().as_millisecond() + 250).unwrap();
+        metrics.record_pass(&plan, &report(&[], &plan), at);
+        let text = metrics.encode_at(now());
+        let triggers = "kube_aws_iam_controller_pass_triggers_total";
+        assert_eq!(
+            sample(&text, &format!("{triggers}{{trigger=\"change\"}}")),
+            "2"
+        );
+        assert_eq!(
+            sample(&text, &format!("{triggers}{{trigger=\"due\"}}")),
+            "1"
+        );
+        assert_eq!(
+            sample(&text, &format!("{triggers}{{trigger=\"interval\"}}")),
+            "0"
+        );
+        let number = |series: &str| sample(&text, series).parse::<f64>().unwrap();
+        assert_eq!(
+            number("kube_aws_iam_controller_own_credentials_expiry_timestamp_seconds"),
+            expiry.as_second() as f64
+        );
+        assert_eq!(
+            number("kube_aws_iam_controller_last_success_timestamp_seconds"),
+            now().as_second() as f64 + 0.25
+        );
+        // The exposition at the current time holds the same families.
+        assert!(
+            metrics
+                .encode()
+                .contains(&format!("{triggers}{{trigger=\"change\"}} 2"))
+        );
+    }
 }
