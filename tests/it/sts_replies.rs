@@ -313,3 +313,43 @@ async fn sts_failure_messages_are_short_and_hold_no_credentials() {
         }
     }
 }
+
+/// Throttling that outlasts the SDK's retries fails the action at STS and is counted as
+/// `throttled`, the result the STS-throttling alert reads; nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_beyond_the_sdks_retries_is_counted_as_throttled() {
+    use aws_sdk_sts::config::retry::RetryConfig;
+    let rule = mock!(aws_sdk_sts::Client::assume_role)
+        .sequence()
+        .http_response(|| sts::error(400, "Throttling", "Rate exceeded"))
+        .repeatedly()
+        .build();
+    let client = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule], |c| c
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(std::time::Duration::from_millis(1))
+        ));
+    let roles = [role("busy", None)];
+    let api = api(&roles).await;
+    let before = secret_data(&api).await;
+    let ctl = controller(api.clone(), sts::source(client, 1000, 1000));
+    let report = ctl.pass().await.expect("observation works").report;
+    let action = report.actions.iter().find(|a| a.name == "busy").unwrap();
+    assert!(
+        matches!(
+            &action.outcome,
+            Outcome::Failed { stage: Stage::Sts, message } if message.contains("Throttling") || message.contains("throttl")
+        ),
+        "{:?}",
+        action.outcome
+    );
+    assert_eq!(rule.num_calls(), 3, "the SDK retried before giving up");
+    assert_eq!(report.sts_calls.get("throttled"), Some(&1), "{report}");
+    assert_eq!(report.sts_calls.get("ok"), None, "{report}");
+    assert_eq!(
+        secret_data(&api).await["busy"].data,
+        before["busy"].data,
+        "the Secret in place is kept"
+    );
+}
