@@ -28,6 +28,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::{env_num, mib, new_role, proc_status_of, served};
@@ -37,6 +38,39 @@ use kube::Api;
 use kube::api::PostParams;
 use kube_aws_iam_controller::domain::crd::AWSIAMRole;
 use test_apiserver::ApiServer;
+
+/// Counts live heap bytes and blocks, so the lean state's share is measured exactly (before
+/// the allocator's own overhead, which `VmRSS` includes).
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    pub static BYTES: AtomicUsize = AtomicUsize::new(0);
+    pub static BLOCKS: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct Counting;
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            BYTES.fetch_add(layout.size(), Relaxed);
+            BLOCKS.fetch_add(1, Relaxed);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            BYTES.fetch_sub(layout.size(), Relaxed);
+            BLOCKS.fetch_sub(1, Relaxed);
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            BYTES.fetch_add(new_size, Relaxed);
+            BYTES.fetch_sub(layout.size(), Relaxed);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -142,6 +176,12 @@ fn lean_share(n: usize) {
     use std::collections::HashMap;
     use std::sync::Arc;
     let (roles, secrets) = served(n, Timestamp::now());
+    let live = || {
+        (
+            counting::BYTES.load(Relaxed),
+            counting::BLOCKS.load(Relaxed),
+        )
+    };
     let roles: Vec<serde_json::Value> = roles
         .iter()
         .map(|r| serde_json::to_value(r).unwrap())
@@ -153,17 +193,32 @@ fn lean_share(n: usize) {
     let before = common::proc_status("VmRSS");
     let mut kept_roles = HashMap::new();
     let mut kept_secrets = HashMap::new();
+    let start = live();
     for v in &roles {
         let r = ObservedRole::from_value(v, "").expect("role");
         kept_roles.insert((r.namespace.clone(), r.name.clone()), Arc::new(r));
     }
+    let after_roles = live();
     for v in &secrets {
         let s = kube_aws_iam_controller::domain::secret::lean(
             ObservedSecret::from_value(v, "").expect("secret"),
         );
         kept_secrets.insert((s.namespace.clone(), s.name.clone()), Arc::new(s));
     }
+    let after_secrets = live();
     let after = common::proc_status("VmRSS");
+    let share = |(b0, a0): (usize, usize), (b1, a1): (usize, usize)| {
+        format!(
+            "{:.0} B in {:.1} allocations",
+            b1.saturating_sub(b0) as f64 / n as f64,
+            a1.saturating_sub(a0) as f64 / n as f64
+        )
+    };
+    println!(
+        "lean state per role, as requested from the allocator (map entry included): AWSIAMRole {}, Secret {}",
+        share(start, after_roles),
+        share(after_roles, after_secrets),
+    );
     println!(
         "lean state in process: {n} roles and Secrets hold {:.1} MiB, {:.2} KiB per role",
         mib(after.saturating_sub(before)),
@@ -327,7 +382,9 @@ impl Controller {
         }
         args.extend_from_slice(flags);
         // Allocator tuning from the bench's environment reaches the controller.
-        let allocator = std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_"));
+        let allocator = std::env::vars().filter(|(k, _)| {
+            k.starts_with("MALLOC_") || k.starts_with("MIMALLOC_") || k == "LD_PRELOAD"
+        });
         let child = Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
             .args(&args)
             .env_clear()

@@ -415,6 +415,8 @@ impl Controller {
                 }
                 Err(e) => tracing::error!(error = %e, %trigger, "pass failed; nothing was applied"),
             }
+            // What the pass planned over and wrote is freed: its pages go back before idling.
+            crate::serve::memory::release_free();
             let next_interval = tokio::time::Instant::now() + interval;
             trigger = tokio::select! {
                 _ = tokio::time::sleep_until(next_interval) => Trigger::Interval,

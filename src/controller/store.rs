@@ -405,6 +405,10 @@ impl Store {
             _ => false,
         };
         drop(since);
+        if turned && stale.is_none() {
+            // A list has just completed: its pages of whole objects are freed.
+            crate::serve::memory::release_free();
+        }
         if changed || turned {
             self.bump();
         }

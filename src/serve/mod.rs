@@ -1,6 +1,8 @@
 //! Serving: the one HTTP serving helper every server of the crate uses ([`httpd`]), the one
-//! metrics registry type ([`metrics`]), logging ([`telemetry`]) and the shutdown signal.
+//! metrics registry type ([`metrics`]), logging ([`telemetry`]), giving freed memory back
+//! ([`memory`]) and the shutdown signal.
 pub mod httpd;
+pub mod memory;
 pub mod metrics;
 pub mod telemetry;
 
