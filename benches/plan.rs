@@ -17,10 +17,10 @@ fn state(n: usize, now: Timestamp) -> Observed {
         let mut role = ObservedRole {
             namespace: format!("ns-{}", i % 500),
             name: format!("role-{i}"),
-            uid: format!("uid-{i}"),
+            uid: format!("{i:08x}-0001-4000-8000-{i:012x}"),
             generation: 1,
             resource_version: Some("1".into()),
-            labels: BTreeMap::from([("app".to_string(), format!("app-{i}"))]),
+            labels: BTreeMap::from([("app".to_string(), format!("app-{i}"))]).into(),
             spec: Ok(AWSIAMRoleSpec {
                 role_reference: format!("role-{}", i % 1000),
                 role_session_duration: None,

@@ -10,7 +10,7 @@
 //!   included; the test server sends a watch bookmark every second (a real one, about every
 //!   minute);
 //! - **resident memory**: `VmRSS` after the first pass and the idle window, and per role above
-//!   an empty process (the same binary, watching an empty cluster);
+//!   an empty process (the same binary, watching an empty cluster), with the peak (`VmHWM`);
 //! - **reaction**: an AWSIAMRole created at a random moment until its Secret exists, p50/p99
 //!   over `WATCH_BENCH_CREATES` (default 100) creates with `--watch`, `WATCH_BENCH_LIST_CREATES`
 //!   (default 10) with `--watch=false`.
@@ -134,12 +134,13 @@ async fn bench() -> Result<(), String> {
             let per_minute = 60.0 / idle.as_secs_f64();
             let rss = controller.rss();
             println!(
-                "  {mode:<14} idle: {:>7.0} requests/min, {:>10.3} MB/min ({}); RSS {:.1} MiB, {:.2} KiB per role above empty",
+                "  {mode:<14} idle: {:>7.0} requests/min, {:>10.3} MB/min ({}); RSS {:.1} MiB, {:.2} KiB per role above empty (peak {:.1} MiB)",
                 requests.len() as f64 * per_minute,
                 bytes as f64 * per_minute / 1e6,
                 tally(&requests),
                 mib(rss),
                 rss.saturating_sub(empty_rss) as f64 / 1024.0 / n as f64,
+                mib(controller.peak()),
             );
             let creates = if watch {
                 env_num("WATCH_BENCH_CREATES", 100)
@@ -169,11 +170,12 @@ async fn bench() -> Result<(), String> {
 }
 
 /// What the watched state itself holds per role: `n` served roles and their Secrets decoded and
-/// kept in lean form, as the store keeps them, measured in this process (fresh heap, so
-/// little fragmentation): the floor of what `run` can reach.
+/// kept in lean form, as the store keeps them (each in a hash table found by the key the object
+/// carries), measured in this process (fresh heap, so little fragmentation): the floor of what
+/// `run` can reach.
 fn lean_share(n: usize) {
     use kube_aws_iam_controller::domain::model::{ObservedRole, ObservedSecret};
-    use std::collections::HashMap;
+    use std::hash::BuildHasher as _;
     use std::sync::Arc;
     let (roles, secrets) = served(n, Timestamp::now());
     let live = || {
@@ -191,19 +193,23 @@ fn lean_share(n: usize) {
         .map(|s| serde_json::to_value(s).unwrap())
         .collect();
     let before = common::proc_status("VmRSS");
-    let mut kept_roles = HashMap::new();
-    let mut kept_secrets = HashMap::new();
+    let keys = std::hash::RandomState::new();
+    let mut kept_roles = hashbrown::HashTable::new();
+    let mut kept_secrets = hashbrown::HashTable::new();
     let start = live();
     for v in &roles {
-        let r = ObservedRole::from_value(v, "").expect("role");
-        kept_roles.insert((r.namespace.clone(), r.name.clone()), Arc::new(r));
+        let r = Arc::new(ObservedRole::from_value(v, "").expect("role"));
+        let key = |r: &Arc<ObservedRole>| keys.hash_one((r.namespace.as_str(), r.name.as_str()));
+        kept_roles.insert_unique(key(&r), r, key);
     }
     let after_roles = live();
     for v in &secrets {
         let s = kube_aws_iam_controller::domain::secret::lean(
             ObservedSecret::from_value(v, "").expect("secret"),
         );
-        kept_secrets.insert((s.namespace.clone(), s.name.clone()), Arc::new(s));
+        let s = Arc::new(s);
+        let key = |s: &Arc<ObservedSecret>| keys.hash_one((s.namespace.as_str(), s.name.as_str()));
+        kept_secrets.insert_unique(key(&s), s, key);
     }
     let after_secrets = live();
     let after = common::proc_status("VmRSS");
@@ -215,7 +221,7 @@ fn lean_share(n: usize) {
         )
     };
     println!(
-        "lean state per role, as requested from the allocator (map entry included): AWSIAMRole {}, Secret {}",
+        "lean state per role, as requested from the allocator (table slot included): AWSIAMRole {}, Secret {}",
         share(start, after_roles),
         share(after_roles, after_secrets),
     );
@@ -427,6 +433,10 @@ impl Controller {
 
     fn rss(&self) -> u64 {
         proc_status_of(&self.child.id().to_string(), "VmRSS")
+    }
+
+    fn peak(&self) -> u64 {
+        proc_status_of(&self.child.id().to_string(), "VmHWM")
     }
 
     fn signal(&self, signal: &str) {

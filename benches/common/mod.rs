@@ -21,6 +21,12 @@ pub fn env_num(key: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A UID shaped as the API server's (36 characters), distinct per `kind` and `i`, so the
+/// state a bench keeps is as large as a real cluster's.
+pub fn uid(kind: u16, i: usize) -> String {
+    format!("{i:08x}-{kind:04x}-4000-8000-{i:012x}")
+}
+
 /// AWSIAMRole `i`: spread over 100 namespaces and 1,000 IAM roles, with a label.
 pub fn new_role(i: usize) -> AWSIAMRole {
     let mut role = AWSIAMRole::new(
@@ -31,7 +37,7 @@ pub fn new_role(i: usize) -> AWSIAMRole {
         },
     );
     role.metadata.namespace = Some(format!("ns-{}", i % 100));
-    role.metadata.uid = Some(format!("uid-{i}"));
+    role.metadata.uid = Some(uid(1, i));
     role.metadata.generation = Some(1);
     role.metadata.labels = Some(BTreeMap::from([("app".into(), format!("app-{i}"))]));
     role
@@ -54,7 +60,7 @@ pub fn served(n: usize, now: Timestamp) -> (Vec<AWSIAMRole>, Vec<Secret>) {
             expiration: now + SignedDuration::from_hours(1),
         };
         let mut secret = secret::build(&observed, &arn, &creds, now);
-        secret.metadata.uid = Some(format!("secret-uid-{i}"));
+        secret.metadata.uid = Some(uid(2, i));
         role.status = Some(ready_status(&observed, &arn, creds.expiration, None, now));
         roles.push(role);
         secrets.push(secret);

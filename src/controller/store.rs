@@ -20,10 +20,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -113,12 +116,105 @@ enum Phase {
     Broken(String),
 }
 
+/// What a kept object is found by: its namespace (empty for a cluster-scoped object) and name.
+pub trait Keyed {
+    fn key(&self) -> (&str, &str);
+}
+
+impl Keyed for ObservedRole {
+    fn key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl Keyed for ObservedSecret {
+    fn key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl<T: Keyed> Keyed for Arc<T> {
+    fn key(&self) -> (&str, &str) {
+        (**self).key()
+    }
+}
+
+/// An object kept with its key beside it (a Namespace's annotations).
+impl<T> Keyed for (ObjectKey, T) {
+    fn key(&self) -> (&str, &str) {
+        (&self.0.0, &self.0.1)
+    }
+}
+
+/// One kind's objects, found by the key each object carries. A map from `(namespace, name)`
+/// would keep a second copy of both strings per object, which at 10,000 roles is a few hundred
+/// bytes per role of the watched state.
+struct Objects<T> {
+    table: HashTable<T>,
+    hasher: RandomState,
+}
+
+impl<T> Default for Objects<T> {
+    fn default() -> Self {
+        Objects {
+            table: HashTable::new(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl<T: Keyed> Objects<T> {
+    fn get(&self, key: (&str, &str)) -> Option<&T> {
+        self.table
+            .find(self.hasher.hash_one(key), |o| o.key() == key)
+    }
+
+    /// Keeps `object`, replacing the one of its key; returns the replaced one.
+    fn insert(&mut self, object: T) -> Option<T> {
+        let Objects { table, hasher } = self;
+        let hash = hasher.hash_one(object.key());
+        match table.entry(
+            hash,
+            |o| o.key() == object.key(),
+            |o| hasher.hash_one(o.key()),
+        ) {
+            Entry::Occupied(mut kept) => Some(std::mem::replace(kept.get_mut(), object)),
+            Entry::Vacant(slot) => {
+                slot.insert(object);
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, key: (&str, &str)) -> Option<T> {
+        self.table
+            .find_entry(self.hasher.hash_one(key), |o| o.key() == key)
+            .ok()
+            .map(|kept| kept.remove().0)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.table.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+}
+
+/// The same objects under the same keys.
+impl<T: Keyed + PartialEq> PartialEq for Objects<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|o| other.get(o.key()) == Some(o))
+    }
+}
+
 /// One kind's objects and phase.
 struct Kind<T> {
     phase: Phase,
-    objects: HashMap<ObjectKey, T>,
+    objects: Objects<T>,
     /// Objects of a relist under way, swapped in when it completes.
-    buffer: Option<HashMap<ObjectKey, T>>,
+    buffer: Option<Objects<T>>,
     /// The controller's own writes the watch has not shown yet: the resourceVersion each one
     /// replaced (`None`: it created the object), and when it was made.
     expected: HashMap<ObjectKey, (Option<String>, Instant)>,
@@ -128,7 +224,7 @@ impl<T> Default for Kind<T> {
     fn default() -> Self {
         Kind {
             phase: Phase::Unsynced,
-            objects: HashMap::new(),
+            objects: Objects::default(),
             buffer: None,
             expected: HashMap::new(),
         }
@@ -158,17 +254,23 @@ impl<T: Versioned> Versioned for Arc<T> {
     }
 }
 
+impl<T: Versioned> Versioned for (ObjectKey, T) {
+    fn resource_version(&self) -> Option<&str> {
+        self.1.resource_version()
+    }
+}
+
 impl Versioned for BTreeMap<String, String> {
     fn resource_version(&self) -> Option<&str> {
         None
     }
 }
 
-impl<T: Versioned> Kind<T> {
+impl<T: Versioned + Keyed> Kind<T> {
     /// Whether the kept object still is the one an own write replaced (or, for a create, is
     /// still missing): the watch has not delivered that write yet.
     fn lags(&self, key: &ObjectKey, replaced: Option<&str>) -> bool {
-        let current = self.objects.get(key);
+        let current = self.objects.get((&key.0, &key.1));
         match replaced {
             None => current.is_none(),
             Some(rv) => current.is_some_and(|o| o.resource_version() == Some(rv)),
@@ -191,21 +293,21 @@ impl<T: Versioned> Kind<T> {
     }
 }
 
-impl<T: PartialEq + Versioned> Kind<T> {
+impl<T: PartialEq + Versioned + Keyed> Kind<T> {
     /// Applies one watcher event; returns whether the state a pass would see changed.
-    fn apply(&mut self, event: Event<(ObjectKey, T)>) -> bool {
+    fn apply(&mut self, event: Event<T>) -> bool {
         match event {
             Event::Init => {
-                self.buffer = Some(HashMap::new());
+                self.buffer = Some(Objects::default());
                 if self.phase == Phase::Fresh {
                     self.phase = Phase::Relisting;
                 }
                 false
             }
-            Event::InitApply((key, object)) => {
+            Event::InitApply(object) => {
                 self.buffer
-                    .get_or_insert_with(HashMap::new)
-                    .insert(key, object);
+                    .get_or_insert_with(Objects::default)
+                    .insert(object);
                 false
             }
             Event::InitDone => {
@@ -215,29 +317,34 @@ impl<T: PartialEq + Versioned> Kind<T> {
                 self.phase = Phase::Fresh;
                 changed
             }
-            Event::Apply((key, object)) => {
-                let settled = self
-                    .expected
-                    .get(&key)
-                    .is_some_and(|(replaced, _)| replaced.as_deref() != object.resource_version());
-                if settled {
-                    self.expected.remove(&key);
+            Event::Apply(object) => {
+                if !self.expected.is_empty() {
+                    let (namespace, name) = object.key();
+                    let key = (namespace.to_string(), name.to_string());
+                    let settled = self.expected.get(&key).is_some_and(|(replaced, _)| {
+                        replaced.as_deref() != object.resource_version()
+                    });
+                    if settled {
+                        self.expected.remove(&key);
+                    }
                 }
                 if let Some(buffer) = &mut self.buffer {
-                    buffer.insert(key, object);
+                    buffer.insert(object);
                     return false;
                 }
-                let changed = self.objects.get(&key) != Some(&object);
-                self.objects.insert(key, object);
+                let changed = self.objects.get(object.key()) != Some(&object);
+                self.objects.insert(object);
                 changed
             }
-            Event::Delete((key, _)) => {
-                self.expected.remove(&key);
+            Event::Delete(object) => {
+                let (namespace, name) = object.key();
+                self.expected
+                    .remove(&(namespace.to_string(), name.to_string()));
                 if let Some(buffer) = &mut self.buffer {
-                    buffer.remove(&key);
+                    buffer.remove(object.key());
                     return false;
                 }
-                self.objects.remove(&key).is_some()
+                self.objects.remove(object.key()).is_some()
             }
         }
     }
@@ -264,8 +371,8 @@ impl<T: PartialEq + Versioned> Kind<T> {
 struct Inner {
     roles: Kind<Arc<ObservedRole>>,
     secrets: Kind<Arc<ObservedSecret>>,
-    /// Only with namespace restrictions.
-    namespaces: Option<Kind<BTreeMap<String, String>>>,
+    /// Only with namespace restrictions: each Namespace's annotations under `("", name)`.
+    namespaces: Option<Kind<(ObjectKey, BTreeMap<String, String>)>>,
 }
 
 impl Inner {
@@ -349,8 +456,12 @@ impl Store {
         if let Some(stale) = inner.stale() {
             return Err(stale);
         }
-        let mut lagging: HashSet<ObjectKey> = inner.roles.lagging().into_iter().collect();
-        lagging.extend(inner.secrets.lagging());
+        let mut lagging_keys = inner.roles.lagging();
+        lagging_keys.extend(inner.secrets.lagging());
+        let lagging: HashSet<(&str, &str)> = lagging_keys
+            .iter()
+            .map(|(ns, name)| (ns.as_str(), name.as_str()))
+            .collect();
         if !lagging.is_empty() {
             tracing::debug!(
                 objects = lagging.len(),
@@ -470,27 +581,27 @@ impl Store {
 }
 
 /// Clones of the objects whose keys are not `left_out`.
-fn kept<T: Clone>(objects: &HashMap<ObjectKey, T>, left_out: &HashSet<ObjectKey>) -> Vec<T> {
+fn kept<T: Clone + Keyed>(objects: &Objects<T>, left_out: &HashSet<(&str, &str)>) -> Vec<T> {
     objects
         .iter()
-        .filter(|(k, _)| !left_out.contains(*k))
-        .map(|(_, o)| o.clone())
+        .filter(|o| left_out.is_empty() || !left_out.contains(&o.key()))
+        .cloned()
         .collect()
 }
 
 /// Keys and lean forms of the three kinds. `None` drops an object that cannot be identified
 /// (a real API server never sends one).
-fn lean_role(object: DynamicObject) -> Option<(ObjectKey, Arc<ObservedRole>)> {
+fn lean_role(object: DynamicObject) -> Option<Arc<ObservedRole>> {
     let value = serde_json::to_value(object).ok()?;
     let role = ObservedRole::from_value(&value, "")
         .inspect_err(
             |e| tracing::warn!(error = %e, "ignoring an AWSIAMRole that cannot be identified"),
         )
         .ok()?;
-    Some(((role.namespace.clone(), role.name.clone()), Arc::new(role)))
+    Some(Arc::new(role))
 }
 
-fn lean_secret(object: DynamicObject) -> Option<(ObjectKey, Arc<ObservedSecret>)> {
+fn lean_secret(object: DynamicObject) -> Option<Arc<ObservedSecret>> {
     let value = serde_json::to_value(object).ok()?;
     let secret = ObservedSecret::from_value(&value, "")
         .inspect_err(
@@ -498,10 +609,7 @@ fn lean_secret(object: DynamicObject) -> Option<(ObjectKey, Arc<ObservedSecret>)
         )
         .ok()
         .map(crate::domain::secret::lean)?;
-    Some((
-        (secret.namespace.clone(), secret.name.clone()),
-        Arc::new(secret),
-    ))
+    Some(Arc::new(secret))
 }
 
 fn lean_namespace(object: DynamicObject) -> Option<(ObjectKey, BTreeMap<String, String>)> {
@@ -513,13 +621,13 @@ fn lean_namespace(object: DynamicObject) -> Option<(ObjectKey, BTreeMap<String, 
 /// Feeds one kind from its watcher until the task is aborted. A watch error marks the kind
 /// broken and drops the stream; after a backoff a new watcher lists again, which makes the
 /// kind fresh once that list completes.
-async fn feed<T: PartialEq + Versioned + Send + 'static>(
+async fn feed<T: PartialEq + Versioned + Keyed + Send + 'static>(
     store: Arc<Store>,
     kind: WatchedKind,
     api: Api<DynamicObject>,
     config: watcher::Config,
     slot: fn(&mut Inner) -> &mut Kind<T>,
-    lean: fn(DynamicObject) -> Option<(ObjectKey, T)>,
+    lean: fn(DynamicObject) -> Option<T>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -556,8 +664,8 @@ async fn feed<T: PartialEq + Versioned + Send + 'static>(
 /// The event with its object in lean form; `None` when the object cannot be identified.
 fn lean_event<T>(
     event: Event<DynamicObject>,
-    lean: fn(DynamicObject) -> Option<(ObjectKey, T)>,
-) -> Option<Event<(ObjectKey, T)>> {
+    lean: fn(DynamicObject) -> Option<T>,
+) -> Option<Event<T>> {
     Some(match event {
         Event::Init => Event::Init,
         Event::InitDone => Event::InitDone,
@@ -577,17 +685,17 @@ mod tests {
 
     #[test]
     fn a_relist_replaces_the_objects_only_when_it_completes() {
-        let mut kind: Kind<u32> = Kind::default();
+        let mut kind: Kind<(ObjectKey, u32)> = Kind::default();
         assert_eq!(
             kind.stale(WatchedKind::Roles),
             Some(Stale::NotSynced(WatchedKind::Roles))
         );
         assert!(!kind.apply(Event::Init));
         assert!(!kind.apply(Event::InitApply((key("a"), 1))));
-        assert!(kind.objects.is_empty(), "listed objects wait for InitDone");
+        assert_eq!(kind.objects.len(), 0, "listed objects wait for InitDone");
         assert!(kind.apply(Event::InitDone));
         assert_eq!(kind.stale(WatchedKind::Roles), None);
-        assert_eq!(kind.objects.get(&key("a")), Some(&1));
+        assert_eq!(kind.objects.get(("ns", "a")), Some(&(key("a"), 1)));
 
         assert!(kind.apply(Event::Apply((key("b"), 2))));
         assert!(
@@ -611,7 +719,7 @@ mod tests {
             "the old state is kept during the relist"
         );
         assert!(kind.apply(Event::InitDone));
-        let mut names: Vec<_> = kind.objects.keys().map(|k| k.1.clone()).collect();
+        let mut names: Vec<_> = kind.objects.iter().map(|(k, _)| k.1.clone()).collect();
         names.sort();
         assert_eq!(names, ["c", "d"]);
     }
@@ -622,7 +730,7 @@ mod tests {
         }
     }
 
-    fn secret(name: &str, rv: &str) -> (ObjectKey, Arc<ObservedSecret>) {
+    fn secret(name: &str, rv: &str) -> Arc<ObservedSecret> {
         let s = ObservedSecret {
             namespace: "ns".into(),
             name: name.into(),
@@ -633,17 +741,17 @@ mod tests {
             ]),
             ..ObservedSecret::default()
         };
-        (key(name), Arc::new(s))
+        Arc::new(s)
     }
 
-    fn role(name: &str, rv: &str) -> (ObjectKey, Arc<ObservedRole>) {
+    fn role(name: &str, rv: &str) -> Arc<ObservedRole> {
         let r = ObservedRole {
             namespace: "ns".into(),
             name: name.into(),
             resource_version: Some(rv.into()),
             ..ObservedRole::default()
         };
-        (key(name), Arc::new(r))
+        Arc::new(r)
     }
 
     fn written(kind: WrittenKind, name: &str, replaced: Option<&str>) -> Written {
@@ -732,14 +840,14 @@ mod tests {
 
     #[test]
     fn objects_are_kept_lean_and_keyed_by_namespace_and_name() {
-        let (k, role) = lean_role(dynamic(serde_json::json!({
+        let role = lean_role(dynamic(serde_json::json!({
             "apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
             "metadata": {"name": "app", "namespace": "team", "uid": "u1", "resourceVersion": "7",
                          "managedFields": [{"manager": "kubectl"}]},
             "spec": {"roleReference": ["not a string"]}
         })))
         .unwrap();
-        assert_eq!(k, ("team".to_string(), "app".to_string()));
+        assert_eq!(role.key(), ("team", "app"));
         assert_eq!(
             (role.uid.as_str(), role.resource_version.as_deref()),
             ("u1", Some("7"))
@@ -769,14 +877,14 @@ mod tests {
                 )
             })
             .collect();
-        let (k, secret) = lean_secret(dynamic(serde_json::json!({
+        let secret = lean_secret(dynamic(serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "app", "namespace": "team", "resourceVersion": "8",
                          "labels": {"heritage": "kube-aws-iam-controller", "type": "awsiamrole"}},
             "data": data
         })))
         .unwrap();
-        assert_eq!(k, ("team".to_string(), "app".to_string()));
+        assert_eq!(secret.key(), ("team", "app"));
         assert!(secret.is_managed() && secret.data.is_empty());
         assert_eq!(
             crate::domain::secret::decode(&secret).unwrap().generation,
@@ -814,6 +922,34 @@ mod tests {
     }
 
     #[test]
+    fn objects_are_found_replaced_and_removed_by_their_own_key() {
+        let mut objects = Objects::default();
+        assert_eq!(objects.len(), 0);
+        assert_eq!(objects.insert((key("a"), 1)), None);
+        assert_eq!(objects.insert((("other".into(), "a".into()), 2)), None);
+        assert_eq!(objects.insert((key("a"), 3)), Some((key("a"), 1)));
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects.get(("ns", "a")), Some(&(key("a"), 3)));
+        assert_eq!(objects.get(("other", "a")).map(|o| o.1), Some(2));
+        assert_eq!(objects.get(("ns", "b")), None);
+
+        let mut same = Objects::default();
+        same.insert((("other".into(), "a".into()), 2));
+        assert!(same != objects, "fewer objects");
+        same.insert((key("a"), 4));
+        assert!(same != objects, "another object under the same key");
+        same.insert((key("a"), 3));
+        assert!(same == objects);
+        same.remove(("ns", "a"));
+        same.insert((key("b"), 3));
+        assert!(same != objects, "the same count under other keys");
+
+        assert_eq!(objects.remove(("ns", "a")), Some((key("a"), 3)));
+        assert_eq!(objects.remove(("ns", "a")), None);
+        assert_eq!(objects.len(), 1);
+    }
+
+    #[test]
     fn stale_states_say_which_kind_and_why() {
         assert_eq!(
             Stale::NotSynced(WatchedKind::Roles).to_string(),
@@ -835,7 +971,7 @@ mod tests {
 
     #[test]
     fn a_broken_watch_is_stale_until_a_complete_list() {
-        let mut kind: Kind<u32> = Kind::default();
+        let mut kind: Kind<(ObjectKey, u32)> = Kind::default();
         kind.apply(Event::Init);
         kind.apply(Event::InitDone);
         kind.broken("connection reset".into());
@@ -853,7 +989,7 @@ mod tests {
 
     #[test]
     fn an_identical_relist_is_still_a_change_when_it_heals() {
-        let mut kind: Kind<u32> = Kind::default();
+        let mut kind: Kind<(ObjectKey, u32)> = Kind::default();
         kind.apply(Event::Init);
         kind.apply(Event::InitApply((key("a"), 1)));
         kind.apply(Event::InitDone);
@@ -862,7 +998,9 @@ mod tests {
         assert!(kind.apply(Event::InitDone));
         // A relist of a fresh kind with the same objects changes nothing.
         kind.phase = Phase::Fresh;
-        kind.buffer = Some(HashMap::from([(key("a"), 1)]));
+        let mut same = Objects::default();
+        same.insert((key("a"), 1));
+        kind.buffer = Some(same);
         assert!(!kind.apply(Event::InitDone));
     }
 

@@ -30,6 +30,70 @@ pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
         && labels.get(TYPE_LABEL).map(String::as_str) == Some(TYPE_VALUE)
 }
 
+/// An object's labels, sorted by key and kept compactly: a boxed slice of boxed strings costs
+/// a role's few labels a few dozen bytes, where a B-tree map allocates a node of half a
+/// kilobyte for even one label (the watched state of `run` keeps every role's labels).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    /// Pairs in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// As the map an object's metadata carries.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        // A B-tree map iterates in key order, which `get` relies on.
+        Labels(
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
+    /// Sorted by key; of repeated keys the last wins, as in a map.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let map: BTreeMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        Labels::from(map)
+    }
+}
+
+impl std::fmt::Debug for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
 /// `(namespace, name)`: how roles and their Secrets are paired.
 pub type ObjectKey = (String, String);
 
@@ -43,7 +107,7 @@ pub struct ObservedRole {
     /// `metadata.generation`; 0 when unknown (the API server always sets it).
     pub generation: i64,
     pub resource_version: Option<String>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The validated spec, or why it is unusable (naming the field).
     pub spec: Result<AWSIAMRoleSpec, String>,
     /// `None` when absent or undecodable (it is then rewritten).
@@ -59,7 +123,7 @@ impl Default for ObservedRole {
             uid: String::new(),
             generation: 0,
             resource_version: None,
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
             spec: Err("spec is missing".into()),
             status: None,
         }
@@ -99,12 +163,16 @@ pub struct SecretContent {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Checked {
     pub content: Result<SecretContent, String>,
-    /// The role ARN the `role-arn` key names, when it is one (even in an unreadable Secret).
+    /// The role ARN the `role-arn` key names, when it is one (even in an unreadable Secret),
+    /// and only when it is not the readable content's own (kept once).
     pub role_arn: Option<String>,
+    /// Its AWSIAMRole owner references as `(name, uid)`, the only owners the planner asks
+    /// about (the lean form drops the full references).
+    pub owners: Box<[(Box<str>, Box<str>)]>,
     /// It carried both controller labels (which the lean form then drops).
     pub managed: bool,
-    /// Its issued-at annotation (the only annotation the planner reads).
-    pub issued_at: Option<String>,
+    /// Its issued-at annotation (the only annotation the planner reads), when it is a time.
+    pub issued_at: Option<jiff::Timestamp>,
     pub digest: [u8; 16],
 }
 
@@ -114,6 +182,7 @@ impl std::fmt::Debug for Checked {
         f.debug_struct("Checked")
             .field("content", &self.content)
             .field("role_arn", &self.role_arn)
+            .field("owners", &self.owners)
             .field("managed", &self.managed)
             .field("issued_at", &self.issued_at)
             .field("digest", &digest)
@@ -272,7 +341,7 @@ impl ObservedRole {
             uid: meta.uid.unwrap_or_default(),
             generation: meta.generation.unwrap_or(0),
             resource_version: meta.resource_version,
-            labels: meta.labels.unwrap_or_default(),
+            labels: meta.labels.unwrap_or_default().into(),
             spec,
             status,
         })
@@ -285,14 +354,12 @@ impl ObservedSecret {
         self.checked.as_ref().is_some_and(|c| c.managed) || is_managed(&self.labels)
     }
 
-    /// The `kube-aws-iam-controller/issued-at` annotation, also from the lean form.
-    pub fn issued_at(&self) -> Option<&str> {
+    /// The time the `kube-aws-iam-controller/issued-at` annotation gives, also from the lean
+    /// form; `None` when it is missing or not an RFC 3339 time.
+    pub fn issued_at(&self) -> Option<jiff::Timestamp> {
         match &self.checked {
-            Some(checked) => checked.issued_at.as_deref(),
-            None => self
-                .annotations
-                .get(ISSUED_AT_ANNOTATION)
-                .map(String::as_str),
+            Some(checked) => checked.issued_at,
+            None => self.annotations.get(ISSUED_AT_ANNOTATION)?.parse().ok(),
         }
     }
 
@@ -437,5 +504,42 @@ mod tests {
         assert_eq!(s.data["x"], b"hi");
         assert_eq!(s.data["z"], b"plain");
         assert!(s.undecodable_keys.contains("y"));
+    }
+
+    #[test]
+    fn labels_look_up_by_key_in_any_order() {
+        let labels: Labels = [("b", "2"), ("a", "1"), ("c", "3"), ("a", "0")]
+            .into_iter()
+            .collect();
+        assert_eq!(labels.len(), 3);
+        assert_eq!(
+            (labels.get("a"), labels.get("b"), labels.get("c")),
+            (Some("0"), Some("2"), Some("3"))
+        );
+        assert_eq!(labels.get("d"), None);
+        assert_eq!(labels.get(""), None);
+        assert_eq!(
+            labels.iter().collect::<Vec<_>>(),
+            [("a", "0"), ("b", "2"), ("c", "3")]
+        );
+        assert_eq!(
+            labels.to_map(),
+            BTreeMap::from([
+                ("a".into(), "0".into()),
+                ("b".into(), "2".into()),
+                ("c".into(), "3".into())
+            ])
+        );
+        assert_eq!(format!("{labels:?}"), format!("{:?}", labels.to_map()));
+        assert!(!labels.is_empty() && Labels::default().is_empty());
+        let role = ObservedRole::from_value(
+            &json!({"metadata": {"name": "a", "labels": {"team": "x", "app": "y"}}, "spec": {"roleReference": "r"}}),
+            "default",
+        )
+        .unwrap();
+        assert_eq!(
+            (role.labels.get("app"), role.labels.get("team")),
+            (Some("y"), Some("x"))
+        );
     }
 }

@@ -156,7 +156,16 @@ pub fn lean(mut s: ObservedSecret) -> ObservedSecret {
         return s;
     }
     let content = read(&s);
-    let role_arn = role_arn_of(&s);
+    let role_arn = role_arn_of(&s).filter(|arn| {
+        content
+            .as_ref()
+            .map_or(true, |content| content.role_arn != *arn)
+    });
+    let owners = std::mem::take(&mut s.owner_references)
+        .into_iter()
+        .filter(is_role_owner)
+        .map(|o| (o.name.into_boxed_str(), o.uid.into_boxed_str()))
+        .collect();
     let mut hasher = Sha256::new();
     for (k, v) in &s.data {
         hasher.update((k.len() as u64).to_be_bytes());
@@ -171,7 +180,7 @@ pub fn lean(mut s: ObservedSecret) -> ObservedSecret {
     let mut digest = [0u8; 16];
     digest.copy_from_slice(&hasher.finalize()[..16]);
     let managed = is_managed(&s.labels);
-    let issued_at = s.annotations.remove(ISSUED_AT_ANNOTATION);
+    let issued_at = s.issued_at();
     s.data = BTreeMap::new();
     s.undecodable_keys = Default::default();
     s.annotations = BTreeMap::new();
@@ -181,6 +190,7 @@ pub fn lean(mut s: ObservedSecret) -> ObservedSecret {
     s.checked = Some(crate::domain::model::Checked {
         content,
         role_arn,
+        owners,
         managed,
         issued_at,
         digest,
@@ -291,7 +301,13 @@ fn check_profile(ini: &str) -> Result<(), String> {
 /// otherwise unreadable).
 pub fn role_arn_of(s: &ObservedSecret) -> Option<String> {
     if let Some(checked) = &s.checked {
-        return checked.role_arn.clone();
+        return checked.role_arn.clone().or_else(|| {
+            checked
+                .content
+                .as_ref()
+                .ok()
+                .map(|content| content.role_arn.clone())
+        });
     }
     let text = std::str::from_utf8(s.data.get(KEY_ROLE_ARN)?).ok()?;
     text.trim().parse::<RoleArn>().ok().map(|a| a.to_string())
@@ -312,12 +328,21 @@ pub fn owner_reference(role: &ObservedRole) -> OwnerReference {
 /// Whether `s` is owned by exactly this AWSIAMRole. Without a known UID (hand-written offline
 /// input) the name alone decides.
 pub fn owned_by(s: &ObservedSecret, role: &ObservedRole) -> bool {
-    s.owner_references.iter().any(|o| {
-        o.kind == AWSIAMRole::kind(&())
-            && o.api_version.split('/').next() == Some(&AWSIAMRole::group(&()))
-            && o.name == role.name
-            && (role.uid.is_empty() || o.uid == role.uid)
-    })
+    let owns =
+        |name: &str, uid: &str| name == role.name && (role.uid.is_empty() || uid == role.uid);
+    match &s.checked {
+        Some(checked) => checked.owners.iter().any(|(name, uid)| owns(name, uid)),
+        None => s
+            .owner_references
+            .iter()
+            .any(|o| is_role_owner(o) && owns(&o.name, &o.uid)),
+    }
+}
+
+/// Whether an owner reference names an AWSIAMRole (of any version of its group).
+fn is_role_owner(o: &OwnerReference) -> bool {
+    o.kind == AWSIAMRole::kind(&())
+        && o.api_version.split('/').next() == Some(&AWSIAMRole::group(&()))
 }
 
 /// The complete Secret for `role` holding `creds` for `role_arn`; `issued_at` is when STS
@@ -328,7 +353,7 @@ pub fn build(
     creds: &Credentials,
     issued_at: Timestamp,
 ) -> Secret {
-    let mut labels = role.labels.clone();
+    let mut labels = role.labels.to_map();
     labels.insert(HERITAGE_LABEL.into(), HERITAGE_VALUE.into());
     labels.insert(TYPE_LABEL.into(), TYPE_VALUE.into());
     Secret {
@@ -378,17 +403,26 @@ pub fn view(s: &ObservedSecret) -> String {
     };
     map(&mut out, "labels", &s.labels);
     map(&mut out, "annotations", &s.annotations);
-    if !s.owner_references.is_empty() {
+    let shorten = crate::domain::text::shorten;
+    let mut owners: Vec<String> = s
+        .owner_references
+        .iter()
+        .map(|o| {
+            let (api_version, kind) = (shorten(&o.api_version), shorten(&o.kind));
+            let (name, uid) = (shorten(&o.name), shorten(&o.uid));
+            format!("{api_version} {kind} {name} (uid {uid})")
+        })
+        .collect();
+    // The lean form keeps its AWSIAMRole owners only, without their version.
+    let lean_owners = s.checked.iter().flat_map(|c| c.owners.iter());
+    owners.extend(lean_owners.map(|(name, uid)| {
+        let (group, kind) = (AWSIAMRole::group(&()), AWSIAMRole::kind(&()));
+        format!("{group} {kind} {} (uid {})", shorten(name), shorten(uid))
+    }));
+    if !owners.is_empty() {
         out.push_str("  ownerReferences:\n");
-        for o in &s.owner_references {
-            let _ = writeln!(
-                out,
-                "    {} {} {} (uid {})",
-                crate::domain::text::shorten(&o.api_version),
-                crate::domain::text::shorten(&o.kind),
-                crate::domain::text::shorten(&o.name),
-                crate::domain::text::shorten(&o.uid)
-            );
+        for owner in owners {
+            let _ = writeln!(out, "    {owner}");
         }
     }
     out.push_str("  data:\n");
@@ -557,8 +591,15 @@ mod tests {
         );
         assert!(slim.data.is_empty(), "no data value is kept");
         assert!(slim.annotations.is_empty() && slim.labels.is_empty());
-        assert_eq!(slim.issued_at(), Some("2026-11-26T22:00:00Z"));
+        assert_eq!(
+            slim.issued_at(),
+            Some("2026-11-26T22:00:00Z".parse().unwrap())
+        );
         assert_eq!(slim.issued_at(), full.issued_at());
+        let mut odd = full.clone();
+        odd.annotations
+            .insert(ISSUED_AT_ANNOTATION.into(), "yesterday".into());
+        assert_eq!((odd.issued_at(), lean(odd).issued_at()), (None, None));
         assert!(slim.is_managed() && full.is_managed());
         // An unmanaged Secret stays unmanaged, its labels kept.
         let mut foreign = full.clone();
@@ -609,6 +650,73 @@ mod tests {
         let slim = lean(undecodable.clone());
         assert!(slim.undecodable_keys.is_empty());
         assert_eq!(decode(&slim), decode(&undecodable));
+    }
+
+    #[test]
+    fn the_lean_form_answers_ownership_and_the_role_arn_as_the_full_one() {
+        let d = encode(&creds(), "arn:aws:iam::123456789012:role/app", 7);
+        let mut full = observed(d.clone());
+        let owner = |api_version: &str, kind: &str, name: &str, uid: &str| OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: uid.into(),
+            ..OwnerReference::default()
+        };
+        full.owner_references = vec![
+            owner("apps/v1", "Deployment", "app", "u-deploy"),
+            owner("zalando.org/v1", "AWSIAMRole", "app", "u-1"),
+            owner("zalando.org/v2", "AWSIAMRole", "other", "u-2"),
+            owner("example.com/v1", "AWSIAMRole", "app", "u-3"),
+        ];
+        let slim = lean(full.clone());
+        assert!(slim.owner_references.is_empty(), "the full references go");
+        assert_eq!(
+            slim.checked.as_ref().unwrap().owners.len(),
+            2,
+            "only AWSIAMRole owners of the group stay"
+        );
+        let role = |name: &str, uid: &str| ObservedRole {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: uid.into(),
+            ..ObservedRole::default()
+        };
+        for (candidate, owned) in [
+            (role("app", "u-1"), true),
+            (role("app", ""), true),
+            (role("other", "u-2"), true),
+            (role("app", "u-2"), false),
+            (role("app", "u-3"), false),
+            (role("app", "u-deploy"), false),
+            (role("third", "u-1"), false),
+        ] {
+            assert_eq!(owned_by(&full, &candidate), owned, "{candidate:?}");
+            assert_eq!(owned_by(&slim, &candidate), owned, "lean {candidate:?}");
+        }
+        let view = view(&slim);
+        assert!(
+            view.contains("ownerReferences:\n    zalando.org AWSIAMRole app (uid u-1)\n    zalando.org AWSIAMRole other (uid u-2)\n"),
+            "{view}"
+        );
+
+        // A readable Secret keeps its role ARN once, in the verdict; an unreadable one keeps
+        // what its role-arn key names.
+        assert_eq!(slim.checked.as_ref().unwrap().role_arn, None);
+        assert_eq!(role_arn_of(&slim), role_arn_of(&full));
+        let mut unreadable = d;
+        unreadable.remove(KEY_EXPIRE);
+        let unreadable = lean(observed(unreadable));
+        assert!(decode(&unreadable).is_err());
+        assert_eq!(
+            role_arn_of(&unreadable).as_deref(),
+            Some("arn:aws:iam::123456789012:role/app")
+        );
+        let mut nothing = observed(BTreeMap::new());
+        nothing.owner_references = vec![owner("zalando.org/v1", "AWSIAMRole", "app", "u-1")];
+        let nothing = lean(nothing);
+        assert_eq!(role_arn_of(&nothing), None);
+        assert!(owned_by(&nothing, &role("app", "u-1")));
     }
 
     #[test]

@@ -12,7 +12,14 @@
 /// walks the free blocks (a few milliseconds at 10,000 roles); elsewhere (musl, macOS) it does
 /// nothing and returns `false`, as those allocators return freed memory themselves.
 pub fn release_free() -> bool {
-    trim()
+    let started = std::time::Instant::now();
+    let released = trim();
+    tracing::debug!(
+        released,
+        seconds = started.elapsed().as_secs_f64(),
+        "asked the allocator to give freed pages back"
+    );
+    released
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -200,10 +200,9 @@ fn build(s: &Scenario) -> (Observed, PlanConfig) {
             uid: format!("uid-{ns}-{name}-{}", r.uid),
             generation: r.generation,
             resource_version: Some("1".into()),
-            labels: BTreeMap::from([
-                ("app".to_string(), name.clone()),
-                ("type".to_string(), "user".to_string()),
-            ]),
+            labels: [("app", name.as_str()), ("type", "user")]
+                .into_iter()
+                .collect(),
             spec,
             ..ObservedRole::default()
         };

@@ -436,7 +436,7 @@ impl<'a> RolePlanner<'a, '_> {
 
 /// Lifetime of the Secret's credentials from the issued-at annotation, when it is plausible.
 pub fn lifetime(secret: &ObservedSecret, content: &SecretContent) -> Option<i64> {
-    let issued: Timestamp = secret.issued_at()?.parse().ok()?;
+    let issued = secret.issued_at()?;
     let l = content.expire.as_second() - issued.as_second();
     // STS never issues less than 900 s: a shorter span means the annotation is wrong.
     (l >= crate::domain::crd::MIN_SESSION_DURATION).then_some(l)
