@@ -28,6 +28,7 @@ mod fuzz;
 mod hostile;
 mod invariants;
 mod layers;
+mod lean_memory;
 mod leaks;
 mod role_states;
 mod seed;
