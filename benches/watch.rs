@@ -19,6 +19,9 @@
 //! SIGKILL: time until the standby, whose state is warm, has passed as leader) and a cold pass
 //! of `WATCH_BENCH_COLD` (default 300) new roles at `--sts-rate 100` against its floor N / r.
 //!
+//! `WATCH_BENCH_LOG` sets the controllers' `RUST_LOG` (default `warn`); allocator variables
+//! (`MALLOC_*`, `LD_PRELOAD`) pass through to them.
+//!
 //! Absolute times include the fake API behind the test server (every list clones and
 //! serialises the whole kind) and moto (about 6 ms per AssumeRole).
 
@@ -388,16 +391,18 @@ impl Controller {
         }
         args.extend_from_slice(flags);
         // Allocator tuning from the bench's environment reaches the controller.
-        let allocator = std::env::vars().filter(|(k, _)| {
-            k.starts_with("MALLOC_") || k.starts_with("MIMALLOC_") || k == "LD_PRELOAD"
-        });
+        let allocator =
+            std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_") || k == "LD_PRELOAD");
         let child = Command::new(env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
             .args(&args)
             .env_clear()
             .envs(allocator)
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("WATCH_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("AWS_ENDPOINT_URL_STS", &moto.endpoint)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "testing")

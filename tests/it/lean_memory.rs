@@ -80,7 +80,12 @@ fn served(labels: usize) -> (serde_json::Value, serde_json::Value) {
     role.metadata.generation = Some(1);
     role.metadata.labels = Some(
         (0..labels)
-            .map(|i| (format!("app.kubernetes.io/part-{i}"), format!("payments-{i}")))
+            .map(|i| {
+                (
+                    format!("app.kubernetes.io/part-{i}"),
+                    format!("payments-{i}"),
+                )
+            })
             .collect(),
     );
     let observed = ObservedRole::from_value(&serde_json::to_value(&role).unwrap(), "").unwrap();
