@@ -3,7 +3,7 @@
 //! glibc's allocator returns freed memory to the system only from the top of its heap. A list
 //! page or a pass over thousands of roles frees many small blocks that lie between the
 //! long-lived objects of the watched state, and their pages stay resident until something
-//! asks for them back: at 10,000 roles about a third of what `run` kept resident between
+//! asks for them back: at 10,000 roles over a quarter of what `run` kept resident between
 //! passes was such free memory. [`release_free`] asks for it back after each pass and after each
 //! completed list, when a burst of short-lived allocations has just ended.
 
