@@ -464,28 +464,15 @@ mod tests {
 
     use super::*;
     use crate::controller::apply::ActionReport;
+    use crate::controller::plan::tests::role;
     use crate::controller::plan::{PlanConfig, plan};
-    use crate::domain::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus};
+    use crate::domain::crd::AWSIAMRoleStatus;
     use crate::domain::model::{Observed, ObservedRole, ObservedSecret};
 
     const BASE: &str = "arn:aws:iam::123456789012:role/";
 
     fn now() -> Timestamp {
         "2026-11-26T12:00:00Z".parse().unwrap()
-    }
-
-    fn role(name: &str) -> ObservedRole {
-        ObservedRole {
-            namespace: "ns".into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            generation: 1,
-            spec: Ok(AWSIAMRoleSpec {
-                role_reference: format!("app-{name}"),
-                role_session_duration: None,
-            }),
-            ..ObservedRole::default()
-        }
     }
 
     /// A Secret for `role` holding one-hour credentials that expire `left` seconds from now.

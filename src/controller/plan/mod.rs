@@ -52,14 +52,15 @@ impl Default for PlanConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use jiff::Timestamp;
 
     use super::*;
     use crate::domain::model::{Observed, ObservedRole, ObservedSecret};
     use crate::domain::secret;
 
-    fn role(name: &str) -> ObservedRole {
+    /// A role with a UID, generation 1 and a valid spec (shared by other modules' tests).
+    pub(crate) fn role(name: &str) -> ObservedRole {
         ObservedRole {
             namespace: "ns".into(),
             name: name.into(),
